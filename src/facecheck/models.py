@@ -1,0 +1,230 @@
+"""Heads on frozen features, with scikit-learn's estimator API and pickle-free persistence.
+
+Heads are fitted on feature vectors; :class:`facecheck.pipeline.Detector` puts a backbone in
+front of one. Every head stores its parameters as plain arrays (``.npz``, loaded with
+``allow_pickle=False``), so a saved model cannot run code when it is loaded and scores
+identically after a round trip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import train_test_split
+from sklearn.utils.class_weight import compute_class_weight
+from torch import nn
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+
+
+def _check_xy(X: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    X = np.asarray(X, dtype=np.float32)
+    if X.ndim != 2:
+        raise ValueError(f"features must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("features contain NaN or inf (an image failed to decode?)")
+    if y is not None:
+        y = np.asarray(y, dtype=np.int64)
+        if len(y) != len(X):
+            raise ValueError(f"{len(X)} feature rows but {len(y)} labels")
+        if set(np.unique(y)) != {0, 1}:
+            raise ValueError("labels must contain both classes: 0 (real) and 1 (fake)")
+    return X, y
+
+
+class Head(ClassifierMixin, BaseEstimator):
+    """Base class: binary classifier on features, fake = 1, persisted as arrays."""
+
+    kind: ClassVar[str] = "head"
+    classes_ = np.array([0, 1])
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        p = self._fake_probability(_check_xy(X)[0])
+        return np.stack([1.0 - p, p], axis=1)
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return self.predict_proba(X)[:, 1]
+
+    def predict(self, X: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+        return (self.predict_proba(X)[:, 1] >= threshold).astype(np.int64)
+
+    # -- persistence
+    def state(self) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        raise NotImplementedError
+
+    def _fake_probability(self, X: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def n_features_in(self) -> int:
+        return int(self.n_features_in_)
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, **self.state())
+
+    @classmethod
+    def from_file(cls, kind: str, params: dict, path: str | Path) -> Head:
+        head = HEADS[kind](**params)
+        with np.load(path, allow_pickle=False) as data:
+            head.load_state({k: data[k] for k in data.files})
+        return head
+
+
+class LogisticHead(Head):
+    """Standardised features -> L2-regularised logistic regression (scikit-learn's lbfgs)."""
+
+    kind = "logreg"
+
+    def __init__(self, C: float = 0.1, class_weight: str | None = "balanced", max_iter: int = 2000):
+        self.C = C
+        self.class_weight = class_weight
+        self.max_iter = max_iter
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticHead:
+        X, y = _check_xy(X, y)
+        X = X.astype(np.float64)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ < 1e-12] = 1.0
+        lr = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter)
+        lr.fit((X - self.mean_) / self.scale_, y)
+        self.coef_ = lr.coef_.ravel().astype(np.float64)
+        self.intercept_ = float(lr.intercept_[0])
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _fake_probability(self, X: np.ndarray) -> np.ndarray:
+        z = ((X.astype(np.float64) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
+        return _sigmoid(z)
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_,
+                "intercept": np.array([self.intercept_])}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.mean_, self.scale_, self.coef_ = state["mean"], state["scale"], state["coef"]
+        self.intercept_ = float(state["intercept"][0])
+        self.n_features_in_ = len(self.coef_)
+
+
+class _MLP(nn.Module):
+    def __init__(self, d_in: int, hidden: int, dropout: float):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze(-1)
+
+
+class MLPHead(Head):
+    """Standardised features -> one hidden layer -> fake logit, class-weighted BCE.
+
+    Trained with AdamW; early stopping on a seeded, stratified 15% slice of the training
+    data (the protocol's validation split stays untouched for threshold choice).
+    """
+
+    kind = "mlp"
+
+    def __init__(
+        self,
+        hidden: int = 256,
+        dropout: float = 0.3,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-2,
+        epochs: int = 200,
+        batch_size: int = 128,
+        patience: int = 15,
+        class_weight: str | None = "balanced",
+        seed: int = 0,
+    ):
+        self.hidden = hidden
+        self.dropout = dropout
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.patience = patience
+        self.class_weight = class_weight
+        self.seed = seed
+
+    def _module(self, d_in: int) -> _MLP:
+        return _MLP(d_in, self.hidden, self.dropout)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> MLPHead:
+        X, y = _check_xy(X, y)
+        torch.manual_seed(self.seed)
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ < 1e-6] = 1.0
+        Xs = (X - self.mean_) / self.scale_
+        tr, es = train_test_split(np.arange(len(y)), test_size=0.15, random_state=self.seed,
+                                  stratify=y)
+        w = (compute_class_weight("balanced", classes=np.array([0, 1]), y=y[tr])
+             if self.class_weight == "balanced" else np.ones(2))
+        pos_weight = torch.tensor(w[1] / w[0], dtype=torch.float32)
+        xt, yt = torch.from_numpy(Xs[tr]), torch.from_numpy(y[tr]).float()
+        xe, ye = torch.from_numpy(Xs[es]), torch.from_numpy(y[es]).float()
+        model = self._module(X.shape[1])
+        opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        gen = torch.Generator().manual_seed(self.seed)
+        best, best_state, bad = float("inf"), None, 0
+        for _epoch in range(self.epochs):
+            model.train()
+            for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
+                opt.zero_grad()
+                loss_fn(model(xt[idx]), yt[idx]).backward()
+                opt.step()
+            model.eval()
+            with torch.no_grad():
+                val = float(loss_fn(model(xe), ye))
+            if val < best - 1e-4:
+                best, bad = val, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= self.patience:
+                    break
+        model.load_state_dict(best_state)
+        self.model_ = model.eval()
+        self.n_features_in_ = X.shape[1]
+        self.n_epochs_ = _epoch + 1
+        return self
+
+    def _fake_probability(self, X: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            z = self.model_(torch.from_numpy((X - self.mean_) / self.scale_).float())
+        return _sigmoid(z.double().numpy())
+
+    def state(self) -> dict[str, np.ndarray]:
+        params = {f"w.{k}": v.numpy() for k, v in self.model_.state_dict().items()}
+        return {"mean": self.mean_, "scale": self.scale_, **params}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.mean_, self.scale_ = state["mean"].astype(np.float32), state["scale"].astype(np.float32)
+        self.n_features_in_ = len(self.mean_)
+        model = self._module(self.n_features_in_)
+        model.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items()
+                               if k.startswith("w.")})
+        self.model_ = model.eval()
+
+
+HEADS: dict[str, type[Head]] = {"logreg": LogisticHead, "mlp": MLPHead}
+
+
+def make_head(kind: str, **params) -> Head:
+    if kind not in HEADS:
+        raise KeyError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
+    return HEADS[kind](**params)

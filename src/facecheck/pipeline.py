@@ -1,0 +1,274 @@
+"""The one path every image takes: decode -> (face stage) -> features -> head -> verdict.
+
+:class:`Detector` is the scikit-learn-like estimator over images; it saves as a *bundle*
+folder (``bundle.json`` + head weights) that names its backbone, weights, preprocessing and
+threshold, and :meth:`Detector.load` refuses a bundle it cannot honour.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .features import (
+    Backbone,
+    FeatureCache,
+    FeatureExtractor,
+    Preprocessing,
+    Source,
+    load_backbone,
+    resolve_name,
+)
+from .imageio import ImageError
+from .metrics import choose_threshold
+from .models import HEADS, Head, make_head
+
+BUNDLE_FORMAT = "facecheck.detector"
+BUNDLE_VERSION = 1
+# Images are scored as given: the face stage (detection, alignment) is a later layer; the
+# bundle records this so a bundle trained with a face stage is never run without it.
+FACE_STAGE = {"mode": "passthrough"}
+
+
+class BundleError(RuntimeError):
+    """A saved detector cannot be loaded as it is (wrong format, version or weights)."""
+
+
+@dataclass
+class Verdict:
+    """What ``check`` says about one input."""
+
+    input: str
+    verdict: str  # "real" | "fake" | "invalid_image"
+    fake_probability: float | None = None
+    threshold: float | None = None
+    sha256: str | None = None
+    error: str | None = None
+    error_code: str | None = None
+    model_version: str | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def default_bundle_path() -> Path:
+    """The detector shipped inside the package (see its MODEL_CARD.md)."""
+    return Path(str(resources.files("facecheck") / "resources" / "default"))
+
+
+class Detector:
+    """Frozen backbone + trained head + operating threshold, over images.
+
+    >>> det = Detector("efficientnet_lite0", "logreg").fit(train_paths, y_train)
+    >>> det.set_threshold_from(val_paths, y_val, rule="youden")
+    >>> det.predict_proba(test_paths)[:, 1]
+    """
+
+    def __init__(
+        self,
+        backbone: str = "efficientnet_lite0",
+        head: str = "logreg",
+        *,
+        head_params: dict | None = None,
+        tta: bool = False,
+        weights: str | Path | None = None,
+        allow_download: bool = False,
+        threshold: float = 0.5,
+        cache: FeatureCache | None = None,
+        batch_size: int = 8,
+        progress: bool = False,
+    ):
+        self.backbone_name = resolve_name(backbone)
+        self.head_kind = head
+        self.head_params = dict(head_params or {})
+        self.tta = tta
+        self.weights = weights
+        self.allow_download = allow_download
+        self.threshold = float(threshold)
+        self.threshold_rule = "default"
+        self.cache = cache
+        self.batch_size = batch_size
+        self.progress = progress
+        self.head: Head | None = None
+        self.metadata: dict[str, object] = {}
+        self._extractor: FeatureExtractor | None = None
+
+    # -- features
+    @property
+    def extractor(self) -> FeatureExtractor:
+        if self._extractor is None:
+            bb = load_backbone(self.backbone_name, self.weights,
+                               allow_download=self.allow_download)
+            self._extractor = FeatureExtractor(bb, self.cache, batch_size=self.batch_size,
+                                               tta=self.tta, progress=self.progress)
+        return self._extractor
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.extractor.backbone
+
+    def features(self, X: Sequence[Source], hashes: Sequence[str] | None = None) -> np.ndarray:
+        """Feature rows for images; raises on the first image that cannot be decoded."""
+        ex = self.extractor.extract(X, hashes)
+        if ex.errors:
+            i, err = next(iter(sorted(ex.errors.items())))
+            raise ImageError(f"{len(ex.errors)} input(s) could not be read; first: {err}")
+        return ex.features
+
+    # -- estimator API
+    def fit(self, X: Sequence[Source], y: Sequence[int], hashes: Sequence[str] | None = None
+            ) -> Detector:
+        return self.fit_features(self.features(X, hashes), np.asarray(y))
+
+    def fit_features(self, F: np.ndarray, y: np.ndarray) -> Detector:
+        self.head = make_head(self.head_kind, **self.head_params).fit(F, y)
+        return self
+
+    def predict_proba(self, X: Sequence[Source], hashes: Sequence[str] | None = None
+                      ) -> np.ndarray:
+        return self._require_head().predict_proba(self.features(X, hashes))
+
+    def predict(self, X: Sequence[Source], hashes: Sequence[str] | None = None) -> np.ndarray:
+        return (self.predict_proba(X, hashes)[:, 1] >= self.threshold).astype(np.int64)
+
+    def set_threshold_from(self, X: Sequence[Source] | np.ndarray, y: Sequence[int], *,
+                           rule: str = "youden", features: bool = False) -> float:
+        """Choose the operating threshold on *validation* images (or their features)."""
+        F = np.asarray(X) if features else self.features(X)
+        score = self._require_head().predict_proba(F)[:, 1]
+        self.threshold = choose_threshold(np.asarray(y), score, rule)
+        self.threshold_rule = rule
+        return self.threshold
+
+    def check(self, X: Sequence[Source], names: Sequence[str] | None = None) -> list[Verdict]:
+        """Score each input; one that cannot be read gets an ``invalid_image`` verdict."""
+        head = self._require_head()
+        names = list(names) if names else [_name(x) for x in X]
+        ex = self.extractor.extract(X)
+        ok = ex.ok
+        probs = np.full(len(X), np.nan)
+        if ok.any():
+            probs[ok] = head.predict_proba(ex.features[ok])[:, 1]
+        out = []
+        for i, name in enumerate(names):
+            if i in ex.errors:
+                err = ex.errors[i]
+                out.append(Verdict(name, "invalid_image", error=str(err), error_code=err.code,
+                                   sha256=ex.hashes[i] or None, model_version=self.version))
+            else:
+                p = float(probs[i])
+                out.append(Verdict(name, "fake" if p >= self.threshold else "real", p,
+                                   self.threshold, ex.hashes[i], model_version=self.version))
+        return out
+
+    def _require_head(self) -> Head:
+        if self.head is None:
+            raise RuntimeError("this detector is not fitted: call fit() or Detector.load()")
+        return self.head
+
+    # -- persistence
+    @property
+    def version(self) -> str:
+        return str(self.metadata.get("model_version", f"unsaved-{__version__}"))
+
+    def save(self, directory: str | Path, **metadata: object) -> Path:
+        """Write the bundle folder; ``metadata`` (training data, metrics) goes in bundle.json."""
+        head = self._require_head()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        head_file = directory / "head.npz"
+        head.save(head_file)
+        digest = hashlib.sha256(head_file.read_bytes()).hexdigest()
+        bb = self.backbone
+        self.metadata = {**self.metadata, **metadata,
+                         "model_version": f"{bb.name}-{self.head_kind}-{digest[:10]}"}
+        bundle = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_VERSION,
+            "facecheck_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "backbone": {"name": bb.name, "weights_id": bb.weights_id, "dim": bb.dim,
+                         "licence": bb.licence},
+            "preprocessing": bb.preprocessing.to_dict(),
+            "tta": self.tta,
+            "face_stage": FACE_STAGE,
+            "head": {"kind": self.head_kind, "params": head.get_params(), "file": head_file.name,
+                     "sha256": digest},
+            "threshold": self.threshold,
+            "threshold_rule": self.threshold_rule,
+            **self.metadata,
+        }
+        (directory / "bundle.json").write_text(json.dumps(bundle, indent=2, default=_jsonable))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path | None = None, *, cache: FeatureCache | None = None,
+             weights: str | Path | None = None, progress: bool = False) -> Detector:
+        """Load a bundle (default: the one shipped in the package), checking it fits here."""
+        directory = Path(directory) if directory else default_bundle_path()
+        meta_file = directory / "bundle.json"
+        if not meta_file.is_file():
+            raise BundleError(f"{directory}: not a facecheck detector (no bundle.json)")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{meta_file}: unreadable ({exc})") from exc
+        if meta.get("format") != BUNDLE_FORMAT:
+            raise BundleError(f"{directory}: format {meta.get('format')!r}, want {BUNDLE_FORMAT}")
+        if int(meta.get("format_version", -1)) > BUNDLE_VERSION:
+            raise BundleError(
+                f"{directory}: bundle format {meta['format_version']} is newer than this "
+                f"facecheck ({__version__}) reads (<= {BUNDLE_VERSION}); upgrade facecheck"
+            )
+        if meta.get("face_stage", FACE_STAGE) != FACE_STAGE:
+            raise BundleError(f"{directory}: needs face stage {meta['face_stage']}, "
+                              f"this facecheck has {FACE_STAGE}")
+        head_meta = meta["head"]
+        if head_meta["kind"] not in HEADS:
+            raise BundleError(f"{directory}: unknown head kind {head_meta['kind']!r}")
+        head_file = directory / head_meta["file"]
+        digest = hashlib.sha256(head_file.read_bytes()).hexdigest()
+        if digest != head_meta["sha256"]:
+            raise BundleError(f"{head_file}: checksum mismatch (file changed or damaged)")
+        det = cls(meta["backbone"]["name"], head_meta["kind"], head_params=head_meta["params"],
+                  tta=bool(meta.get("tta", False)), weights=weights,
+                  threshold=float(meta["threshold"]), cache=cache, progress=progress)
+        det.threshold_rule = meta.get("threshold_rule", "default")
+        det.head = Head.from_file(head_meta["kind"], head_meta["params"], head_file)
+        skip = {"format", "format_version", "backbone", "preprocessing", "tta", "face_stage",
+                "head", "threshold", "threshold_rule"}
+        det.metadata = {k: v for k, v in meta.items() if k not in skip}
+        bb = det.backbone  # loads the weights now, so a mismatch fails at load time
+        if bb.weights_id != meta["backbone"]["weights_id"]:
+            raise BundleError(
+                f"{directory}: trained on {bb.name} weights {meta['backbone']['weights_id']}, "
+                f"but the installed weights are {bb.weights_id}; features would differ"
+            )
+        if Preprocessing.from_dict(meta["preprocessing"]) != bb.preprocessing:
+            raise BundleError(f"{directory}: preprocessing differs from {bb.name}'s")
+        if det.head.n_features_in != bb.dim:
+            raise BundleError(f"{directory}: head takes {det.head.n_features_in} features, "
+                              f"{bb.name} gives {bb.dim}")
+        return det
+
+
+def _name(x: Source) -> str:
+    return "<bytes>" if isinstance(x, bytes) else str(getattr(x, "sha256", x))
+
+
+def _jsonable(obj: object) -> object:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,138 @@
+"""Builders for the evaluation protocols of ``../shared/notes/protocols.md``.
+
+A protocol is a train/val/test split plus the named test sets its figures are reported on.
+The *headline* test set is the honest one: where the classes come from different sources
+(so a model could tell them apart by source alone), it is the same-source subset, and the
+mixed-source figure is kept beside it, labelled source-biased.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .data import Dataset, Split, draw, split_by_hash
+
+# The source of the Photoshop-edited images; every other fake source is a generator (GAN).
+EDITED_SOURCE = "rff"
+# Thesis approach 2: 90 edited fakes against all 1,081 rff reals.
+P2_FAKES = 90
+# Thesis approach 3 at its realistic ratio: 212 reals per fake.
+P3_RATIO = 212
+
+
+@dataclass
+class Protocol:
+    """A named split plus the test sets it reports, headline first."""
+
+    name: str
+    title: str
+    split: Split
+    test_sets: dict[str, Dataset]
+    headline: str
+    source_biased: set[str] = field(default_factory=set)
+    seed: int = 0
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "protocol": self.name,
+            "title": self.title,
+            "seed": self.seed,
+            "splits": self.split.sizes(),
+            "test_sets": {k: v.counts() for k, v in self.test_sets.items()},
+            "headline": self.headline,
+            "source_biased": sorted(self.source_biased),
+        }
+
+
+def _rff(ds: Dataset) -> tuple[Dataset, Dataset]:
+    return ds.where(label="real", source=EDITED_SOURCE), ds.where(label="fake", source=EDITED_SOURCE)
+
+
+def generated(ds: Dataset) -> Dataset:
+    """Generated (GAN) fakes: every fake that is not from the Photoshop-edited source."""
+    return ds.subset(r for r in ds if r.label == "fake" and r.source != EDITED_SOURCE)
+
+
+def p1(ds: Dataset, seed: int = 0) -> Protocol:
+    """P1: balanced photoshop detection, rff real vs rff fake (one source)."""
+    real, fake = _rff(ds)
+    split = split_by_hash(ds.subset(real.records + fake.records), seed=seed)
+    return Protocol("P1", "rff real vs rff Photoshop fake (balanced, same source)", split,
+                    {"same-source": split.test}, "same-source", seed=seed)
+
+
+def p2(ds: Dataset, seed: int = 0) -> Protocol:
+    """P2: imbalanced photoshop detection, all rff reals vs a seeded draw of 90 rff fakes."""
+    real, fake = _rff(ds)
+    # A small dataset (tests, subsets) has fewer fakes than the protocol's 90: take them all.
+    fakes = draw(fake.records, min(P2_FAKES, len(fake)), seed=seed)
+    split = split_by_hash(ds.subset(real.records + fakes), seed=seed)
+    return Protocol("P2", f"rff real vs {P2_FAKES} rff fakes (about 1:12, same source)", split,
+                    {"same-source": split.test}, "same-source", seed=seed)
+
+
+def _p3(ds: Dataset, seed: int, n_fakes: int | None, name: str, title: str) -> Protocol:
+    reals = ds.where(label="real")
+    fakes = ds.where(label="fake", source=EDITED_SOURCE).records
+    if n_fakes is not None:
+        fakes = draw(fakes, n_fakes, seed=seed)
+    split = split_by_hash(ds.subset(reals.records + fakes), seed=seed)
+    same = split.test.where(source=EDITED_SOURCE)
+    return Protocol(name, title, split,
+                    {"same-source": same, "mixed-source": split.test}, "same-source",
+                    source_biased={"mixed-source"}, seed=seed)
+
+
+def p3(ds: Dataset, seed: int = 0) -> Protocol:
+    """P3: all reals (rff + utkface) vs all rff fakes, about 1:11; headline on rff-only test."""
+    return _p3(ds, seed, None, "P3",
+               "all reals (rff + utkface) vs rff fakes (about 1:11); headline on rff test images")
+
+
+def p3_212(ds: Dataset, seed: int = 0) -> Protocol:
+    """P3 at the thesis's 1:212 ratio: fakes drawn (seeded) so reals/fakes is about 212."""
+    n_reals = len(ds.where(label="real"))
+    return _p3(ds, seed, max(1, round(n_reals / P3_RATIO)), "P3-212",
+               "all reals vs rff fakes drawn to 1:212; headline on rff test images")
+
+
+def p4(ds: Dataset, seed: int = 0) -> Protocol:
+    """P4: GAN-generated faces vs all reals. Cross-source by construction."""
+    reals = ds.where(label="real")
+    split = split_by_hash(ds.subset(reals.records + generated(ds).records), seed=seed)
+    test = split.test
+    sets = {
+        "gan-vs-rff-real": test.subset(r for r in test if r.label == "fake" or r.source == "rff"),
+        "all": test,
+    }
+    return Protocol("P4", "GAN-generated faces vs all reals (different sources by construction)",
+                    split, sets, "gan-vs-rff-real", source_biased=set(sets), seed=seed)
+
+
+def all_sources(ds: Dataset, seed: int = 0) -> Protocol:
+    """Every image: what the shipped default detector trains on; reported per test subset."""
+    split = split_by_hash(ds, seed=seed)
+    test = split.test
+    sets = {
+        "rff-same-source": test.where(source=EDITED_SOURCE),
+        "gan-vs-rff-real": test.subset(
+            r for r in test if r.source == EDITED_SOURCE and r.label == "real"
+            or r.label == "fake" and r.source != EDITED_SOURCE),
+        "all": test,
+    }
+    return Protocol("ALL", "all reals vs all fakes (edited and generated)", split, sets,
+                    "rff-same-source", source_biased={"gan-vs-rff-real", "all"}, seed=seed)
+
+
+PROTOCOLS: dict[str, Callable[[Dataset, int], Protocol]] = {
+    "P1": p1, "P2": p2, "P3": p3, "P3-212": p3_212, "P4": p4, "ALL": all_sources,
+}
+
+
+def build(name: str, ds: Dataset, seed: int = 0) -> Protocol:
+    """Build protocol ``name`` (case-insensitive) on ``ds``."""
+    key = name.upper()
+    if key not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+    return PROTOCOLS[key](ds, seed)

@@ -1,0 +1,273 @@
+"""The report a person reads: metrics tables with CIs, ROC/PR curves, confusion matrices,
+and ``model_scores.csv`` rows that accumulate across runs (the notebook seed's comparison)."""
+
+from __future__ import annotations
+
+import csv
+import math
+import platform
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+
+from .evaluate import ModelResult  # noqa: E402
+from .metrics import METRIC_NAMES  # noqa: E402
+from .protocols import Protocol  # noqa: E402
+
+CSV_FIELDS = [
+    "run", "protocol", "test_set", "source_biased", "model", "backbone", "head", "tta",
+    "threshold_kind", "threshold", "n", "n_fake", *METRIC_NAMES, "flagged_per_10k",
+    "recall_at_10fpr", "tp", "fp", "tn", "fn",
+    *[f"{m}_ci_{b}" for m in METRIC_NAMES for b in ("lo", "hi")],
+    "val_roc_auc", "seed",
+]
+
+
+def machine_description() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, " \
+           f"torch {torch.__version__}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=False)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def rows(results: Sequence[ModelResult], run: str, seed: int) -> list[dict[str, object]]:
+    out = []
+    for r in results:
+        for t in r.tests.values():
+            for kind, m in (("validation", t.at_val), ("default-0.5", t.at_default)):
+                row = {
+                    "run": run, "protocol": r.protocol, "test_set": t.name,
+                    "source_biased": t.source_biased, "model": r.label, "backbone": r.backbone,
+                    "head": r.head, "tta": r.tta,
+                    "threshold_kind": f"val:{r.threshold_rule}" if kind == "validation" else kind,
+                    "recall_at_10fpr": t.recall_at_10fpr, "val_roc_auc": r.val["roc_auc"],
+                    "seed": seed,
+                }
+                row.update({k: m[k] for k in ("threshold", "n", "n_fake", *METRIC_NAMES,
+                                              "flagged_per_10k", "tp", "fp", "tn", "fn")})
+                if kind == "validation":  # CIs are computed at the validation threshold
+                    for metric, (lo, hi) in t.ci.items():
+                        row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = lo, hi
+                out.append(row)
+    return out
+
+
+def write_csv(path: Path, data: list[dict[str, object]], *, append: bool = False) -> None:
+    new = not (append and path.exists())
+    with path.open("a" if append else "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        for row in data:
+            writer.writerow({k: _fmt_csv(v) for k, v in row.items()})
+
+
+def _fmt_csv(v: object) -> object:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def _f(v: float, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+
+def _ci(t, metric: str, value: float) -> str:
+    lo, hi = t.ci.get(metric, (float("nan"), float("nan")))
+    if math.isnan(lo):
+        return _f(value)
+    return f"{_f(value)} ({_f(lo, 2)}-{_f(hi, 2)})"
+
+
+def plot_curves(results: Sequence[ModelResult], test_set: str, path: Path, title: str) -> None:
+    fig, (ax_roc, ax_pr) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for r in results:
+        t = r.tests[test_set]
+        if len(set(t.y.tolist())) < 2:
+            continue
+        fpr, tpr, _ = roc_curve(t.y, t.score)
+        prec, rec, _ = precision_recall_curve(t.y, t.score)
+        ax_roc.plot(fpr, tpr, label=f"{r.label} (AUC {t.at_val['roc_auc']:.3f})")
+        ax_pr.plot(rec, prec, label=f"{r.label} (AP {t.at_val['pr_auc']:.3f})")
+    ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax_roc.set(xlabel="false-positive rate (reals flagged)", ylabel="recall (fakes caught)",
+               title="ROC")
+    ax_pr.set(xlabel="recall (fakes caught)", ylabel="precision", title="precision-recall",
+              ylim=(0, 1.02))
+    for ax in (ax_roc, ax_pr):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_confusions(results: Sequence[ModelResult], test_set: str, path: Path, title: str
+                    ) -> None:
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(3.1 * n, 3.2), squeeze=False)
+    for ax, r in zip(axes[0], results, strict=True):
+        m = r.tests[test_set].at_val
+        grid = [[m["tp"], m["fn"]], [m["fp"], m["tn"]]]
+        ax.imshow([[1, 0], [0, 1]], cmap="Greens", vmin=-1, vmax=2)
+        for i in range(2):
+            for j in range(2):
+                ax.text(j, i, str(grid[i][j]), ha="center", va="center", fontsize=13)
+        ax.set_xticks([0, 1], ["pred fake", "pred real"])
+        ax.set_yticks([0, 1], ["fake", "real"])
+        ax.set_title(f"{r.label}\nthr {r.threshold:.3f}", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(
+    out_dir: Path,
+    protocols: Sequence[Protocol],
+    results: Sequence[ModelResult],
+    info: dict[str, object],
+    *,
+    scores_csv: Path | None = None,
+) -> Path:
+    """Write ``report.md``, ``metrics.csv`` and plots into ``out_dir``; append to the
+    cumulative ``scores_csv``. Returns the Markdown path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = str(info["run"])
+    data = rows(results, run, int(info["seed"]))
+    write_csv(out_dir / "metrics.csv", data)
+    if scores_csv is not None:
+        scores_csv.parent.mkdir(parents=True, exist_ok=True)
+        write_csv(scores_csv, data, append=True)
+
+    lines = [
+        f"# facecheck evaluation report: {run}",
+        "",
+        "Fake is the positive class. Each head is fitted on the protocol's train split; its "
+        "threshold is chosen on the validation split only (rule "
+        f"`{info['threshold_rule']}`); every test set is scored once. Figures in brackets are "
+        f"95% bootstrap intervals ({info['n_boot']} class-stratified resamples). "
+        "**flagged/10k** is the number of images a person would review per 10,000 "
+        "applications at a 1:1000 fake rate if every flag were reviewed.",
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {k} | {v} |" for k, v in info.items() if k not in ("run",)],
+        "",
+    ]
+    for proto in protocols:
+        res = [r for r in results if r.protocol == proto.name]
+        if not res:
+            continue
+        desc = proto.describe()
+        lines += [f"## {proto.name}: {proto.title}", ""]
+        split_line = "; ".join(
+            f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items())
+            for s, c in desc["splits"].items()
+        )
+        lines += [f"Split (seed {proto.seed}, by content hash): {split_line}.", ""]
+        for name in proto.test_sets:
+            biased = name in proto.source_biased
+            tag = " (headline)" if name == proto.headline else ""
+            tag += " — **source-biased**: classes come from different sources" if biased else ""
+            first = res[0].tests[name]
+            lines += [
+                f"### Test set `{name}`{tag}: {first.at_val['n']} images, "
+                f"{first.at_val['n_fake']} fake",
+                "",
+                "| model | thr (val) | recall | precision | F1 | accuracy | ROC-AUC | PR-AUC "
+                "| FPR | flagged/10k | recall@10%FPR | at thr 0.5: accuracy / recall |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for r in res:
+                t = r.tests[name]
+                m = t.at_val
+                d = t.at_default
+                lines.append(
+                    f"| {r.label} | {r.threshold:.3f} | {_ci(t, 'recall', m['recall'])} "
+                    f"| {_ci(t, 'precision', m['precision'])} | {_f(m['f1'])} "
+                    f"| {_ci(t, 'accuracy', m['accuracy'])} | {_ci(t, 'roc_auc', m['roc_auc'])} "
+                    f"| {_f(m['pr_auc'])} | {_ci(t, 'fpr', m['fpr'])} "
+                    f"| {_f(m['flagged_per_10k'], 0)} | {_f(t.recall_at_10fpr)} "
+                    f"| {_f(d['accuracy'])} / {_f(d['recall'])} |"
+                )
+            lines.append("")
+            slug = f"{proto.name}_{name}".replace("/", "-")
+            plot_curves(res, name, out_dir / f"{slug}_roc_pr.png",
+                        f"{proto.name} · {name}{' (source-biased)' if biased else ''}")
+            plot_confusions(res, name, out_dir / f"{slug}_confusion.png",
+                            f"{proto.name} · {name} · at the validation threshold")
+            lines += [f"![ROC and PR]({slug}_roc_pr.png)", "",
+                      f"![confusion matrices]({slug}_confusion.png)", ""]
+        dropped = sum(r.dropped for r in res)
+        if dropped:
+            lines += [f"{dropped} image(s) could not be decoded and were left out.", ""]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
+    """MODEL_CARD.md beside a bundle: what it was trained on, under which terms, how it did."""
+    from .data import KNOWN_SOURCES
+
+    meta = det.metadata
+    training = meta.get("training", {})
+    val = meta.get("metrics_val", {})
+    sources = sorted({k.split("/")[0] for k in training.get("train_counts", {})})
+    bb = det.backbone
+    lines = [
+        f"# Model card: {det.version}",
+        "",
+        f"- **What it does**: scores a face image's probability of being fake (edited or "
+        f"generated); verdict `fake` at or above the threshold {det.threshold:.3f} (chosen on "
+        f"the validation split by rule `{det.threshold_rule}`).",
+        f"- **Architecture**: frozen {bb.name} features ({bb.dim}-d, "
+        f"{bb.preprocessing.size} px, weights `{bb.weights_id}`, {bb.licence}) -> "
+        f"`{det.head_kind}` head. Images are scored as given (no face detection yet): give it "
+        "tight face crops like the training data.",
+        f"- **Training data**: protocol {training.get('protocol')} ({training.get('title')}), "
+        f"seed {training.get('seed')}, split by content hash; train counts "
+        f"{training.get('train_counts')}; data fingerprint "
+        f"`{str(training.get('data_fingerprint', ''))[:16]}`.",
+        "- **Data sources and their terms** (the bundle inherits them: research and "
+        "non-commercial use only):",
+        *[f"  - `{s}`: {KNOWN_SOURCES.get(s, 'unknown source')}" for s in sources],
+        "- **Validation** (threshold-selection split, not a test figure): "
+        + ", ".join(f"{k} {val[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr")
+                    if k in val) + ".",
+        "- **Test figures**: `benchmarks/results.md` (protocol ALL, same backbone and head), "
+        "reproduced by `make run`.",
+        "- **Known limits**: frozen ImageNet features barely separate Photoshop edits from "
+        "real photos of the same source (rff same-source ROC-AUC is far below the GAN "
+        "figures); figures that mix sources between classes partly measure the source. Not "
+        "for automatic rejection: every `fake` verdict goes to a person.",
+    ]
+    path = Path(bundle_dir) / "MODEL_CARD.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
