@@ -4,6 +4,9 @@ VENV     := .venv
 BIN      := $(VENV)/bin
 DATA     ?= ../shared/data
 SEED     ?= 0
+REPORT   ?= reports/make-run
+SCORES   ?= reports/model_scores.csv
+DETECTOR ?= build/default-detector
 # The feature cache lives in the checkout, so a second `make run` re-extracts nothing.
 export FACECHECK_CACHE ?= $(CURDIR)/.cache/facecheck
 STAMP    := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
@@ -23,10 +26,10 @@ install: $(STAMP)
 # write reports/make-run/report.md, and check two images with the trained detector.
 run: install
 	@start=$$(date +%s); \
-	$(BIN)/facecheck train --data $(DATA) --protocol ALL --seed $(SEED) --out build/default-detector && \
+	$(BIN)/facecheck train --data $(DATA) --protocol ALL --seed $(SEED) --out $(DETECTOR) && \
 	$(BIN)/facecheck evaluate --data $(DATA) --seed $(SEED) --run-name make-run \
-	    --protocols P1,P2,P3,P3-212,P4,ALL --out reports/make-run && \
-	$(BIN)/facecheck check --model build/default-detector \
+	    --protocols P1,P2,P3,P3-212,P4,ALL --out $(REPORT) --scores-csv $(SCORES) && \
+	$(BIN)/facecheck check --model $(DETECTOR) \
 	    $(DATA)/rff/real/real_00001.jpg $(DATA)/gan/fake/tpdne_000_0002.jpg && \
 	echo "make run: $$(( $$(date +%s) - start )) s wall"
 

@@ -26,57 +26,94 @@ split is scored once, by `evaluate`. See README.md for the protocols (P1-P4)."""
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--cache-dir", type=Path, default=None,
-                   help="feature cache folder (default: $FACECHECK_CACHE or ~/.cache/facecheck)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="feature cache folder (default: $FACECHECK_CACHE or ~/.cache/facecheck)",
+    )
     p.add_argument("--seed", type=int, default=0, help="split/draw/training seed (default 0)")
     p.add_argument("--tta", action="store_true", help="average features with a horizontal flip")
-    p.add_argument("--threshold-rule", default="youden",
-                   help="how the validation split picks the threshold: youden (default), f1, "
-                        "or recall:0.95")
-    p.add_argument("--weights", type=Path, default=None,
-                   help="a local backbone weights file instead of the shipped one")
-    p.add_argument("--allow-download", action="store_true",
-                   help="let timm:<model> backbones download weights (needs internet)")
+    p.add_argument(
+        "--threshold-rule",
+        default="youden",
+        help="how the validation split picks the threshold: youden (default), f1, or recall:0.95",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="a local backbone weights file instead of the shipped one",
+    )
+    p.add_argument(
+        "--allow-download",
+        action="store_true",
+        help="let timm:<model> backbones download weights (needs internet)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="facecheck", description="Detect edited (Photoshop) and GAN-generated face images.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="facecheck",
+        description="Detect edited (Photoshop) and GAN-generated face images.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"facecheck {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("check", help="score images: fake probability and verdict per image",
-                       description="Score images. A file that cannot be read gets a clear "
-                       "per-file error; the others are still scored. Exit status: 0 all scored, "
-                       "1 some inputs were invalid, 2 usage or model error.")
+    p = sub.add_parser(
+        "check",
+        help="score images: fake probability and verdict per image",
+        description="Score images. A file that cannot be read gets a clear "
+        "per-file error; the others are still scored. Exit status: 0 all scored, "
+        "1 some inputs were invalid, 2 usage or model error.",
+    )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
-    p.add_argument("--model", type=Path, default=None,
-                   help="detector bundle folder (default: the one shipped in the package)")
-    p.add_argument("--threshold", type=float, default=None,
-                   help="override the bundle's validation-chosen threshold")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="detector bundle folder (default: the one shipped in the package)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="override the bundle's validation-chosen threshold",
+    )
     p.add_argument("--json", action="store_true", help="JSON lines output")
     p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
 
-    p = sub.add_parser("train", help="train a detector bundle on a protocol's train split",
-                       description="Fit a head on the protocol's train split, choose the "
-                       "threshold on its validation split, save a bundle. The test split is "
-                       "not touched (use `evaluate`).")
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                   help="manifest.jsonl, a folder holding one, or a folder with real/ and fake/")
+    p = sub.add_parser(
+        "train",
+        help="train a detector bundle on a protocol's train split",
+        description="Fit a head on the protocol's train split, choose the "
+        "threshold on its validation split, save a bundle. The test split is "
+        "not touched (use `evaluate`).",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="manifest.jsonl, a folder holding one, or a folder with real/ and fake/",
+    )
     p.add_argument("--protocol", default="ALL", help="P1, P2, P3, P3-212, P4 or ALL (default)")
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--head", default="logreg", choices=["logreg", "mlp"])
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     _common(p)
 
-    p = sub.add_parser("evaluate", help="run protocols x backbones x heads and write a report",
-                       description="For each protocol, backbone and head: fit on train, "
-                       "threshold on val, score each test set once. Writes report.md, plots and "
-                       "metrics.csv, and appends rows to the cumulative model_scores.csv.")
+    p = sub.add_parser(
+        "evaluate",
+        help="run protocols x backbones x heads and write a report",
+        description="For each protocol, backbone and head: fit on train, "
+        "threshold on val, score each test set once. Writes report.md, plots and "
+        "metrics.csv, and appends rows to the cumulative model_scores.csv.",
+    )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--protocols", default="P1,P2,P3,P3-212,P4")
     p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v2")
@@ -149,27 +186,45 @@ def cmd_train(args) -> int:
 
     ds = load_dataset(args.data)
     proto = build(args.protocol, ds, args.seed)
-    det = Detector(args.backbone, args.head, tta=args.tta, weights=args.weights,
-                   allow_download=args.allow_download, cache=_cache(args),
-                   head_params={"seed": args.seed} if args.head == "mlp" else None,
-                   progress=not args.quiet)
+    det = Detector(
+        args.backbone,
+        args.head,
+        tta=args.tta,
+        weights=args.weights,
+        allow_download=args.allow_download,
+        cache=_cache(args),
+        head_params={"seed": args.seed} if args.head == "mlp" else None,
+        progress=not args.quiet,
+    )
     train, val = proto.split.train, proto.split.val
     t0 = time.perf_counter()
     det.fit(train.paths, train.y, train.hashes)
     Fv = det.features(val.paths, val.hashes)
     thr = det.set_threshold_from(Fv, val.y, rule=args.threshold_rule, features=True)
     val_metrics = binary_metrics(val.y, det.head.predict_proba(Fv)[:, 1], thr)
-    det.save(args.out, training={
-        "protocol": proto.name, "title": proto.title, "seed": args.seed,
-        "data": str(args.data), "data_fingerprint": train.fingerprint(),
-        "train_counts": train.counts(), "val_counts": val.counts(),
-        "seconds": round(time.perf_counter() - t0, 1)},
-        metrics_val=val_metrics)
+    det.save(
+        args.out,
+        training={
+            "protocol": proto.name,
+            "title": proto.title,
+            "seed": args.seed,
+            "data": str(args.data),
+            "data_fingerprint": train.fingerprint(),
+            "train_counts": train.counts(),
+            "val_counts": val.counts(),
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+        metrics_val=val_metrics,
+    )
     write_model_card(args.out, det, proto)
-    print(f"saved {args.out} ({det.version}); threshold {thr:.3f} chosen on validation "
-          f"({args.threshold_rule})")
-    print("validation: " + ", ".join(
-        f"{k} {val_metrics[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr")))
+    print(
+        f"saved {args.out} ({det.version}); threshold {thr:.3f} chosen on validation "
+        f"({args.threshold_rule})"
+    )
+    print(
+        "validation: "
+        + ", ".join(f"{k} {val_metrics[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr"))
+    )
     return 0
 
 
@@ -188,8 +243,11 @@ def cmd_evaluate(args) -> int:
     protocols = [build(p.strip(), ds, args.seed) for p in args.protocols.split(",") if p.strip()]
     heads = [h.strip() for h in args.heads.split(",") if h.strip()]
     backbones = [resolve_name(b.strip()) for b in args.backbones.split(",") if b.strip()]
-    used = ds.subset({r.sha256: r for p in protocols for s in ("train", "val", "test")
-                      for r in p.split[s]}.values())
+    used = ds.subset(
+        {
+            r.sha256: r for p in protocols for s in ("train", "val", "test") for r in p.split[s]
+        }.values()
+    )
     cache = _cache(args)
     results, errors, extract_s = [], {}, {}
     for bb in backbones:
@@ -198,18 +256,37 @@ def cmd_evaluate(args) -> int:
         extract_s[bb] = round(time.perf_counter() - t, 1)
         errors.update(errs)
         for proto in protocols:
-            results += evaluate_protocol(proto, feats, backbone=bb, heads=heads, tta=args.tta,
-                                         rule=args.threshold_rule, n_boot=args.n_boot,
-                                         seed=args.seed)
+            results += evaluate_protocol(
+                proto,
+                feats,
+                backbone=bb,
+                heads=heads,
+                tta=args.tta,
+                rule=args.threshold_rule,
+                n_boot=args.n_boot,
+                seed=args.seed,
+            )
             if not args.quiet:
-                print(f"{proto.name} {bb}: " + "; ".join(
-                    f"{r.head} ROC-AUC {r.tests[proto.headline].at_val['roc_auc']:.3f}"
-                    for r in results[-len(heads):]), file=sys.stderr)
+                print(
+                    f"{proto.name} {bb}: "
+                    + "; ".join(
+                        f"{r.head} ROC-AUC {r.tests[proto.headline].at_val['roc_auc']:.3f}"
+                        for r in results[-len(heads) :]
+                    ),
+                    file=sys.stderr,
+                )
     info = {
-        "run": run, "facecheck": __version__, "commit": git_commit(), "data": str(args.data),
-        "data fingerprint": ds.fingerprint()[:16], "images": len(ds),
-        "exact duplicate groups": len(ds.duplicates), "seed": args.seed,
-        "threshold_rule": args.threshold_rule, "n_boot": args.n_boot, "tta": args.tta,
+        "run": run,
+        "facecheck": __version__,
+        "commit": git_commit(),
+        "data": str(args.data),
+        "data fingerprint": ds.fingerprint()[:16],
+        "images": len(ds),
+        "exact duplicate groups": len(ds.duplicates),
+        "seed": args.seed,
+        "threshold_rule": args.threshold_rule,
+        "n_boot": args.n_boot,
+        "tta": args.tta,
         "machine": machine_description(),
         "feature extraction seconds (uncached part)": extract_s,
         "wall seconds": round(time.perf_counter() - t0, 1),
@@ -233,8 +310,12 @@ def cmd_backbones(_args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = {"check": cmd_check, "train": cmd_train, "evaluate": cmd_evaluate,
-               "backbones": cmd_backbones}[args.command]
+    handler = {
+        "check": cmd_check,
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "backbones": cmd_backbones,
+    }[args.command]
     try:
         return handler(args)
     except (FileNotFoundError, KeyError, ValueError) as exc:

@@ -26,11 +26,11 @@ SPLITS = ("train", "val", "test")
 # card of any detector trained on them repeats this.
 KNOWN_SOURCES = {
     "rff": "Kaggle 'Real and Fake Face Detection' (ciplab, Yonsei Univ.): real photos and "
-           "Photoshop edits; dataset terms: research use",
+    "Photoshop edits; dataset terms: research use",
     "utkface": "UTKFace 'crop_part1' real faces; non-commercial research only",
     "tpdne": "GAN faces from thispersondoesnotexist (StyleGAN2); terms unstated",
     "fakefaces": "AI-generated faces, public 'fakefaces' collection (generator not stated); "
-                 "GPL-3.0",
+    "GPL-3.0",
 }
 _RFF_NAME = re.compile(r"^(easy|mid|hard)_(\d+)_([01]{3,4})$")
 
@@ -54,7 +54,6 @@ class Record:
         """easy/mid/hard for the rff edited images, else None."""
         m = _RFF_NAME.match(self.path.stem)
         return m.group(1) if m else None
-
 
 
 @dataclass
@@ -108,7 +107,7 @@ class Dataset:
 
 
 def load_manifest(path: str | Path) -> Dataset:
-    """Load ``manifest.jsonl`` lines ``{"path", "label", "source"}``; paths relative to its folder."""
+    """Load `manifest.jsonl` lines `{"path", "label", "source"}`; paths relative to its folder."""
     path = Path(path)
     root = path.parent
     records = []
@@ -156,7 +155,9 @@ def load_dataset(location: str | Path) -> Dataset:
     elif location.is_dir():
         ds = load_folder(location)
     else:
-        raise FileNotFoundError(f"{location}: no dataset here (want manifest.jsonl or real/, fake/)")
+        raise FileNotFoundError(
+            f"{location}: no dataset here (want manifest.jsonl or real/, fake/)"
+        )
     return with_hashes(ds)
 
 
@@ -220,10 +221,12 @@ def split_by_hash(
     labels = [first[h].label for h in hashes]
     for label in LABELS:
         if labels.count(label) < 3:
-            raise ValueError(f"a train/val/test split needs at least 3 {label} images, "
-                             f"got {labels.count(label)}")
-    strata = [f"{first[h].label}/{first[h].source}" if stratify_source else first[h].label
-              for h in hashes]
+            raise ValueError(
+                f"a train/val/test split needs at least 3 {label} images, got {labels.count(label)}"
+            )
+    strata = [
+        f"{first[h].label}/{first[h].source}" if stratify_source else first[h].label for h in hashes
+    ]
     # A label x source stratum too small to reach every split joins its label's stratum.
     sizes = {s: strata.count(s) for s in set(strata)}
     strata = [s if sizes[s] >= 10 else s.split("/")[0] for s in strata]

@@ -55,12 +55,18 @@ class ModelResult:
 
 
 def extract_all(
-    ds: Dataset, backbone: str, *, cache: FeatureCache, tta: bool = False,
-    batch_size: int = 8, progress: bool = True,
+    ds: Dataset,
+    backbone: str,
+    *,
+    cache: FeatureCache,
+    tta: bool = False,
+    batch_size: int = 8,
+    progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Features for every record, by content hash, plus the errors of unreadable files."""
-    ex = FeatureExtractor(load_backbone(backbone), cache, batch_size=batch_size, tta=tta,
-                          progress=progress)
+    ex = FeatureExtractor(
+        load_backbone(backbone), cache, batch_size=batch_size, tta=tta, progress=progress
+    )
     result = ex.extract(ds.paths, ds.hashes, desc=f"features {ex.backbone.name}")
     feats = {h: result.features[i] for i, h in enumerate(result.hashes) if i not in result.errors}
     errors = {str(ds.records[i].path): str(e) for i, e in result.errors.items()}
@@ -104,12 +110,28 @@ def evaluate_protocol(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out[name] = TestResult(
-                    name, name in protocol.source_biased, y, s,
-                    binary_metrics(y, s, 0.5), binary_metrics(y, s, thr),
+                    name,
+                    name in protocol.source_biased,
+                    y,
+                    s,
+                    binary_metrics(y, s, 0.5),
+                    binary_metrics(y, s, thr),
                     bootstrap_ci(y, s, thr, n_boot=n_boot, seed=seed, metrics=CI_METRICS),
                     recall_at_fpr(y, s, 0.10),
                 )
         dropped = d_tr + d_va + sum(d for _, _, d in tests.values())
-        results.append(ModelResult(protocol.name, backbone, head_kind, tta, thr, rule,
-                                   binary_metrics(yva, s_val, thr), out, fit_s, dropped))
+        results.append(
+            ModelResult(
+                protocol.name,
+                backbone,
+                head_kind,
+                tta,
+                thr,
+                rule,
+                binary_metrics(yva, s_val, thr),
+                out,
+                fit_s,
+                dropped,
+            )
+        )
     return results

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import json
 import os
 import sqlite3
 import threading
@@ -44,8 +43,10 @@ class Preprocessing:
     resample: str = "bilinear"
 
     def key(self) -> str:
-        return f"{self.size}px-{self.resample}-m{','.join(f'{v:.3f}' for v in self.mean)}" \
-               f"-s{','.join(f'{v:.3f}' for v in self.std)}"
+        return (
+            f"{self.size}px-{self.resample}-m{','.join(f'{v:.3f}' for v in self.mean)}"
+            f"-s{','.join(f'{v:.3f}' for v in self.std)}"
+        )
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -172,8 +173,10 @@ ALIASES = {"lite0": "efficientnet_lite0", "mobilenetv2": "mobilenet_v2", "mnv2":
 def resolve_name(name: str) -> str:
     name = ALIASES.get(name.lower(), name.lower())
     if name not in _REGISTRY and not name.startswith("timm:"):
-        raise KeyError(f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}"
-                       " or timm:<model> (needs --weights FILE or --allow-download)")
+        raise KeyError(
+            f"unknown backbone {name!r}; choose from {', '.join(list_backbones())}"
+            " or timm:<model> (needs --weights FILE or --allow-download)"
+        )
     return name
 
 
@@ -201,8 +204,15 @@ def _load_timm(name: str, weights: Path | None, allow_download: bool) -> Backbon
     cfg = timm.data.resolve_data_config({}, model=net)
     prep = Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]))
     weights_id = _file_id(weights) if weights else f"timm-{model_name}-download"
-    return Backbone(name, net.eval(), prep, int(net.num_features), weights_id,
-                    str(weights or "timm download"), "see the model's own licence")
+    return Backbone(
+        name,
+        net.eval(),
+        prep,
+        int(net.num_features),
+        weights_id,
+        str(weights or "timm download"),
+        "see the model's own licence",
+    )
 
 
 def load_backbone(
@@ -234,8 +244,9 @@ def load_backbone(
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    return Backbone(name, module, entry.preprocessing, entry.dim, _file_id(Path(path)),
-                    str(path), entry.licence)
+    return Backbone(
+        name, module, entry.preprocessing, entry.dim, _file_id(Path(path)), str(path), entry.licence
+    )
 
 
 # --------------------------------------------------------------------------- cache
@@ -293,8 +304,10 @@ class FeatureCache:
         with self._conn() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)",
-                [(key, h, v.size, np.ascontiguousarray(v, np.float32).tobytes())
-                 for h, v in items.items()],
+                [
+                    (key, h, v.size, np.ascontiguousarray(v, np.float32).tobytes())
+                    for h, v in items.items()
+                ],
             )
 
     def count(self, key: str | None = None) -> int:
@@ -398,8 +411,13 @@ class FeatureExtractor:
         # Each unique image is computed once even if it appears several times in the input.
         first_of: dict[str, int] = {}
         unique_todo = [i for i in todo if first_of.setdefault(digests[i], i) == i]
-        bar = tqdm(total=len(unique_todo), desc=desc or f"features {self.backbone.name}",
-                   unit="img", disable=not self.progress or not unique_todo, leave=False)
+        bar = tqdm(
+            total=len(unique_todo),
+            desc=desc or f"features {self.backbone.name}",
+            unit="img",
+            disable=not self.progress or not unique_todo,
+            leave=False,
+        )
         computed = 0
         for chunk in _chunks(unique_todo, self.batch_size):
             pics, ok_idx = [], []
@@ -439,5 +457,3 @@ class FeatureExtractor:
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
-
-

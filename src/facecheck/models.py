@@ -108,8 +108,12 @@ class LogisticHead(Head):
         return _sigmoid(z)
 
     def state(self) -> dict[str, np.ndarray]:
-        return {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_,
-                "intercept": np.array([self.intercept_])}
+        return {
+            "mean": self.mean_,
+            "scale": self.scale_,
+            "coef": self.coef_,
+            "intercept": np.array([self.intercept_]),
+        }
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.mean_, self.scale_, self.coef_ = state["mean"], state["scale"], state["coef"]
@@ -169,10 +173,14 @@ class MLPHead(Head):
         self.scale_ = X.std(axis=0)
         self.scale_[self.scale_ < 1e-6] = 1.0
         Xs = (X - self.mean_) / self.scale_
-        tr, es = train_test_split(np.arange(len(y)), test_size=0.15, random_state=self.seed,
-                                  stratify=y)
-        w = (compute_class_weight("balanced", classes=np.array([0, 1]), y=y[tr])
-             if self.class_weight == "balanced" else np.ones(2))
+        tr, es = train_test_split(
+            np.arange(len(y)), test_size=0.15, random_state=self.seed, stratify=y
+        )
+        w = (
+            compute_class_weight("balanced", classes=np.array([0, 1]), y=y[tr])
+            if self.class_weight == "balanced"
+            else np.ones(2)
+        )
         pos_weight = torch.tensor(w[1] / w[0], dtype=torch.float32)
         xt, yt = torch.from_numpy(Xs[tr]), torch.from_numpy(y[tr]).float()
         xe, ye = torch.from_numpy(Xs[es]), torch.from_numpy(y[es]).float()
@@ -213,11 +221,15 @@ class MLPHead(Head):
         return {"mean": self.mean_, "scale": self.scale_, **params}
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
-        self.mean_, self.scale_ = state["mean"].astype(np.float32), state["scale"].astype(np.float32)
+        self.mean_, self.scale_ = (
+            state["mean"].astype(np.float32),
+            state["scale"].astype(np.float32),
+        )
         self.n_features_in_ = len(self.mean_)
         model = self._module(self.n_features_in_)
-        model.load_state_dict({k[2:]: torch.from_numpy(v) for k, v in state.items()
-                               if k.startswith("w.")})
+        model.load_state_dict(
+            {k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w.")}
+        )
         self.model_ = model.eval()
 
 

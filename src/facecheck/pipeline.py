@@ -105,10 +105,10 @@ class Detector:
     @property
     def extractor(self) -> FeatureExtractor:
         if self._extractor is None:
-            bb = load_backbone(self.backbone_name, self.weights,
-                               allow_download=self.allow_download)
-            self._extractor = FeatureExtractor(bb, self.cache, batch_size=self.batch_size,
-                                               tta=self.tta, progress=self.progress)
+            bb = load_backbone(self.backbone_name, self.weights, allow_download=self.allow_download)
+            self._extractor = FeatureExtractor(
+                bb, self.cache, batch_size=self.batch_size, tta=self.tta, progress=self.progress
+            )
         return self._extractor
 
     @property
@@ -119,28 +119,34 @@ class Detector:
         """Feature rows for images; raises on the first image that cannot be decoded."""
         ex = self.extractor.extract(X, hashes)
         if ex.errors:
-            i, err = next(iter(sorted(ex.errors.items())))
+            _, err = next(iter(sorted(ex.errors.items())))
             raise ImageError(f"{len(ex.errors)} input(s) could not be read; first: {err}")
         return ex.features
 
     # -- estimator API
-    def fit(self, X: Sequence[Source], y: Sequence[int], hashes: Sequence[str] | None = None
-            ) -> Detector:
+    def fit(
+        self, X: Sequence[Source], y: Sequence[int], hashes: Sequence[str] | None = None
+    ) -> Detector:
         return self.fit_features(self.features(X, hashes), np.asarray(y))
 
     def fit_features(self, F: np.ndarray, y: np.ndarray) -> Detector:
         self.head = make_head(self.head_kind, **self.head_params).fit(F, y)
         return self
 
-    def predict_proba(self, X: Sequence[Source], hashes: Sequence[str] | None = None
-                      ) -> np.ndarray:
+    def predict_proba(self, X: Sequence[Source], hashes: Sequence[str] | None = None) -> np.ndarray:
         return self._require_head().predict_proba(self.features(X, hashes))
 
     def predict(self, X: Sequence[Source], hashes: Sequence[str] | None = None) -> np.ndarray:
         return (self.predict_proba(X, hashes)[:, 1] >= self.threshold).astype(np.int64)
 
-    def set_threshold_from(self, X: Sequence[Source] | np.ndarray, y: Sequence[int], *,
-                           rule: str = "youden", features: bool = False) -> float:
+    def set_threshold_from(
+        self,
+        X: Sequence[Source] | np.ndarray,
+        y: Sequence[int],
+        *,
+        rule: str = "youden",
+        features: bool = False,
+    ) -> float:
         """Choose the operating threshold on *validation* images (or their features)."""
         F = np.asarray(X) if features else self.features(X)
         score = self._require_head().predict_proba(F)[:, 1]
@@ -161,12 +167,28 @@ class Detector:
         for i, name in enumerate(names):
             if i in ex.errors:
                 err = ex.errors[i]
-                out.append(Verdict(name, "invalid_image", error=str(err), error_code=err.code,
-                                   sha256=ex.hashes[i] or None, model_version=self.version))
+                out.append(
+                    Verdict(
+                        name,
+                        "invalid_image",
+                        error=str(err),
+                        error_code=err.code,
+                        sha256=ex.hashes[i] or None,
+                        model_version=self.version,
+                    )
+                )
             else:
                 p = float(probs[i])
-                out.append(Verdict(name, "fake" if p >= self.threshold else "real", p,
-                                   self.threshold, ex.hashes[i], model_version=self.version))
+                out.append(
+                    Verdict(
+                        name,
+                        "fake" if p >= self.threshold else "real",
+                        p,
+                        self.threshold,
+                        ex.hashes[i],
+                        model_version=self.version,
+                    )
+                )
         return out
 
     def _require_head(self) -> Head:
@@ -188,20 +210,31 @@ class Detector:
         head.save(head_file)
         digest = hashlib.sha256(head_file.read_bytes()).hexdigest()
         bb = self.backbone
-        self.metadata = {**self.metadata, **metadata,
-                         "model_version": f"{bb.name}-{self.head_kind}-{digest[:10]}"}
+        self.metadata = {
+            **self.metadata,
+            **metadata,
+            "model_version": f"{bb.name}-{self.head_kind}-{digest[:10]}",
+        }
         bundle = {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_VERSION,
             "facecheck_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "backbone": {"name": bb.name, "weights_id": bb.weights_id, "dim": bb.dim,
-                         "licence": bb.licence},
+            "backbone": {
+                "name": bb.name,
+                "weights_id": bb.weights_id,
+                "dim": bb.dim,
+                "licence": bb.licence,
+            },
             "preprocessing": bb.preprocessing.to_dict(),
             "tta": self.tta,
             "face_stage": FACE_STAGE,
-            "head": {"kind": self.head_kind, "params": head.get_params(), "file": head_file.name,
-                     "sha256": digest},
+            "head": {
+                "kind": self.head_kind,
+                "params": head.get_params(),
+                "file": head_file.name,
+                "sha256": digest,
+            },
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             **self.metadata,
@@ -210,8 +243,14 @@ class Detector:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path | None = None, *, cache: FeatureCache | None = None,
-             weights: str | Path | None = None, progress: bool = False) -> Detector:
+    def load(
+        cls,
+        directory: str | Path | None = None,
+        *,
+        cache: FeatureCache | None = None,
+        weights: str | Path | None = None,
+        progress: bool = False,
+    ) -> Detector:
         """Load a bundle (default: the one shipped in the package), checking it fits here."""
         directory = Path(directory) if directory else default_bundle_path()
         meta_file = directory / "bundle.json"
@@ -229,8 +268,10 @@ class Detector:
                 f"facecheck ({__version__}) reads (<= {BUNDLE_VERSION}); upgrade facecheck"
             )
         if meta.get("face_stage", FACE_STAGE) != FACE_STAGE:
-            raise BundleError(f"{directory}: needs face stage {meta['face_stage']}, "
-                              f"this facecheck has {FACE_STAGE}")
+            raise BundleError(
+                f"{directory}: needs face stage {meta['face_stage']}, "
+                f"this facecheck has {FACE_STAGE}"
+            )
         head_meta = meta["head"]
         if head_meta["kind"] not in HEADS:
             raise BundleError(f"{directory}: unknown head kind {head_meta['kind']!r}")
@@ -238,13 +279,29 @@ class Detector:
         digest = hashlib.sha256(head_file.read_bytes()).hexdigest()
         if digest != head_meta["sha256"]:
             raise BundleError(f"{head_file}: checksum mismatch (file changed or damaged)")
-        det = cls(meta["backbone"]["name"], head_meta["kind"], head_params=head_meta["params"],
-                  tta=bool(meta.get("tta", False)), weights=weights,
-                  threshold=float(meta["threshold"]), cache=cache, progress=progress)
+        det = cls(
+            meta["backbone"]["name"],
+            head_meta["kind"],
+            head_params=head_meta["params"],
+            tta=bool(meta.get("tta", False)),
+            weights=weights,
+            threshold=float(meta["threshold"]),
+            cache=cache,
+            progress=progress,
+        )
         det.threshold_rule = meta.get("threshold_rule", "default")
         det.head = Head.from_file(head_meta["kind"], head_meta["params"], head_file)
-        skip = {"format", "format_version", "backbone", "preprocessing", "tta", "face_stage",
-                "head", "threshold", "threshold_rule"}
+        skip = {
+            "format",
+            "format_version",
+            "backbone",
+            "preprocessing",
+            "tta",
+            "face_stage",
+            "head",
+            "threshold",
+            "threshold_rule",
+        }
         det.metadata = {k: v for k, v in meta.items() if k not in skip}
         bb = det.backbone  # loads the weights now, so a mismatch fails at load time
         if bb.weights_id != meta["backbone"]["weights_id"]:
@@ -255,8 +312,10 @@ class Detector:
         if Preprocessing.from_dict(meta["preprocessing"]) != bb.preprocessing:
             raise BundleError(f"{directory}: preprocessing differs from {bb.name}'s")
         if det.head.n_features_in != bb.dim:
-            raise BundleError(f"{directory}: head takes {det.head.n_features_in} features, "
-                              f"{bb.name} gives {bb.dim}")
+            raise BundleError(
+                f"{directory}: head takes {det.head.n_features_in} features, "
+                f"{bb.name} gives {bb.dim}"
+            )
         return det
 
 

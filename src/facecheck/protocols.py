@@ -46,7 +46,9 @@ class Protocol:
 
 
 def _rff(ds: Dataset) -> tuple[Dataset, Dataset]:
-    return ds.where(label="real", source=EDITED_SOURCE), ds.where(label="fake", source=EDITED_SOURCE)
+    return ds.where(label="real", source=EDITED_SOURCE), ds.where(
+        label="fake", source=EDITED_SOURCE
+    )
 
 
 def generated(ds: Dataset) -> Dataset:
@@ -58,8 +60,14 @@ def p1(ds: Dataset, seed: int = 0) -> Protocol:
     """P1: balanced photoshop detection, rff real vs rff fake (one source)."""
     real, fake = _rff(ds)
     split = split_by_hash(ds.subset(real.records + fake.records), seed=seed)
-    return Protocol("P1", "rff real vs rff Photoshop fake (balanced, same source)", split,
-                    {"same-source": split.test}, "same-source", seed=seed)
+    return Protocol(
+        "P1",
+        "rff real vs rff Photoshop fake (balanced, same source)",
+        split,
+        {"same-source": split.test},
+        "same-source",
+        seed=seed,
+    )
 
 
 def p2(ds: Dataset, seed: int = 0) -> Protocol:
@@ -68,8 +76,14 @@ def p2(ds: Dataset, seed: int = 0) -> Protocol:
     # A small dataset (tests, subsets) has fewer fakes than the protocol's 90: take them all.
     fakes = draw(fake.records, min(P2_FAKES, len(fake)), seed=seed)
     split = split_by_hash(ds.subset(real.records + fakes), seed=seed)
-    return Protocol("P2", f"rff real vs {P2_FAKES} rff fakes (about 1:12, same source)", split,
-                    {"same-source": split.test}, "same-source", seed=seed)
+    return Protocol(
+        "P2",
+        f"rff real vs {P2_FAKES} rff fakes (about 1:12, same source)",
+        split,
+        {"same-source": split.test},
+        "same-source",
+        seed=seed,
+    )
 
 
 def _p3(ds: Dataset, seed: int, n_fakes: int | None, name: str, title: str) -> Protocol:
@@ -79,22 +93,38 @@ def _p3(ds: Dataset, seed: int, n_fakes: int | None, name: str, title: str) -> P
         fakes = draw(fakes, n_fakes, seed=seed)
     split = split_by_hash(ds.subset(reals.records + fakes), seed=seed)
     same = split.test.where(source=EDITED_SOURCE)
-    return Protocol(name, title, split,
-                    {"same-source": same, "mixed-source": split.test}, "same-source",
-                    source_biased={"mixed-source"}, seed=seed)
+    return Protocol(
+        name,
+        title,
+        split,
+        {"same-source": same, "mixed-source": split.test},
+        "same-source",
+        source_biased={"mixed-source"},
+        seed=seed,
+    )
 
 
 def p3(ds: Dataset, seed: int = 0) -> Protocol:
     """P3: all reals (rff + utkface) vs all rff fakes, about 1:11; headline on rff-only test."""
-    return _p3(ds, seed, None, "P3",
-               "all reals (rff + utkface) vs rff fakes (about 1:11); headline on rff test images")
+    return _p3(
+        ds,
+        seed,
+        None,
+        "P3",
+        "all reals (rff + utkface) vs rff fakes (about 1:11); headline on rff test images",
+    )
 
 
 def p3_212(ds: Dataset, seed: int = 0) -> Protocol:
     """P3 at the thesis's 1:212 ratio: fakes drawn (seeded) so reals/fakes is about 212."""
     n_reals = len(ds.where(label="real"))
-    return _p3(ds, seed, max(1, round(n_reals / P3_RATIO)), "P3-212",
-               "all reals vs rff fakes drawn to 1:212; headline on rff test images")
+    return _p3(
+        ds,
+        seed,
+        max(1, round(n_reals / P3_RATIO)),
+        "P3-212",
+        "all reals vs rff fakes drawn to 1:212; headline on rff test images",
+    )
 
 
 def p4(ds: Dataset, seed: int = 0) -> Protocol:
@@ -106,8 +136,15 @@ def p4(ds: Dataset, seed: int = 0) -> Protocol:
         "gan-vs-rff-real": test.subset(r for r in test if r.label == "fake" or r.source == "rff"),
         "all": test,
     }
-    return Protocol("P4", "GAN-generated faces vs all reals (different sources by construction)",
-                    split, sets, "gan-vs-rff-real", source_biased=set(sets), seed=seed)
+    return Protocol(
+        "P4",
+        "GAN-generated faces vs all reals (different sources by construction)",
+        split,
+        sets,
+        "gan-vs-rff-real",
+        source_biased=set(sets),
+        seed=seed,
+    )
 
 
 def all_sources(ds: Dataset, seed: int = 0) -> Protocol:
@@ -117,16 +154,31 @@ def all_sources(ds: Dataset, seed: int = 0) -> Protocol:
     sets = {
         "rff-same-source": test.where(source=EDITED_SOURCE),
         "gan-vs-rff-real": test.subset(
-            r for r in test if r.source == EDITED_SOURCE and r.label == "real"
-            or r.label == "fake" and r.source != EDITED_SOURCE),
+            r
+            for r in test
+            if (r.source == EDITED_SOURCE and r.label == "real")
+            or (r.label == "fake" and r.source != EDITED_SOURCE)
+        ),
         "all": test,
     }
-    return Protocol("ALL", "all reals vs all fakes (edited and generated)", split, sets,
-                    "rff-same-source", source_biased={"gan-vs-rff-real", "all"}, seed=seed)
+    return Protocol(
+        "ALL",
+        "all reals vs all fakes (edited and generated)",
+        split,
+        sets,
+        "rff-same-source",
+        source_biased={"gan-vs-rff-real", "all"},
+        seed=seed,
+    )
 
 
 PROTOCOLS: dict[str, Callable[[Dataset, int], Protocol]] = {
-    "P1": p1, "P2": p2, "P3": p3, "P3-212": p3_212, "P4": p4, "ALL": all_sources,
+    "P1": p1,
+    "P2": p2,
+    "P3": p3,
+    "P3-212": p3_212,
+    "P4": p4,
+    "ALL": all_sources,
 }
 
 

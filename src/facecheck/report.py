@@ -13,19 +13,36 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
-import matplotlib.pyplot as plt  # noqa: E402
-from sklearn.metrics import precision_recall_curve, roc_curve  # noqa: E402
+import matplotlib.pyplot as plt
+from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .evaluate import ModelResult  # noqa: E402
-from .metrics import METRIC_NAMES  # noqa: E402
-from .protocols import Protocol  # noqa: E402
+from .evaluate import ModelResult
+from .metrics import METRIC_NAMES
+from .protocols import Protocol
 
 CSV_FIELDS = [
-    "run", "protocol", "test_set", "source_biased", "model", "backbone", "head", "tta",
-    "threshold_kind", "threshold", "n", "n_fake", *METRIC_NAMES, "flagged_per_10k",
-    "recall_at_10fpr", "tp", "fp", "tn", "fn",
+    "run",
+    "protocol",
+    "test_set",
+    "source_biased",
+    "model",
+    "backbone",
+    "head",
+    "tta",
+    "threshold_kind",
+    "threshold",
+    "n",
+    "n_fake",
+    *METRIC_NAMES,
+    "flagged_per_10k",
+    "recall_at_10fpr",
+    "tp",
+    "fp",
+    "tn",
+    "fn",
     *[f"{m}_ci_{b}" for m in METRIC_NAMES for b in ("lo", "hi")],
-    "val_roc_auc", "seed",
+    "val_roc_auc",
+    "seed",
 ]
 
 
@@ -43,14 +60,21 @@ def machine_description() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, " \
-           f"torch {torch.__version__}"
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, "
+        f"torch {torch.__version__}"
+    )
 
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=False)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -62,15 +86,35 @@ def rows(results: Sequence[ModelResult], run: str, seed: int) -> list[dict[str, 
         for t in r.tests.values():
             for kind, m in (("validation", t.at_val), ("default-0.5", t.at_default)):
                 row = {
-                    "run": run, "protocol": r.protocol, "test_set": t.name,
-                    "source_biased": t.source_biased, "model": r.label, "backbone": r.backbone,
-                    "head": r.head, "tta": r.tta,
+                    "run": run,
+                    "protocol": r.protocol,
+                    "test_set": t.name,
+                    "source_biased": t.source_biased,
+                    "model": r.label,
+                    "backbone": r.backbone,
+                    "head": r.head,
+                    "tta": r.tta,
                     "threshold_kind": f"val:{r.threshold_rule}" if kind == "validation" else kind,
-                    "recall_at_10fpr": t.recall_at_10fpr, "val_roc_auc": r.val["roc_auc"],
+                    "recall_at_10fpr": t.recall_at_10fpr,
+                    "val_roc_auc": r.val["roc_auc"],
                     "seed": seed,
                 }
-                row.update({k: m[k] for k in ("threshold", "n", "n_fake", *METRIC_NAMES,
-                                              "flagged_per_10k", "tp", "fp", "tn", "fn")})
+                row.update(
+                    {
+                        k: m[k]
+                        for k in (
+                            "threshold",
+                            "n",
+                            "n_fake",
+                            *METRIC_NAMES,
+                            "flagged_per_10k",
+                            "tp",
+                            "fp",
+                            "tn",
+                            "fn",
+                        )
+                    }
+                )
                 if kind == "validation":  # CIs are computed at the validation threshold
                     for metric, (lo, hi) in t.ci.items():
                         row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"] = lo, hi
@@ -114,10 +158,12 @@ def plot_curves(results: Sequence[ModelResult], test_set: str, path: Path, title
         ax_roc.plot(fpr, tpr, label=f"{r.label} (AUC {t.at_val['roc_auc']:.3f})")
         ax_pr.plot(rec, prec, label=f"{r.label} (AP {t.at_val['pr_auc']:.3f})")
     ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
-    ax_roc.set(xlabel="false-positive rate (reals flagged)", ylabel="recall (fakes caught)",
-               title="ROC")
-    ax_pr.set(xlabel="recall (fakes caught)", ylabel="precision", title="precision-recall",
-              ylim=(0, 1.02))
+    ax_roc.set(
+        xlabel="false-positive rate (reals flagged)", ylabel="recall (fakes caught)", title="ROC"
+    )
+    ax_pr.set(
+        xlabel="recall (fakes caught)", ylabel="precision", title="precision-recall", ylim=(0, 1.02)
+    )
     for ax in (ax_roc, ax_pr):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right" if ax is ax_roc else "lower left")
@@ -127,8 +173,7 @@ def plot_curves(results: Sequence[ModelResult], test_set: str, path: Path, title
     plt.close(fig)
 
 
-def plot_confusions(results: Sequence[ModelResult], test_set: str, path: Path, title: str
-                    ) -> None:
+def plot_confusions(results: Sequence[ModelResult], test_set: str, path: Path, title: str) -> None:
     n = len(results)
     fig, axes = plt.subplots(1, n, figsize=(3.1 * n, 3.2), squeeze=False)
     for ax, r in zip(axes[0], results, strict=True):
@@ -218,12 +263,24 @@ def write_report(
                 )
             lines.append("")
             slug = f"{proto.name}_{name}".replace("/", "-")
-            plot_curves(res, name, out_dir / f"{slug}_roc_pr.png",
-                        f"{proto.name} · {name}{' (source-biased)' if biased else ''}")
-            plot_confusions(res, name, out_dir / f"{slug}_confusion.png",
-                            f"{proto.name} · {name} · at the validation threshold")
-            lines += [f"![ROC and PR]({slug}_roc_pr.png)", "",
-                      f"![confusion matrices]({slug}_confusion.png)", ""]
+            plot_curves(
+                res,
+                name,
+                out_dir / f"{slug}_roc_pr.png",
+                f"{proto.name} · {name}{' (source-biased)' if biased else ''}",
+            )
+            plot_confusions(
+                res,
+                name,
+                out_dir / f"{slug}_confusion.png",
+                f"{proto.name} · {name} · at the validation threshold",
+            )
+            lines += [
+                f"![ROC and PR]({slug}_roc_pr.png)",
+                "",
+                f"![confusion matrices]({slug}_confusion.png)",
+                "",
+            ]
         dropped = sum(r.dropped for r in res)
         if dropped:
             lines += [f"{dropped} image(s) could not be decoded and were left out.", ""]
@@ -259,8 +316,10 @@ def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
         "non-commercial use only):",
         *[f"  - `{s}`: {KNOWN_SOURCES.get(s, 'unknown source')}" for s in sources],
         "- **Validation** (threshold-selection split, not a test figure): "
-        + ", ".join(f"{k} {val[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr")
-                    if k in val) + ".",
+        + ", ".join(
+            f"{k} {val[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr") if k in val
+        )
+        + ".",
         "- **Test figures**: `benchmarks/results.md` (protocol ALL, same backbone and head), "
         "reproduced by `make run`.",
         "- **Known limits**: frozen ImageNet features barely separate Photoshop edits from "

@@ -1,0 +1,154 @@
+"""Write benchmarks/results.md from the files the measuring commands leave behind.
+
+    python benchmarks/results.py
+
+Reads reports/make-run/metrics.csv (from `make run`), benchmarks/speed.json (from
+`make bench`) and benchmarks/make_run_timing.json (from benchmarks/time_make_run.sh), and
+puts the seeds' published figures from ../shared/notes/protocols.md beside ours. Nothing
+here is typed in by hand except those published figures and the goals.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+METRICS = ROOT / "reports" / "make-run" / "metrics.csv"
+SPEED = ROOT / "benchmarks" / "speed.json"
+TIMING = ROOT / "benchmarks" / "make_run_timing.json"
+OUT = ROOT / "benchmarks" / "results.md"
+
+# Published figures (../shared/notes/protocols.md) and this project's goals, per protocol.
+SEEDS = {
+    "P1": (
+        "thesis simple CNN: test accuracy 89.86% (random split); frozen Lite0 + LR "
+        "reference: ROC-AUC 0.665 ± 0.022 (5-fold CV)",
+        "accuracy >= 92%, ROC-AUC >= 0.97",
+    ),
+    "P2": (
+        "thesis SMOTE+undersampling+focal: recall 55.6%, precision 19.2%",
+        "recall >= 90% at precision >= 50%",
+    ),
+    "P3": (
+        "thesis voting classifier: recall 91.67%, precision 39.28% (mixed-source test)",
+        "same-source recall >= 97% with <= 1.5% sent to a person",
+    ),
+    "P3-212": ("thesis 1:212: recall 91.67%, precision 39.28%, 2.3% to a person", "as P3"),
+    "P4": (
+        "notebook: CNN AUC 0.917; EfficientNetV2-B0 AUC 0.982 (other data); frozen "
+        "Lite0 + LR reference, gan vs rff real: ROC-AUC 0.981",
+        "ROC-AUC >= 0.995",
+    ),
+    "ALL": ("(the shipped default detector's recipe)", "-"),
+}
+
+
+def _f(v: str, d: int = 3) -> str:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if x != x else f"{x:.{d}f}"
+
+
+def _ci(row: dict, m: str) -> str:
+    lo, hi = row.get(f"{m}_ci_lo", ""), row.get(f"{m}_ci_hi", "")
+    return f"{_f(row[m])} ({_f(lo, 2)}-{_f(hi, 2)})" if lo not in ("", None) else _f(row[m])
+
+
+def metrics_section() -> list[str]:
+    if not METRICS.exists():
+        return ["No `reports/make-run/metrics.csv` yet: run `make run`.", ""]
+    rows = [r for r in csv.DictReader(METRICS.open()) if r["threshold_kind"].startswith("val")]
+    lines = [
+        "## Detection metrics (test split, threshold chosen on validation)",
+        "",
+        f"From `make run` (`reports/make-run/report.md`, run `{rows[0]['run']}`, seed "
+        f"{rows[0]['seed']}, stratified 80/10/10 split by content hash, Youden threshold on "
+        "validation, 95% bootstrap CIs in brackets). **Headline** rows are same-source where "
+        "the protocol allows; rows marked *biased* compare classes from different sources.",
+        "",
+    ]
+    for proto in dict.fromkeys(r["protocol"] for r in rows):
+        seed, goal = SEEDS.get(proto, ("", ""))
+        lines += [
+            f"### {proto}",
+            "",
+            f"- seeds / reference: {seed}",
+            f"- goal: {goal}",
+            "",
+            "| test set | model | ROC-AUC | accuracy | recall | precision | FPR | "
+            "recall@10%FPR | flagged/10k at 1:1000 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            if r["protocol"] != proto:
+                continue
+            name = r["test_set"] + (" *biased*" if r["source_biased"] == "True" else "")
+            lines.append(
+                f"| {name} (n={r['n']}, {r['n_fake']} fake) | {r['model']} "
+                f"| {_ci(r, 'roc_auc')} | {_ci(r, 'accuracy')} | {_ci(r, 'recall')} "
+                f"| {_ci(r, 'precision')} | {_ci(r, 'fpr')} | {_f(r['recall_at_10fpr'])} "
+                f"| {_f(r['flagged_per_10k'], 0)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def speed_section() -> list[str]:
+    lines = ["## Speed", ""]
+    if SPEED.exists():
+        s = json.loads(SPEED.read_text())
+        lines += [
+            f"`make bench` ({s['date']}; {s['machine']}; {s['torch_threads']} torch "
+            "threads), uncached, including file read and JPEG decode:",
+            "",
+            "| what | figure |",
+            "|---|---|",
+        ]
+        for bb, e in s["extraction"].items():
+            lines.append(
+                f"| feature extraction, {bb}, batch {e['batch_size']} "
+                f"| {e['images_per_s']} images/s ({e['images']} images) |"
+            )
+        c = s["check_latency"]
+        lines += [
+            f"| `check` one image, default detector ({c['model']}) | p50 {c['p50_ms']} ms, "
+            f"p95 {c['p95_ms']} ms ({c['images']} images; model load "
+            f"{c['model_load_s']} s) |"
+        ]
+    else:
+        lines.append("No `benchmarks/speed.json` yet: run `make bench`.")
+    lines.append("")
+    if TIMING.exists():
+        t = json.loads(TIMING.read_text())
+        lines += [
+            "`benchmarks/time_make_run.sh` (the whole `make run`, installed venv):",
+            "",
+            "| run | wall time |",
+            "|---|---|",
+        ]
+        for k, v in t["runs"].items():
+            lines.append(f"| {k} | {v} s ({v / 60:.1f} min) |")
+        lines += ["", f"Machine: {t['machine']}; {t['date']}.", ""]
+    return lines
+
+
+def main() -> None:
+    lines = [
+        "# facecheck benchmark results",
+        "",
+        "Generated by `python benchmarks/results.py` from files that `make run`, "
+        "`make bench` and `benchmarks/time_make_run.sh` write; rerun those to refresh.",
+        "",
+        *metrics_section(),
+        *speed_section(),
+    ]
+    OUT.write_text("\n".join(lines) + "\n")
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()

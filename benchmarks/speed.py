@@ -1,0 +1,92 @@
+"""Speed of facecheck on this machine: feature extraction throughput and `check` latency.
+
+    python benchmarks/speed.py [--data ../shared/data] [--n 256] [--out benchmarks/speed.json]
+
+Extraction is measured uncached (no feature cache), including file read and JPEG decode,
+after a warm-up batch. `check` latency is one image per call through the shipped default
+detector (decode + features + head + verdict), after the model is loaded, uncached.
+Run it on a quiet machine: the figures are only as steady as the CPU is idle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from facecheck.data import load_manifest
+from facecheck.features import FeatureExtractor, load_backbone
+from facecheck.pipeline import Detector, default_bundle_path
+from facecheck.report import machine_description
+
+
+def sample_paths(data: Path, n: int, seed: int = 0) -> list[Path]:
+    paths = load_manifest(data / "manifest.jsonl").paths
+    return random.Random(seed).sample(paths, n)
+
+
+def extraction(backbone: str, paths: list[Path], batch_size: int) -> dict[str, float]:
+    ex = FeatureExtractor(load_backbone(backbone), None, batch_size=batch_size, progress=False)
+    ex.extract(paths[:batch_size])  # warm-up
+    t = time.perf_counter()
+    ex.extract(paths)
+    dt = time.perf_counter() - t
+    return {
+        "images": len(paths),
+        "batch_size": batch_size,
+        "seconds": round(dt, 2),
+        "images_per_s": round(len(paths) / dt, 1),
+    }
+
+
+def check_latency(paths: list[Path]) -> dict[str, float]:
+    t = time.perf_counter()
+    det = Detector.load(default_bundle_path())
+    load_s = time.perf_counter() - t
+    det.check(paths[:3])  # warm-up
+    times = []
+    for p in paths:
+        t = time.perf_counter()
+        det.check([p])
+        times.append((time.perf_counter() - t) * 1000)
+    arr = np.asarray(times)
+    return {
+        "images": len(paths),
+        "model_load_s": round(load_s, 2),
+        "p50_ms": round(float(np.percentile(arr, 50)), 1),
+        "p95_ms": round(float(np.percentile(arr, 95)), 1),
+        "mean_ms": round(float(arr.mean()), 1),
+        "model": det.version,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--data", type=Path, default=Path("../shared/data"))
+    ap.add_argument("--n", type=int, default=256, help="images for throughput")
+    ap.add_argument("--latency-n", type=int, default=100, help="images for latency")
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/speed.json"))
+    args = ap.parse_args()
+    paths = sample_paths(args.data, args.n)
+    result = {
+        "machine": machine_description(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        "extraction": {
+            bb: extraction(bb, paths, 8) for bb in ("efficientnet_lite0", "mobilenet_v2")
+        },
+        "check_latency": check_latency(paths[: args.latency_n]),
+    }
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

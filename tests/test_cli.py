@@ -1,0 +1,157 @@
+"""The CLI end to end on a small real subset: train, evaluate (report), check."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import pytest
+
+from facecheck.cli import main
+from facecheck.pipeline import Detector, default_bundle_path
+
+
+@pytest.fixture(scope="module")
+def trained(small_manifest, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "p4"
+    code = main(
+        [
+            "train",
+            "--data",
+            str(small_manifest),
+            "--protocol",
+            "P4",
+            "--out",
+            str(out),
+            "--cache-dir",
+            str(cache_dir),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_train_writes_bundle_and_model_card(trained):
+    meta = json.loads((trained / "bundle.json").read_text())
+    assert meta["training"]["protocol"] == "P4"
+    assert meta["training"]["train_counts"]["tpdne/fake"] > 0
+    assert 0.0 <= meta["threshold"] <= 1.0 and meta["threshold_rule"] == "youden"
+    card = (trained / "MODEL_CARD.md").read_text()
+    assert "non-commercial" in card and "GPL-3.0" in card
+
+
+def test_evaluate_writes_report_and_accumulates_scores(small_manifest, cache_dir, tmp_path):
+    scores = tmp_path / "model_scores.csv"
+    args = [
+        "evaluate",
+        "--data",
+        str(small_manifest),
+        "--protocols",
+        "P1,P3,P4",
+        "--backbones",
+        "lite0",
+        "--heads",
+        "logreg,mlp",
+        "--n-boot",
+        "100",
+        "--cache-dir",
+        str(cache_dir),
+        "--scores-csv",
+        str(scores),
+        "--quiet",
+    ]
+    assert main([*args, "--out", str(tmp_path / "r1"), "--run-name", "r1"]) == 0
+    report = (tmp_path / "r1" / "report.md").read_text()
+    for needle in (
+        "## P1",
+        "## P3",
+        "## P4",
+        "source-biased",
+        "ROC-AUC",
+        "flagged/10k",
+        "P1_same-source_roc_pr.png",
+    ):
+        assert needle in report
+    for png in ("P1_same-source_roc_pr.png", "P3_mixed-source_confusion.png"):
+        assert (tmp_path / "r1" / png).read_bytes()[:4] == b"\x89PNG"
+    rows = list(csv.DictReader((tmp_path / "r1" / "metrics.csv").open()))
+    # 3 protocols' test sets (1 + 2 + 2) x 2 heads x 2 threshold kinds
+    assert len(rows) == (1 + 2 + 2) * 2 * 2
+    assert {r["threshold_kind"] for r in rows} == {"val:youden", "default-0.5"}
+    assert main([*args, "--out", str(tmp_path / "r2"), "--run-name", "r2"]) == 0
+    acc = list(csv.DictReader(scores.open()))
+    assert len(acc) == 2 * len(rows) and {r["run"] for r in acc} == {"r1", "r2"}
+    # Same seed, same cache: the second run reproduces the first exactly.
+    key = ("protocol", "test_set", "model", "threshold_kind")
+    r1 = {tuple(r[k] for k in key): r["roc_auc"] for r in acc if r["run"] == "r1"}
+    r2 = {tuple(r[k] for k in key): r["roc_auc"] for r in acc if r["run"] == "r2"}
+    assert r1 == r2
+
+
+def test_check_scores_good_files_and_reports_bad_ones(trained, face_paths, tmp_path, capsys):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(face_paths[0].read_bytes()[:500])
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    files = [face_paths[0], broken, text, empty, tmp_path / "missing.jpg", face_paths[8]]
+    code = main(["check", "--model", str(trained), "--json", *map(str, files)])
+    assert code == 1  # some inputs were invalid
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["input"] for o in out] == [str(f) for f in files]
+    assert [o["verdict"] for o in out[1:5]] == ["invalid_image"] * 4
+    assert [o["error_code"] for o in out[1:5]] == [
+        "corrupt_image",
+        "not_an_image",
+        "empty_file",
+        "not_an_image",
+    ]
+    for good in (out[0], out[5]):
+        assert good["verdict"] in ("real", "fake") and 0 <= good["fake_probability"] <= 1
+    # The same image scores the same through the library.
+    det = Detector.load(trained)
+    assert det.predict_proba([face_paths[0]])[0, 1] == pytest.approx(out[0]["fake_probability"])
+
+
+def test_check_human_output_and_folders(trained, shared_data, capsys):
+    code = main(
+        ["check", "--model", str(trained), str(shared_data / "rff" / "real" / "real_00001.jpg")]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "real_00001.jpg" in out and "P(fake)" in out
+
+
+def test_check_with_unloadable_model(tmp_path, face_paths, capsys):
+    assert main(["check", "--model", str(tmp_path), str(face_paths[0])]) == 2
+    assert "cannot load the detector" in capsys.readouterr().err
+
+
+def test_shipped_default_bundle_checks_an_image(face_paths):
+    det = Detector.load(default_bundle_path())
+    assert det.metadata["training"]["protocol"] == "ALL"
+    assert (default_bundle_path() / "MODEL_CARD.md").is_file()
+    verdicts = det.check(face_paths[:2])
+    assert all(v.verdict in ("real", "fake") for v in verdicts)
+
+
+def test_console_script_help():
+    out = subprocess.run(
+        [sys.executable, "-m", "facecheck.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for cmd in ("check", "train", "evaluate", "examples:"):
+        assert cmd in out
+    bad = subprocess.run(
+        [sys.executable, "-m", "facecheck.cli", "train", "--data", "/nowhere", "--out", "/tmp/x"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert bad.returncode == 2 and "no dataset here" in bad.stderr

@@ -1,0 +1,84 @@
+"""Real backbones, the content-hash feature cache and test-time augmentation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from facecheck.features import FeatureCache, FeatureExtractor, load_backbone, resolve_name
+from facecheck.imageio import load_image
+
+
+def test_backbones_load_offline(lite0):
+    assert lite0.dim == 1280 and len(lite0.weights_id) == 16
+    mnv2 = load_backbone("mobilenetv2")
+    assert mnv2.name == "mobilenet_v2" and mnv2.weights_id != lite0.weights_id
+    assert not any(p.requires_grad for p in lite0.model.parameters())
+    with pytest.raises(KeyError, match="unknown backbone"):
+        resolve_name("resnet9000")
+    with pytest.raises(RuntimeError, match="allow-download"):
+        load_backbone("timm:resnet18")
+
+
+def test_user_weights_file(tmp_path, lite0):
+    from efficientnet_lite_pytorch import EfficientNet
+
+    # A weights file of the right architecture but other values: a different weights id.
+    torch.manual_seed(0)
+    path = tmp_path / "lite0-random.pth"
+    torch.save(EfficientNet.from_name("efficientnet-lite0").state_dict(), path)
+    other = load_backbone("lite0", path)
+    assert other.weights_id != lite0.weights_id
+    torch.save({"nonsense.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(RuntimeError, match="does not match"):
+        load_backbone("lite0", tmp_path / "bad.pth")
+
+
+def test_cache_hit_on_second_extraction(lite0, face_paths, tmp_path):
+    cache = FeatureCache(tmp_path)
+    ex = FeatureExtractor(lite0, cache, progress=False)
+    first = ex.extract(face_paths)
+    assert first.n_computed == len(face_paths) and not first.errors
+    assert cache.count(ex.key) == len(face_paths)
+    second = FeatureExtractor(lite0, FeatureCache(tmp_path), progress=False).extract(face_paths)
+    assert second.n_computed == 0
+    np.testing.assert_array_equal(first.features, second.features)
+    # The cached vector is what the network gives for the image now.
+    direct = ex.embed([load_image(face_paths[0]).image])[0]
+    np.testing.assert_allclose(first.features[0], direct, rtol=1e-5, atol=1e-5)
+
+
+def test_cache_key_separates_backbone_weights_and_tta(lite0, face_paths, tmp_path):
+    cache = FeatureCache(tmp_path)
+    plain = FeatureExtractor(lite0, cache, progress=False)
+    flip = FeatureExtractor(lite0, cache, tta=True, progress=False)
+    assert plain.key != flip.key
+    a = plain.extract(face_paths[:3])
+    b = flip.extract(face_paths[:3])
+    assert b.n_computed == 3  # not served from the non-TTA entries
+    assert not np.allclose(a.features, b.features)
+    # TTA is the mean of the image's and its mirror's features.
+    img = load_image(face_paths[0]).image
+    mirrored = plain.embed([img.transpose(0)])[0]  # FLIP_LEFT_RIGHT
+    np.testing.assert_allclose(b.features[0], (a.features[0] + mirrored) / 2, atol=1e-4)
+
+
+def test_bad_inputs_do_not_stop_the_batch(lite0, face_paths, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(face_paths[0].read_bytes()[:300])
+    sources = [face_paths[0], bad, tmp_path / "missing.jpg", face_paths[1], face_paths[0]]
+    out = FeatureExtractor(lite0, None, progress=False).extract(sources)
+    assert set(out.errors) == {1, 2}
+    assert out.ok.tolist() == [True, False, False, True, True]
+    assert np.isnan(out.features[1]).all() and np.isfinite(out.features[out.ok]).all()
+    np.testing.assert_array_equal(out.features[0], out.features[4])  # duplicate input
+    assert out.n_computed == 2  # the repeated image was computed once
+
+
+def test_bytes_and_paths_agree(lite0, face_paths):
+    ex = FeatureExtractor(lite0, None, progress=False)
+    a = ex.extract([face_paths[2]])
+    b = ex.extract([face_paths[2].read_bytes()])
+    assert a.hashes == b.hashes
+    np.testing.assert_allclose(a.features, b.features, atol=1e-6)

@@ -1,0 +1,100 @@
+"""Metrics against hand-computed cases; thresholds from validation; bootstrap intervals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from facecheck.metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    flagged_per_10k,
+    recall_at_fpr,
+)
+
+# 4 fakes, 6 reals. At threshold 0.5: fakes scored .9 .8 .4 .6 -> TP 3, FN 1;
+# reals scored .7 .3 .2 .1 .55 .05 -> FP 2, TN 4.
+Y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+S = np.array([0.9, 0.8, 0.4, 0.6, 0.7, 0.3, 0.2, 0.1, 0.55, 0.05])
+
+
+def test_hand_computed_case():
+    m = binary_metrics(Y, S, 0.5)
+    assert (m["tp"], m["fn"], m["fp"], m["tn"]) == (3, 1, 2, 4)
+    assert m["recall"] == pytest.approx(3 / 4)
+    assert m["precision"] == pytest.approx(3 / 5)
+    assert m["f1"] == pytest.approx(2 * 3 / (2 * 3 + 2 + 1))
+    assert m["accuracy"] == pytest.approx(7 / 10)
+    assert m["fpr"] == pytest.approx(2 / 6)
+    # ROC-AUC = share of (fake, real) pairs ranked right: fakes .9,.8,.6,.4 beat 6,6,5,4
+    # of the reals (.4 loses to .7 and .55) -> 21 of 24 pairs.
+    assert m["roc_auc"] == pytest.approx(21 / 24)
+    # Average precision: precision at each fake's rank (1, 2, 4, 6) -> 1, 1, 3/4, 4/6.
+    assert m["pr_auc"] == pytest.approx((1 + 1 + 3 / 4 + 4 / 6) / 4)
+    assert (m["n"], m["n_fake"]) == (10, 4)
+
+
+def test_score_equal_to_threshold_is_fake():
+    m = binary_metrics(np.array([1, 0]), np.array([0.5, 0.49]), 0.5)
+    assert m["tp"] == 1 and m["tn"] == 1
+
+
+def test_one_class_gives_nan_not_crash():
+    m = binary_metrics(np.zeros(5, int), np.linspace(0, 1, 5), 0.5)
+    assert math.isnan(m["roc_auc"]) and math.isnan(m["recall"])
+    assert m["fpr"] == pytest.approx(3 / 5)  # 0.5, 0.75 and 1.0 are at or over 0.5
+
+
+def test_flagged_per_10k():
+    # 1 fake in 1000: recall .9 catches 9 of 10 fakes; FPR 2% flags 199.8 of 9,990 reals.
+    assert flagged_per_10k(0.9, 0.02) == pytest.approx(9 + 199.8)
+
+
+def test_choose_threshold_rules():
+    assert choose_threshold(Y, S, "recall:1.0") == pytest.approx(0.4)
+    assert choose_threshold(Y, S, "recall:0.75") == pytest.approx(0.6)
+    # Youden J = recall - FPR: .8 -> .5 - 0; .6 -> .75 - 1/6; .4 -> 1 - 2/6 = .667, the best.
+    assert choose_threshold(Y, S, "youden") == pytest.approx(0.4)
+    f1_thr = choose_threshold(Y, S, "f1")
+    best = max(binary_metrics(Y, S, t)["f1"] for t in S)
+    assert binary_metrics(Y, S, f1_thr)["f1"] == pytest.approx(best)
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        choose_threshold(Y, S, "magic")
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.zeros(3, int), np.ones(3), "youden")
+
+
+def test_recall_target_reached_on_validation():
+    rng = np.random.default_rng(0)
+    y = (rng.random(2000) < 0.1).astype(int)
+    s = rng.normal(y * 1.5, 1.0)
+    for target in (0.8, 0.9, 0.97):
+        thr = choose_threshold(y, s, f"recall:{target}")
+        assert binary_metrics(y, s, thr)["recall"] >= target
+
+
+def test_recall_at_fpr():
+    assert recall_at_fpr(Y, S, 0.0) == pytest.approx(2 / 4)  # above .7: .9 and .8
+    assert recall_at_fpr(Y, S, 1 / 6) == pytest.approx(3 / 4)
+
+
+def test_bootstrap_interval_covers_estimate_and_shrinks_with_data():
+    rng = np.random.default_rng(1)
+
+    def sample(n):
+        y = np.r_[np.ones(n // 2, int), np.zeros(n - n // 2, int)]
+        return y, rng.normal(y * 1.0, 1.0)
+
+    y1, s1 = sample(60)
+    y2, s2 = sample(2000)
+    ci1 = bootstrap_ci(y1, s1, 0.5, n_boot=300, seed=0)
+    ci2 = bootstrap_ci(y2, s2, 0.5, n_boot=300, seed=0)
+    m1 = binary_metrics(y1, s1, 0.5)
+    for k in ("recall", "roc_auc", "accuracy"):
+        lo, hi = ci1[k]
+        assert lo <= m1[k] <= hi
+        assert (ci2[k][1] - ci2[k][0]) < (hi - lo) / 2
+    assert bootstrap_ci(y1, s1, 0.5, n_boot=300, seed=0) == ci1  # seeded

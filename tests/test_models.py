@@ -1,0 +1,126 @@
+"""Heads and the detector bundle: fit, predict_proba, save/load identity, and refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from facecheck.data import load_dataset
+from facecheck.features import FeatureCache
+from facecheck.models import LogisticHead, MLPHead, make_head
+from facecheck.pipeline import BundleError, Detector
+
+
+def _blobs(n=300, d=20, seed=0):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.3).astype(int)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    X[:, 0] += 2.0 * y
+    return X, y
+
+
+@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+def test_head_learns_and_round_trips(kind, tmp_path):
+    X, y = _blobs()
+    head = make_head(kind).fit(X[:200], y[:200])
+    p = head.predict_proba(X[200:])
+    assert p.shape == (100, 2) and np.allclose(p.sum(1), 1)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y[200:], p[:, 1]) > 0.85
+    head.save(tmp_path / "h.npz")
+    again = type(head).from_file(kind, head.get_params(), tmp_path / "h.npz")
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+    assert clone(head).get_params() == head.get_params()  # a proper sklearn estimator
+
+
+def test_heads_reject_bad_input():
+    X, y = _blobs()
+    with pytest.raises(ValueError, match="both classes"):
+        LogisticHead().fit(X, np.zeros(len(X), int))
+    X2 = X.copy()
+    X2[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        LogisticHead().fit(X2, y)
+    with pytest.raises(ValueError, match="labels"):
+        MLPHead().fit(X, y[:-1])
+
+
+def test_class_weighting_raises_minority_recall():
+    X, y = _blobs(n=600, seed=2)
+    y = np.where((y == 1) & (np.arange(len(y)) % 4 != 0), 0, y)  # make fakes rare (~8%)
+    weighted = LogisticHead(class_weight="balanced").fit(X, y).predict(X)
+    plain = LogisticHead(class_weight=None).fit(X, y).predict(X)
+    assert weighted[y == 1].mean() > plain[y == 1].mean()
+
+
+@pytest.fixture(scope="module")
+def fitted(small_manifest, cache_dir):
+    ds = load_dataset(small_manifest)
+    det = Detector("lite0", "logreg", cache=FeatureCache(cache_dir))
+    det.fit(ds.paths[::2], ds.y[::2], ds.hashes[::2])
+    det.set_threshold_from(ds.paths[1::2], ds.y[1::2], rule="youden")
+    return det, ds
+
+
+def test_detector_save_load_scores_identically(fitted, tmp_path):
+    det, ds = fitted
+    before = det.predict_proba(ds.paths)[:, 1]
+    det.save(tmp_path / "bundle", training={"protocol": "test"})
+    meta = json.loads((tmp_path / "bundle" / "bundle.json").read_text())
+    assert meta["backbone"]["name"] == "efficientnet_lite0"
+    assert meta["preprocessing"]["size"] == 224 and meta["threshold"] == det.threshold
+    assert meta["format_version"] == 1 and meta["facecheck_version"]
+    loaded = Detector.load(tmp_path / "bundle")
+    np.testing.assert_array_equal(loaded.predict_proba(ds.paths)[:, 1], before)
+    assert loaded.threshold == det.threshold and loaded.version == det.version
+    verdicts = loaded.check(ds.paths[:4])
+    assert [v.verdict for v in verdicts] == [
+        "fake" if p >= det.threshold else "real" for p in before[:4]
+    ]
+
+
+def _edit(bundle, **changes):
+    meta = json.loads((bundle / "bundle.json").read_text())
+    for key, value in changes.items():
+        target = meta
+        *path, last = key.split(".")
+        for part in path:
+            target = target[part]
+        target[last] = value
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
+def test_load_refuses_mismatched_bundles(fitted, tmp_path):
+    det, _ = fitted
+    good = det.save(tmp_path / "good")
+    cases = {
+        "format_version": ({"format_version": 99}, "newer than this facecheck"),
+        "format": ({"format": "something.else"}, "format"),
+        "weights": ({"backbone.weights_id": "0" * 16}, "installed weights"),
+        "face stage": ({"face_stage": {"mode": "mediapipe"}}, "face stage"),
+        "backbone": ({"backbone.name": "mobilenet_v2"}, "installed weights"),
+        "preprocessing": ({"preprocessing.size": 320}, "preprocessing"),
+    }
+    for name, (changes, message) in cases.items():
+        bundle = tmp_path / name.replace(" ", "_")
+        shutil.copytree(good, bundle)
+        _edit(bundle, **changes)
+        with pytest.raises(BundleError, match=message):
+            Detector.load(bundle)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(good, damaged)
+    (damaged / "head.npz").write_bytes(b"junk")
+    with pytest.raises(BundleError, match="checksum"):
+        Detector.load(damaged)
+    with pytest.raises(BundleError, match=r"no bundle\.json"):
+        Detector.load(tmp_path)
+
+
+def test_unfitted_detector_says_so():
+    with pytest.raises(RuntimeError, match="not fitted"):
+        Detector("lite0").check([b"x"])
