@@ -14,8 +14,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import train_test_split
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold, train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
 
@@ -81,14 +81,30 @@ class Head(ClassifierMixin, BaseEstimator):
 
 
 class LogisticHead(Head):
-    """Standardised features -> L2-regularised logistic regression (scikit-learn's lbfgs)."""
+    """Standardised features -> L2-regularised logistic regression (scikit-learn's lbfgs).
+
+    ``C="auto"`` (the default) picks the regularisation by stratified k-fold ROC-AUC on the
+    *training* data: with 1,280 features and ~1,600 images an unpicked C overfits (on P1,
+    5-fold ROC-AUC 0.59 at C=0.1 against 0.65 at C=0.001).
+    """
 
     kind = "logreg"
+    # Large C never wins on 1,280-d features and converges slowly, so the grid stops at 0.1.
+    C_GRID: ClassVar[tuple[float, ...]] = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
-    def __init__(self, C: float = 0.1, class_weight: str | None = "balanced", max_iter: int = 2000):
+    def __init__(
+        self,
+        C: float | str = "auto",
+        class_weight: str | None = "balanced",
+        max_iter: int = 2000,
+        cv: int = 3,
+        seed: int = 0,
+    ):
         self.C = C
         self.class_weight = class_weight
         self.max_iter = max_iter
+        self.cv = cv
+        self.seed = seed
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticHead:
         X, y = _check_xy(X, y)
@@ -96,8 +112,26 @@ class LogisticHead(Head):
         self.mean_ = X.mean(axis=0)
         self.scale_ = X.std(axis=0)
         self.scale_[self.scale_ < 1e-12] = 1.0
-        lr = LogisticRegression(C=self.C, class_weight=self.class_weight, max_iter=self.max_iter)
-        lr.fit((X - self.mean_) / self.scale_, y)
+        Xs = (X - self.mean_) / self.scale_
+        if self.C == "auto":
+            folds = min(self.cv, int(np.bincount(y).min()))
+            if folds < 2:
+                raise ValueError("C='auto' needs at least 2 images of each class")
+            lr = LogisticRegressionCV(
+                Cs=list(self.C_GRID),
+                cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed),
+                scoring="roc_auc",
+                class_weight=self.class_weight,
+                max_iter=self.max_iter,
+                l1_ratios=(0.0,),  # plain L2
+                use_legacy_attributes=False,
+            ).fit(Xs, y)
+            self.C_ = float(np.ravel(lr.C_)[0])
+        else:
+            lr = LogisticRegression(
+                C=float(self.C), class_weight=self.class_weight, max_iter=self.max_iter
+            ).fit(Xs, y)
+            self.C_ = float(self.C)
         self.coef_ = lr.coef_.ravel().astype(np.float64)
         self.intercept_ = float(lr.intercept_[0])
         self.n_features_in_ = X.shape[1]
@@ -113,11 +147,13 @@ class LogisticHead(Head):
             "scale": self.scale_,
             "coef": self.coef_,
             "intercept": np.array([self.intercept_]),
+            "C": np.array([self.C_]),
         }
 
     def load_state(self, state: dict[str, np.ndarray]) -> None:
         self.mean_, self.scale_, self.coef_ = state["mean"], state["scale"], state["coef"]
         self.intercept_ = float(state["intercept"][0])
+        self.C_ = float(state["C"][0])
         self.n_features_in_ = len(self.coef_)
 
 

@@ -158,6 +158,8 @@ def plot_curves(results: Sequence[ModelResult], test_set: str, path: Path, title
         ax_roc.plot(fpr, tpr, label=f"{r.label} (AUC {t.at_val['roc_auc']:.3f})")
         ax_pr.plot(rec, prec, label=f"{r.label} (AP {t.at_val['pr_auc']:.3f})")
     ax_roc.plot([0, 1], [0, 1], "k:", lw=0.8)
+    prevalence = float(results[0].tests[test_set].y.mean()) if results else 0.0
+    ax_pr.axhline(prevalence, color="k", ls=":", lw=0.8, label=f"chance ({prevalence:.3f})")
     ax_roc.set(
         xlabel="false-positive rate (reals flagged)", ylabel="recall (fakes caught)", title="ROC"
     )
