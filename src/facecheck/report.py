@@ -67,15 +67,16 @@ def machine_description() -> str:
 
 
 def git_commit() -> str:
+    """Short commit of the code that made a report, marked when ``src`` had local changes."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5, check=False)
+        return out.stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-        return out.stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD") or "unknown"
+        # A report made from uncommitted code says so: its figures may not be reproducible.
+        return commit + ("+uncommitted-changes" if git("status", "--porcelain", "src") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
