@@ -28,7 +28,7 @@ run: install
 	@start=$$(date +%s); \
 	$(BIN)/facecheck train --data $(DATA) --protocol ALL --seed $(SEED) --out $(DETECTOR) && \
 	$(BIN)/facecheck evaluate --data $(DATA) --seed $(SEED) --run-name make-run \
-	    --protocols P1,P2,P3,P3-212,P4,ALL --out $(REPORT) --scores-csv $(SCORES) && \
+	    --protocols P1,P2,P3,P3-212,P4,ALL --cv 5 --out $(REPORT) --scores-csv $(SCORES) && \
 	$(BIN)/facecheck check --model $(DETECTOR) \
 	    $(DATA)/rff/real/real_00001.jpg $(DATA)/gan/fake/tpdne_000_0002.jpg && \
 	echo "make run: $$(( $$(date +%s) - start )) s wall"

@@ -63,8 +63,10 @@ def test_evaluate_writes_report_and_accumulates_scores(small_manifest, cache_dir
         str(scores),
         "--quiet",
     ]
-    assert main([*args, "--out", str(tmp_path / "r1"), "--run-name", "r1"]) == 0
+    cv = ["--cv", "3", "--cv-protocols", "P1"]
+    assert main([*args, *cv, "--out", str(tmp_path / "r1"), "--run-name", "r1"]) == 0
     report = (tmp_path / "r1" / "report.md").read_text()
+    assert "3-fold ROC-AUC over train + val" in report
     for needle in (
         "## P1",
         "## P3",
@@ -81,6 +83,9 @@ def test_evaluate_writes_report_and_accumulates_scores(small_manifest, cache_dir
     # 3 protocols' test sets (1 + 2 + 2) x 2 heads x 2 threshold kinds
     assert len(rows) == (1 + 2 + 2) * 2 * 2
     assert {r["threshold_kind"] for r in rows} == {"val:youden", "default-0.5"}
+    cv_auc = [float(r["cv_roc_auc_mean"]) for r in rows if r["protocol"] == "P1"]
+    assert all(0.0 <= v <= 1.0 for v in cv_auc) and len(cv_auc) == 4
+    assert all(r["cv_roc_auc_mean"] == "" for r in rows if r["protocol"] != "P1")
     assert main([*args, "--out", str(tmp_path / "r2"), "--run-name", "r2"]) == 0
     acc = list(csv.DictReader(scores.open()))
     assert len(acc) == 2 * len(rows) and {r["run"] for r in acc} == {"r1", "r2"}

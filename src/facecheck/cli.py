@@ -122,6 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scores-csv", type=Path, default=Path("reports/model_scores.csv"))
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--run-name", default=None)
+    p.add_argument(
+        "--cv",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also report K-fold ROC-AUC over train+val (hash-grouped), e.g. 5",
+    )
+    p.add_argument(
+        "--cv-protocols",
+        default="P1,P2",
+        help="protocols that get the K-fold figure (default P1,P2: the small ones)",
+    )
     _common(p)
 
     sub.add_parser("backbones", help="list the registered feature extractors")
@@ -193,7 +205,7 @@ def cmd_train(args) -> int:
         weights=args.weights,
         allow_download=args.allow_download,
         cache=_cache(args),
-        head_params={"seed": args.seed} if args.head == "mlp" else None,
+        head_params={"seed": args.seed},
         progress=not args.quiet,
     )
     train, val = proto.split.train, proto.split.val
@@ -256,6 +268,7 @@ def cmd_evaluate(args) -> int:
         extract_s[bb] = round(time.perf_counter() - t, 1)
         errors.update(errs)
         for proto in protocols:
+            cv_on = {p.strip().upper() for p in args.cv_protocols.split(",")}
             results += evaluate_protocol(
                 proto,
                 feats,
@@ -265,6 +278,7 @@ def cmd_evaluate(args) -> int:
                 rule=args.threshold_rule,
                 n_boot=args.n_boot,
                 seed=args.seed,
+                cv_folds=args.cv if proto.name in cv_on else 0,
             )
             if not args.quiet:
                 print(

@@ -42,6 +42,8 @@ CSV_FIELDS = [
     "fn",
     *[f"{m}_ci_{b}" for m in METRIC_NAMES for b in ("lo", "hi")],
     "val_roc_auc",
+    "cv_roc_auc_mean",
+    "cv_roc_auc_std",
     "seed",
 ]
 
@@ -100,6 +102,8 @@ def rows(results: Sequence[ModelResult], run: str, seed: int) -> list[dict[str, 
                     "val_roc_auc": r.val["roc_auc"],
                     "seed": seed,
                 }
+                if "cv_roc_auc" in r.extra:
+                    row["cv_roc_auc_mean"], row["cv_roc_auc_std"] = r.extra["cv_roc_auc"]
                 row.update(
                     {
                         k: m[k]
@@ -239,6 +243,19 @@ def write_report(
             for s, c in desc["splits"].items()
         )
         lines += [f"Split (seed {proto.seed}, by content hash): {split_line}.", ""]
+        cv_rows = [r for r in res if "cv_roc_auc" in r.extra]
+        if cv_rows:
+            k = cv_rows[0].extra["cv_folds"]
+            lines += [
+                f"{k}-fold ROC-AUC over train + val (grouped by content hash; the way to "
+                "compare models here, the test split being small): "
+                + "; ".join(
+                    f"{r.label} {r.extra['cv_roc_auc'][0]:.3f} ± {r.extra['cv_roc_auc'][1]:.3f}"
+                    for r in cv_rows
+                )
+                + ".",
+                "",
+            ]
         for name in proto.test_sets:
             biased = name in proto.source_biased
             tag = " (headline)" if name == proto.headline else ""
