@@ -60,7 +60,7 @@ def extract_all(
     *,
     cache: FeatureCache,
     tta: bool = False,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     progress: bool = True,
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Features for every record, by content hash, plus the errors of unreadable files."""

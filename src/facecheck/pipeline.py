@@ -83,7 +83,7 @@ class Detector:
         allow_download: bool = False,
         threshold: float = 0.5,
         cache: FeatureCache | None = None,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         progress: bool = False,
     ):
         self.backbone_name = resolve_name(backbone)
