@@ -19,6 +19,14 @@ METRICS = ROOT / "reports" / "make-run" / "metrics.csv"
 SPEED = ROOT / "benchmarks" / "speed.json"
 TIMING = ROOT / "benchmarks" / "make_run_timing.json"
 OUT = ROOT / "benchmarks" / "results.md"
+# Further runs of `facecheck evaluate` reported beside make-run's: (metrics.csv, what, command).
+EXTRA_RUNS = [
+    (
+        ROOT / "reports" / "p1-tta" / "metrics.csv",
+        "P1 with horizontal-flip test-time augmentation",
+        "facecheck evaluate --protocols P1 --tta --cv 5 --run-name p1-tta --out reports/p1-tta",
+    ),
+]
 
 # Published figures (../shared/notes/protocols.md) and this project's goals, per protocol.
 SEEDS = {
@@ -58,6 +66,12 @@ def _ci(row: dict, m: str) -> str:
     return f"{_f(row[m])} ({_f(lo, 2)}-{_f(hi, 2)})" if lo not in ("", None) else _f(row[m])
 
 
+def _cv(row: dict) -> str:
+    if not row.get("cv_roc_auc_mean"):
+        return "-"
+    return f"{_f(row['cv_roc_auc_mean'])} ± {_f(row['cv_roc_auc_std'])}"
+
+
 def metrics_section() -> list[str]:
     if not METRICS.exists():
         return ["No `reports/make-run/metrics.csv` yet: run `make run`.", ""]
@@ -89,9 +103,32 @@ def metrics_section() -> list[str]:
             name = r["test_set"] + (" *biased*" if r["source_biased"] == "True" else "")
             lines.append(
                 f"| {name} (n={r['n']}, {r['n_fake']} fake) | {r['model']} "
-                f"| {_ci(r, 'roc_auc')} | {_ci(r, 'accuracy')} | {_ci(r, 'recall')} "
+                f"| {_ci(r, 'roc_auc')} | {_cv(r)} | {_ci(r, 'accuracy')} | {_ci(r, 'recall')} "
                 f"| {_ci(r, 'precision')} | {_ci(r, 'fpr')} | {_f(r['recall_at_10fpr'])} "
                 f"| {_f(r['flagged_per_10k'], 0)} |"
+            )
+        lines.append("")
+    return lines
+
+
+def extra_section() -> list[str]:
+    lines = []
+    for path, what, command in EXTRA_RUNS:
+        if not path.exists():
+            continue
+        rows = [r for r in csv.DictReader(path.open()) if r["threshold_kind"].startswith("val")]
+        lines += [
+            f"### {what}",
+            "",
+            f"`{command}` (seed {rows[0]['seed']}):",
+            "",
+            "| test set | model | ROC-AUC | 5-fold ROC-AUC (train+val) | accuracy | recall | FPR |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['test_set']} | {r['model']} | {_ci(r, 'roc_auc')} | {_cv(r)} "
+                f"| {_ci(r, 'accuracy')} | {_ci(r, 'recall')} | {_ci(r, 'fpr')} |"
             )
         lines.append("")
     return lines
