@@ -134,6 +134,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="P1,P2",
         help="protocols that get the K-fold figure (default P1,P2: the small ones)",
     )
+    p.add_argument(
+        "--perturb",
+        default="",
+        metavar="NAMES",
+        help="protocol P5: also score perturbed copies of the test sets, comma-separated "
+        "(jpeg70: re-saved as JPEG q70; resize0.5: halved and scaled back)",
+    )
+    p.add_argument(
+        "--perturb-protocols",
+        default="P1,P4",
+        help="protocols whose test sets get the perturbed copies (default P1,P4)",
+    )
     _common(p)
 
     sub.add_parser("backbones", help="list the registered feature extractors")
@@ -144,6 +156,11 @@ def _cache(args):
     from .features import FeatureCache
 
     return FeatureCache(args.cache_dir) if getattr(args, "cache_dir", None) else FeatureCache()
+
+
+def _names(text: str, *, upper: bool = False) -> list[str]:
+    """A comma-separated option as a list of names."""
+    return [t.strip().upper() if upper else t.strip() for t in text.split(",") if t.strip()]
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -243,8 +260,8 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     from . import __version__
     from .data import load_dataset
-    from .evaluate import evaluate_protocol, extract_all
-    from .features import resolve_name
+    from .evaluate import evaluate_protocol, extract_all, extract_perturbed
+    from .features import FeatureExtractor, load_backbone, resolve_name
     from .protocols import build
     from .report import git_commit, machine_description, write_report
 
@@ -252,23 +269,30 @@ def cmd_evaluate(args) -> int:
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / run
     ds = load_dataset(args.data)
-    protocols = [build(p.strip(), ds, args.seed) for p in args.protocols.split(",") if p.strip()]
-    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
-    backbones = [resolve_name(b.strip()) for b in args.backbones.split(",") if b.strip()]
+    protocols = [build(p, ds, args.seed) for p in _names(args.protocols)]
+    heads = _names(args.heads)
+    backbones = [resolve_name(b) for b in _names(args.backbones)]
     used = ds.subset(
         {
             r.sha256: r for p in protocols for s in ("train", "val", "test") for r in p.split[s]
         }.values()
     )
     cache = _cache(args)
+    cv_on = _names(args.cv_protocols, upper=True)
+    perturbations = _names(args.perturb)
+    p5_on = _names(args.perturb_protocols, upper=True)
     results, errors, extract_s = [], {}, {}
     for bb in backbones:
         t = time.perf_counter()
-        feats, errs = extract_all(used, bb, cache=cache, tta=args.tta, progress=not args.quiet)
+        ex = FeatureExtractor(load_backbone(bb), cache, tta=args.tta, progress=not args.quiet)
+        feats, errs = extract_all(used, ex)
         extract_s[bb] = round(time.perf_counter() - t, 1)
         errors.update(errs)
+        p5_tests = ds.subset(
+            {r.sha256: r for p in protocols if p.name in p5_on for r in p.split.test}.values()
+        )
+        perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
         for proto in protocols:
-            cv_on = {p.strip().upper() for p in args.cv_protocols.split(",")}
             results += evaluate_protocol(
                 proto,
                 feats,
@@ -279,6 +303,7 @@ def cmd_evaluate(args) -> int:
                 n_boot=args.n_boot,
                 seed=args.seed,
                 cv_folds=args.cv if proto.name in cv_on else 0,
+                perturbed=perturbed if proto.name in p5_on else None,
             )
             if not args.quiet:
                 print(
@@ -301,6 +326,7 @@ def cmd_evaluate(args) -> int:
         "threshold_rule": args.threshold_rule,
         "n_boot": args.n_boot,
         "tta": args.tta,
+        "P5 perturbations": ", ".join(perturbations) or "none",
         "machine": machine_description(),
         "feature extraction seconds (uncached part)": extract_s,
         "wall seconds": round(time.perf_counter() - t0, 1),

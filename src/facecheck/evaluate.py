@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .data import Dataset
-from .features import FeatureCache, FeatureExtractor, load_backbone
+from .features import FeatureExtractor
+from .imageio import ImageError
 from .metrics import binary_metrics, bootstrap_ci, choose_threshold, recall_at_fpr
 from .models import make_head
+from .perturb import perturb
 from .protocols import Protocol
 
 CI_METRICS = ("recall", "precision", "f1", "accuracy", "roc_auc", "pr_auc", "fpr")
@@ -33,6 +35,8 @@ class TestResult:
     at_val: dict[str, float]
     ci: dict[str, tuple[float, float]]
     recall_at_10fpr: float
+    base: str = ""  # the unperturbed test set this one is a perturbed copy of
+    perturbation: str | None = None
 
 
 @dataclass
@@ -54,23 +58,30 @@ class ModelResult:
         return f"{self.backbone}+{self.head}" + ("+tta" if self.tta else "")
 
 
-def extract_all(
-    ds: Dataset,
-    backbone: str,
-    *,
-    cache: FeatureCache,
-    tta: bool = False,
-    batch_size: int | None = None,
-    progress: bool = True,
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def extract_all(ds: Dataset, ex: FeatureExtractor) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Features for every record, by content hash, plus the errors of unreadable files."""
-    ex = FeatureExtractor(
-        load_backbone(backbone), cache, batch_size=batch_size, tta=tta, progress=progress
-    )
     result = ex.extract(ds.paths, ds.hashes, desc=f"features {ex.backbone.name}")
     feats = {h: result.features[i] for i, h in enumerate(result.hashes) if i not in result.errors}
     errors = {str(ds.records[i].path): str(e) for i, e in result.errors.items()}
     return feats, errors
+
+
+def extract_perturbed(
+    ds: Dataset, ex: FeatureExtractor, perturbation: str
+) -> dict[str, np.ndarray]:
+    """Features of each record's perturbed copy, keyed by the *original* content hash.
+
+    The copies are cached under their own hashes, so a rerun perturbs but does not re-extract.
+    """
+    originals = {r.sha256: r.path for r in ds}
+    data = []
+    for path in originals.values():
+        try:
+            data.append(perturb(path, perturbation))
+        except ImageError:
+            data.append(b"")  # reported as an error by extract(), left out below
+    result = ex.extract(data, desc=f"features {ex.backbone.name} {perturbation}")
+    return {h: result.features[i] for i, h in enumerate(originals) if i not in result.errors}
 
 
 def _xy(ds: Dataset, feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
@@ -92,11 +103,14 @@ def evaluate_protocol(
     n_boot: int = 1000,
     seed: int = 0,
     cv_folds: int = 0,
+    perturbed: dict[str, dict[str, np.ndarray]] | None = None,
 ) -> list[ModelResult]:
     """Fit each head on train, choose its threshold on val, score each test set once.
 
     With ``cv_folds`` > 1, each result also carries the k-fold ROC-AUC over train + val
-    (``extra["cv_roc_auc"]`` = (mean, std)).
+    (``extra["cv_roc_auc"]`` = (mean, std)). ``perturbed`` maps a perturbation name to
+    features of perturbed copies by original hash (protocol P5): every test set is then
+    also scored as ``<test set>+<perturbation>``, with the same head and threshold.
     """
     cv = (
         cross_validate(protocol, feats, backbone=backbone, heads=heads, k=cv_folds, seed=seed)
@@ -105,7 +119,10 @@ def evaluate_protocol(
     )
     Xtr, ytr, d_tr = _xy(protocol.split.train, feats)
     Xva, yva, d_va = _xy(protocol.split.val, feats)
-    tests = {name: _xy(ds, feats) for name, ds in protocol.test_sets.items()}
+    tests = {name: (name, None, _xy(ds, feats)) for name, ds in protocol.test_sets.items()}
+    for pert, pfeats in (perturbed or {}).items():
+        for name, ds in protocol.test_sets.items():
+            tests[f"{name}+{pert}"] = (name, pert, _xy(ds, pfeats))
     results = []
     for head_kind in heads:
         params = {"seed": seed}
@@ -115,21 +132,23 @@ def evaluate_protocol(
         s_val = head.predict_proba(Xva)[:, 1]
         thr = choose_threshold(yva, s_val, rule)
         out = {}
-        for name, (X, y, _) in tests.items():
+        for name, (base, pert, (X, y, _)) in tests.items():
             s = head.predict_proba(X)[:, 1]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 out[name] = TestResult(
                     name,
-                    name in protocol.source_biased,
+                    base in protocol.source_biased,
                     y,
                     s,
                     binary_metrics(y, s, 0.5),
                     binary_metrics(y, s, thr),
                     bootstrap_ci(y, s, thr, n_boot=n_boot, seed=seed, metrics=CI_METRICS),
                     recall_at_fpr(y, s, 0.10),
+                    base,
+                    pert,
                 )
-        dropped = d_tr + d_va + sum(d for _, _, d in tests.values())
+        dropped = d_tr + d_va + sum(t[2][2] for t in tests.values() if t[1] is None)
         results.append(
             ModelResult(
                 protocol.name,

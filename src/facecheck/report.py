@@ -199,6 +199,33 @@ def plot_confusions(results: Sequence[ModelResult], test_set: str, path: Path, t
     plt.close(fig)
 
 
+def robustness_table(proto: Protocol, res: Sequence[ModelResult]) -> list[str]:
+    """Protocol P5: ROC-AUC of each test set's perturbed copies beside the clean figure."""
+    perts = list(dict.fromkeys(t.perturbation for t in res[0].tests.values() if t.perturbation))
+    if not perts:
+        return []
+    lines = [
+        "### Robustness (P5): the same test images re-saved or rescaled",
+        "",
+        "Same heads and validation thresholds; ROC-AUC with its change from the clean figure, "
+        "and recall at the unchanged threshold.",
+        "",
+        "| model | test set | clean ROC-AUC | " + " | ".join(perts) + " |",
+        "|---|---|---|" + "---|" * len(perts),
+    ]
+    for r in res:
+        for name in proto.test_sets:
+            clean = r.tests[name].at_val["roc_auc"]
+            cells = []
+            for pert in perts:
+                m = r.tests[f"{name}+{pert}"].at_val
+                cells.append(
+                    f"{_f(m['roc_auc'])} ({m['roc_auc'] - clean:+.3f}); recall {_f(m['recall'])}"
+                )
+            lines.append(f"| {r.label} | {name} | {_f(clean)} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def write_report(
     out_dir: Path,
     protocols: Sequence[Protocol],
@@ -301,6 +328,7 @@ def write_report(
                 f"![confusion matrices]({slug}_confusion.png)",
                 "",
             ]
+        lines += robustness_table(proto, res)
         dropped = sum(r.dropped for r in res)
         if dropped:
             lines += [f"{dropped} image(s) could not be decoded and were left out.", ""]

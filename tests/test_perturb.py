@@ -1,0 +1,97 @@
+"""Protocol P5's perturbations, and the harness scoring perturbed copies of test sets."""
+
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facecheck.cli import main
+from facecheck.imageio import ImageError, load_image
+from facecheck.perturb import perturb
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(load_image(data).image, dtype=np.int16)
+
+
+def test_jpeg70_recompresses(face_paths):
+    src = face_paths[0]
+    out = perturb(src, "jpeg70")
+    img = Image.open(io.BytesIO(out))
+    assert img.format == "JPEG" and img.size == (256, 256)
+    # Coarser quantisation than the q95 original: larger table entries.
+    orig_q = Image.open(src).quantization[0]
+    assert np.mean(img.quantization[0]) > 2 * np.mean(orig_q)
+    diff = np.abs(_pixels(out) - _pixels(src.read_bytes())).mean()
+    assert 0.5 < diff < 8
+
+
+def test_resize_round_trip_keeps_size_and_blurs(face_paths):
+    src = face_paths[1]
+    out = perturb(src, "resize0.5")
+    img = Image.open(io.BytesIO(out))
+    assert img.format == "PNG" and img.size == (256, 256)
+    a, b = _pixels(src.read_bytes()), _pixels(out)
+    assert 0.5 < np.abs(a - b).mean() < 8
+    # Fine detail is lost: less energy in horizontal differences.
+    assert np.abs(np.diff(b, axis=1)).mean() < np.abs(np.diff(a, axis=1)).mean()
+
+
+def test_perturb_errors(tmp_path, face_paths):
+    with pytest.raises(KeyError, match="unknown perturbation"):
+        perturb(face_paths[0], "sepia")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ImageError):
+        perturb(bad, "jpeg70")
+
+
+def test_evaluate_scores_perturbed_test_sets(small_manifest, cache_dir, tmp_path):
+    out = tmp_path / "p5"
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(small_manifest),
+            "--protocols",
+            "P1,P4",
+            "--backbones",
+            "lite0",
+            "--heads",
+            "logreg",
+            "--n-boot",
+            "50",
+            "--perturb",
+            "jpeg70,resize0.5",
+            "--perturb-protocols",
+            "P1",
+            "--cache-dir",
+            str(cache_dir),
+            "--scores-csv",
+            str(tmp_path / "s.csv"),
+            "--out",
+            str(out),
+            "--quiet",
+        ]
+    )
+    assert code == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    p1_sets = {r["test_set"] for r in rows if r["protocol"] == "P1"}
+    assert p1_sets == {"same-source", "same-source+jpeg70", "same-source+resize0.5"}
+    assert all("+" not in r["test_set"] for r in rows if r["protocol"] == "P4")
+    # Perturbed copies are the same images: same size and class balance as the clean set.
+    by = {(r["test_set"], r["threshold_kind"]): r for r in rows if r["protocol"] == "P1"}
+    clean = by[("same-source", "val:youden")]
+    for pert in ("jpeg70", "resize0.5"):
+        row = by[(f"same-source+{pert}", "val:youden")]
+        assert (row["n"], row["n_fake"], row["threshold"]) == (
+            clean["n"],
+            clean["n_fake"],
+            clean["threshold"],
+        )
+    report = (out / "report.md").read_text()
+    assert "Robustness (P5)" in report and "resize0.5" in report
