@@ -19,6 +19,10 @@ METRICS = ROOT / "reports" / "make-run" / "metrics.csv"
 SPEED = ROOT / "benchmarks" / "speed.json"
 TIMING = ROOT / "benchmarks" / "make_run_timing.json"
 OUT = ROOT / "benchmarks" / "results.md"
+P5 = ROOT / "reports" / "p5" / "metrics.csv"
+P5_COMMAND = (
+    "facecheck evaluate --protocols P1,P4 --perturb jpeg70,resize0.5 --run-name p5 --out reports/p5"
+)
 # Further runs of `facecheck evaluate` reported beside make-run's: (metrics.csv, what, command).
 EXTRA_RUNS = [
     (
@@ -134,6 +138,41 @@ def extra_section() -> list[str]:
     return lines
 
 
+def p5_section() -> list[str]:
+    """Protocol P5 from reports/p5/metrics.csv: clean vs perturbed, same head and threshold."""
+    if not P5.exists():
+        return []
+    rows = [r for r in csv.DictReader(P5.open()) if r["threshold_kind"].startswith("val")]
+    by = {(r["protocol"], r["test_set"], r["model"]): r for r in rows}
+    perts = sorted({r["test_set"].split("+", 1)[1] for r in rows if "+" in r["test_set"]})
+    lines = [
+        "### P5: robustness to re-saving and rescaling",
+        "",
+        f"`{P5_COMMAND}` (seed {rows[0]['seed']}). The test images of P1 and P4 re-saved as "
+        "JPEG q70 and resized to 0.5x and back; same heads, same validation thresholds. "
+        "Goal: ROC-AUC drop <= 0.03. Each cell: ROC-AUC (change) / recall at the threshold "
+        "(clean recall in the first column).",
+        "",
+        "| protocol | test set | model | clean ROC-AUC / recall | " + " | ".join(perts) + " |",
+        "|---|---|---|---|" + "---|" * len(perts),
+    ]
+    for (proto, test_set, model), r in by.items():
+        if "+" in test_set:
+            continue
+        auc = float(r["roc_auc"])
+        cells = []
+        for pert in perts:
+            q = by[(proto, f"{test_set}+{pert}", model)]
+            cells.append(
+                f"{_f(q['roc_auc'])} ({float(q['roc_auc']) - auc:+.3f}) / {_f(q['recall'])}"
+            )
+        lines.append(
+            f"| {proto} | {test_set} | {model} | {_f(r['roc_auc'])} / "
+            f"{_f(r['recall'])} | " + " | ".join(cells) + " |"
+        )
+    return [*lines, ""]
+
+
 def speed_section() -> list[str]:
     lines = ["## Speed", ""]
     if SPEED.exists():
@@ -183,6 +222,7 @@ def main() -> None:
         "",
         *metrics_section(),
         *extra_section(),
+        *p5_section(),
         *speed_section(),
     ]
     OUT.write_text("\n".join(lines) + "\n")
