@@ -146,6 +146,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="P1,P4",
         help="protocols whose test sets get the perturbed copies (default P1,P4)",
     )
+    p.add_argument(
+        "--train-augment",
+        default="",
+        metavar="NAME",
+        help="add one perturbed copy of every training image of the --perturb-protocols "
+        "(degrade: random rescale 0.4-1x and JPEG q50-95, seeded per image)",
+    )
     _common(p)
 
     sub.add_parser("backbones", help="list the registered feature extractors")
@@ -161,6 +168,19 @@ def _cache(args):
 def _names(text: str, *, upper: bool = False) -> list[str]:
     """A comma-separated option as a list of names."""
     return [t.strip().upper() if upper else t.strip() for t in text.split(",") if t.strip()]
+
+
+def _records_of(ds, protocols, splits: tuple[str, ...], only: list[str] | None = None):
+    """The unique images (by content hash) of these splits of these protocols."""
+    return ds.subset(
+        {
+            r.sha256: r
+            for p in protocols
+            if only is None or p.name in only
+            for s in splits
+            for r in p.split[s]
+        }.values()
+    )
 
 
 def _expand(paths: list[Path]) -> list[Path]:
@@ -272,11 +292,7 @@ def cmd_evaluate(args) -> int:
     protocols = [build(p, ds, args.seed) for p in _names(args.protocols)]
     heads = _names(args.heads)
     backbones = [resolve_name(b) for b in _names(args.backbones)]
-    used = ds.subset(
-        {
-            r.sha256: r for p in protocols for s in ("train", "val", "test") for r in p.split[s]
-        }.values()
-    )
+    used = _records_of(ds, protocols, ("train", "val", "test"))
     cache = _cache(args)
     cv_on = _names(args.cv_protocols, upper=True)
     perturbations = _names(args.perturb)
@@ -288,10 +304,12 @@ def cmd_evaluate(args) -> int:
         feats, errs = extract_all(used, ex)
         extract_s[bb] = round(time.perf_counter() - t, 1)
         errors.update(errs)
-        p5_tests = ds.subset(
-            {r.sha256: r for p in protocols if p.name in p5_on for r in p.split.test}.values()
-        )
+        p5_tests = _records_of(ds, protocols, ("test",), only=p5_on)
         perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
+        augment = None
+        if args.train_augment:
+            p5_train = _records_of(ds, protocols, ("train",), only=p5_on)
+            augment = (args.train_augment, extract_perturbed(p5_train, ex, args.train_augment))
         for proto in protocols:
             results += evaluate_protocol(
                 proto,
@@ -304,6 +322,7 @@ def cmd_evaluate(args) -> int:
                 seed=args.seed,
                 cv_folds=args.cv if proto.name in cv_on else 0,
                 perturbed=perturbed if proto.name in p5_on else None,
+                train_augment=augment if proto.name in p5_on else None,
             )
             if not args.quiet:
                 print(
@@ -327,6 +346,7 @@ def cmd_evaluate(args) -> int:
         "n_boot": args.n_boot,
         "tta": args.tta,
         "P5 perturbations": ", ".join(perturbations) or "none",
+        "training augmentation": args.train_augment or "none",
         "machine": machine_description(),
         "feature extraction seconds (uncached part)": extract_s,
         "wall seconds": round(time.perf_counter() - t0, 1),

@@ -55,7 +55,12 @@ class ModelResult:
 
     @property
     def label(self) -> str:
-        return f"{self.backbone}+{self.head}" + ("+tta" if self.tta else "")
+        aug = self.extra.get("train_augment")
+        return (
+            f"{self.backbone}+{self.head}"
+            + ("+tta" if self.tta else "")
+            + (f"+aug:{aug}" if aug else "")
+        )
 
 
 def extract_all(ds: Dataset, ex: FeatureExtractor) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -104,6 +109,7 @@ def evaluate_protocol(
     seed: int = 0,
     cv_folds: int = 0,
     perturbed: dict[str, dict[str, np.ndarray]] | None = None,
+    train_augment: tuple[str, dict[str, np.ndarray]] | None = None,
 ) -> list[ModelResult]:
     """Fit each head on train, choose its threshold on val, score each test set once.
 
@@ -111,6 +117,8 @@ def evaluate_protocol(
     (``extra["cv_roc_auc"]`` = (mean, std)). ``perturbed`` maps a perturbation name to
     features of perturbed copies by original hash (protocol P5): every test set is then
     also scored as ``<test set>+<perturbation>``, with the same head and threshold.
+    ``train_augment`` = (name, features of augmented copies by original hash) adds one
+    augmented copy of every training image, with its label; validation stays clean.
     """
     cv = (
         cross_validate(protocol, feats, backbone=backbone, heads=heads, k=cv_folds, seed=seed)
@@ -118,6 +126,9 @@ def evaluate_protocol(
         else {}
     )
     Xtr, ytr, d_tr = _xy(protocol.split.train, feats)
+    if train_augment:
+        Xa, ya, _ = _xy(protocol.split.train, train_augment[1])
+        Xtr, ytr = np.vstack([Xtr, Xa]), np.concatenate([ytr, ya])
     Xva, yva, d_va = _xy(protocol.split.val, feats)
     tests = {name: (name, None, _xy(ds, feats)) for name, ds in protocol.test_sets.items()}
     for pert, pfeats in (perturbed or {}).items():
@@ -161,7 +172,10 @@ def evaluate_protocol(
                 out,
                 fit_s,
                 dropped,
-                {"cv_roc_auc": cv[head_kind][:2], "cv_folds": cv_folds} if cv else {},
+                {
+                    **({"cv_roc_auc": cv[head_kind][:2], "cv_folds": cv_folds} if cv else {}),
+                    **({"train_augment": train_augment[0]} if train_augment else {}),
+                },
             )
         )
     return results
