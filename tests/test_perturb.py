@@ -50,8 +50,9 @@ def test_perturb_errors(tmp_path, face_paths):
         perturb(bad, "jpeg70")
 
 
-def test_evaluate_scores_perturbed_test_sets(small_manifest, cache_dir, tmp_path):
-    out = tmp_path / "p5"
+def _evaluate_p1(small_manifest, cache_dir, tmp_path, *extra: str) -> list[dict]:
+    """Run `evaluate` on the small subset (P1 + P4, Lite0 + LR); return metrics.csv rows."""
+    out = tmp_path / "run"
     code = main(
         [
             "evaluate",
@@ -65,8 +66,6 @@ def test_evaluate_scores_perturbed_test_sets(small_manifest, cache_dir, tmp_path
             "logreg",
             "--n-boot",
             "50",
-            "--perturb",
-            "jpeg70,resize0.5",
             "--perturb-protocols",
             "P1",
             "--cache-dir",
@@ -76,10 +75,15 @@ def test_evaluate_scores_perturbed_test_sets(small_manifest, cache_dir, tmp_path
             "--out",
             str(out),
             "--quiet",
+            *extra,
         ]
     )
     assert code == 0
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    return list(csv.DictReader((out / "metrics.csv").open()))
+
+
+def test_evaluate_scores_perturbed_test_sets(small_manifest, cache_dir, tmp_path):
+    rows = _evaluate_p1(small_manifest, cache_dir, tmp_path, "--perturb", "jpeg70,resize0.5")
     p1_sets = {r["test_set"] for r in rows if r["protocol"] == "P1"}
     assert p1_sets == {"same-source", "same-source+jpeg70", "same-source+resize0.5"}
     assert all("+" not in r["test_set"] for r in rows if r["protocol"] == "P4")
@@ -93,7 +97,7 @@ def test_evaluate_scores_perturbed_test_sets(small_manifest, cache_dir, tmp_path
             clean["n_fake"],
             clean["threshold"],
         )
-    report = (out / "report.md").read_text()
+    report = (tmp_path / "run" / "report.md").read_text()
     assert "Robustness (P5)" in report and "resize0.5" in report
 
 
@@ -109,36 +113,13 @@ def test_degrade_is_seeded_by_content(face_paths):
 
 
 def test_training_augmentation_adds_a_model_variant(small_manifest, cache_dir, tmp_path):
-    out = tmp_path / "aug"
-    code = main(
-        [
-            "evaluate",
-            "--data",
-            str(small_manifest),
-            "--protocols",
-            "P1",
-            "--backbones",
-            "lite0",
-            "--heads",
-            "logreg",
-            "--n-boot",
-            "50",
-            "--perturb",
-            "jpeg70",
-            "--perturb-protocols",
-            "P1",
-            "--train-augment",
-            "degrade",
-            "--cache-dir",
-            str(cache_dir),
-            "--scores-csv",
-            str(tmp_path / "s.csv"),
-            "--out",
-            str(out),
-            "--quiet",
-        ]
+    rows = _evaluate_p1(
+        small_manifest, cache_dir, tmp_path, "--perturb", "jpeg70", "--train-augment", "degrade"
     )
-    assert code == 0
-    rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert {r["model"] for r in rows} == {"efficientnet_lite0+logreg+aug:degrade"}
-    assert "training augmentation | degrade" in (out / "report.md").read_text()
+    # P1 gets the augmented head; P4 (not a --perturb-protocols protocol) the plain one.
+    models = {(r["protocol"], r["model"]) for r in rows}
+    assert models == {
+        ("P1", "efficientnet_lite0+logreg+aug:degrade"),
+        ("P4", "efficientnet_lite0+logreg"),
+    }
+    assert "training augmentation | degrade" in (tmp_path / "run" / "report.md").read_text()
