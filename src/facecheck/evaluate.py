@@ -120,25 +120,21 @@ def evaluate_protocol(
     ``train_augment`` = (name, features of augmented copies by original hash) adds one
     augmented copy of every training image, with its label; validation stays clean.
     """
-    cv = (
-        cross_validate(protocol, feats, backbone=backbone, heads=heads, k=cv_folds, seed=seed)
-        if cv_folds > 1
-        else {}
-    )
+    cv = cross_validate(protocol, feats, heads=heads, k=cv_folds, seed=seed) if cv_folds > 1 else {}
     Xtr, ytr, d_tr = _xy(protocol.split.train, feats)
     if train_augment:
         Xa, ya, _ = _xy(protocol.split.train, train_augment[1])
         Xtr, ytr = np.vstack([Xtr, Xa]), np.concatenate([ytr, ya])
     Xva, yva, d_va = _xy(protocol.split.val, feats)
     tests = {name: (name, None, _xy(ds, feats)) for name, ds in protocol.test_sets.items()}
+    d_test = sum(dropped for _, _, (_, _, dropped) in tests.values())
     for pert, pfeats in (perturbed or {}).items():
         for name, ds in protocol.test_sets.items():
             tests[f"{name}+{pert}"] = (name, pert, _xy(ds, pfeats))
     results = []
     for head_kind in heads:
-        params = {"seed": seed}
         t0 = time.perf_counter()
-        head = make_head(head_kind, **params).fit(Xtr, ytr)
+        head = make_head(head_kind, seed=seed).fit(Xtr, ytr)
         fit_s = time.perf_counter() - t0
         s_val = head.predict_proba(Xva)[:, 1]
         thr = choose_threshold(yva, s_val, rule)
@@ -159,7 +155,7 @@ def evaluate_protocol(
                     base,
                     pert,
                 )
-        dropped = d_tr + d_va + sum(t[2][2] for t in tests.values() if t[1] is None)
+        dropped = d_tr + d_va + d_test
         results.append(
             ModelResult(
                 protocol.name,
@@ -185,7 +181,6 @@ def cross_validate(
     protocol: Protocol,
     feats: dict[str, np.ndarray],
     *,
-    backbone: str,
     heads: Sequence[str],
     k: int = 5,
     seed: int = 0,
@@ -204,10 +199,9 @@ def cross_validate(
     folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(X, y, groups))
     out = {}
     for head_kind in heads:
-        params = {"seed": seed}
         aucs = []
         for tr, te in folds:
-            head = make_head(head_kind, **params).fit(X[tr], y[tr])
+            head = make_head(head_kind, seed=seed).fit(X[tr], y[tr])
             aucs.append(float(roc_auc_score(y[te], head.predict_proba(X[te])[:, 1])))
         out[head_kind] = (float(np.mean(aucs)), float(np.std(aucs)), aucs)
     return out

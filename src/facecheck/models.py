@@ -55,6 +55,13 @@ class Head(ClassifierMixin, BaseEstimator):
     def predict(self, X: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= threshold).astype(np.int64)
 
+    def _fit_standardiser(self, X: np.ndarray, floor: float) -> np.ndarray:
+        """Learn per-feature mean and scale (scale < ``floor`` counts as 1); return X scaled."""
+        self.mean_ = X.mean(axis=0)
+        self.scale_ = X.std(axis=0)
+        self.scale_[self.scale_ < floor] = 1.0
+        return (X - self.mean_) / self.scale_
+
     # -- persistence
     def state(self) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -108,11 +115,7 @@ class LogisticHead(Head):
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticHead:
         X, y = _check_xy(X, y)
-        X = X.astype(np.float64)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0)
-        self.scale_[self.scale_ < 1e-12] = 1.0
-        Xs = (X - self.mean_) / self.scale_
+        Xs = self._fit_standardiser(X.astype(np.float64), floor=1e-12)
         if self.C == "auto":
             folds = min(self.cv, int(np.bincount(y).min()))
             if folds < 2:
@@ -205,10 +208,7 @@ class MLPHead(Head):
     def fit(self, X: np.ndarray, y: np.ndarray) -> MLPHead:
         X, y = _check_xy(X, y)
         torch.manual_seed(self.seed)
-        self.mean_ = X.mean(axis=0)
-        self.scale_ = X.std(axis=0)
-        self.scale_[self.scale_ < 1e-6] = 1.0
-        Xs = (X - self.mean_) / self.scale_
+        Xs = self._fit_standardiser(X, floor=1e-6)
         tr, es = train_test_split(
             np.arange(len(y)), test_size=0.15, random_state=self.seed, stratify=y
         )
