@@ -103,7 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--protocol", default="ALL", help="P1, P2, P3, P3-212, P4 or ALL (default)")
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--head", default="logreg", choices=["logreg", "mlp"])
+    p.add_argument(
+        "--head",
+        default="logreg",
+        help="logreg (default) or mlp, optionally with an imbalance strategy: "
+        "mlp:smote0.1+under0.5+focal, logreg:under (see README)",
+    )
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     _common(p)
 
@@ -117,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
     p.add_argument("--protocols", default="P1,P2,P3,P3-212,P4")
     p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v2")
-    p.add_argument("--heads", default="logreg,mlp")
+    p.add_argument(
+        "--heads",
+        default="logreg,mlp",
+        help="comma-separated head specs, e.g. logreg,mlp:focal,mlp:smote0.1+under0.5",
+    )
     p.add_argument("--out", type=Path, default=None, help="report folder (default reports/<run>)")
     p.add_argument("--scores-csv", type=Path, default=Path("reports/model_scores.csv"))
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the CIs")

@@ -89,7 +89,7 @@ def extract_perturbed(
     return {h: result.features[i] for i, h in enumerate(originals) if i not in result.errors}
 
 
-def _xy(ds: Dataset, feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
+def xy(ds: Dataset, feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
     keep = [r for r in ds.records if r.sha256 in feats]
     if not keep:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), len(ds)
@@ -121,16 +121,16 @@ def evaluate_protocol(
     augmented copy of every training image, with its label; validation stays clean.
     """
     cv = cross_validate(protocol, feats, heads=heads, k=cv_folds, seed=seed) if cv_folds > 1 else {}
-    Xtr, ytr, d_tr = _xy(protocol.split.train, feats)
+    Xtr, ytr, d_tr = xy(protocol.split.train, feats)
     if train_augment:
-        Xa, ya, _ = _xy(protocol.split.train, train_augment[1])
+        Xa, ya, _ = xy(protocol.split.train, train_augment[1])
         Xtr, ytr = np.vstack([Xtr, Xa]), np.concatenate([ytr, ya])
-    Xva, yva, d_va = _xy(protocol.split.val, feats)
-    tests = {name: (name, None, _xy(ds, feats)) for name, ds in protocol.test_sets.items()}
+    Xva, yva, d_va = xy(protocol.split.val, feats)
+    tests = {name: (name, None, xy(ds, feats)) for name, ds in protocol.test_sets.items()}
     d_test = sum(dropped for _, _, (_, _, dropped) in tests.values())
     for pert, pfeats in (perturbed or {}).items():
         for name, ds in protocol.test_sets.items():
-            tests[f"{name}+{pert}"] = (name, pert, _xy(ds, pfeats))
+            tests[f"{name}+{pert}"] = (name, pert, xy(ds, pfeats))
     results = []
     for head_kind in heads:
         t0 = time.perf_counter()
@@ -194,7 +194,7 @@ def cross_validate(
     from sklearn.model_selection import StratifiedGroupKFold
 
     pool = protocol.split.train.subset([*protocol.split.train, *protocol.split.val])
-    X, y, _ = _xy(pool, feats)
+    X, y, _ = xy(pool, feats)
     groups = [r.sha256 for r in pool if r.sha256 in feats]
     folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(X, y, groups))
     out = {}

@@ -56,12 +56,20 @@ class Preprocessing:
     def from_dict(cls, d: dict) -> Preprocessing:
         return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]), str(d["resample"]))
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def pixels(self, image: Image.Image) -> np.ndarray:
+        """The resized picture as uint8, channels first (3, size, size)."""
         resample = getattr(Image.Resampling, self.resample.upper())
         img = image.convert("RGB").resize((self.size, self.size), resample)
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        arr = (arr - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (..., 3, H, W) -> the network's float input."""
+        mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32).view(3, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.normalize(torch.from_numpy(self.pixels(image)))
 
 
 # --------------------------------------------------------------------------- registry

@@ -95,7 +95,9 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, rule: str = "youden") -> 
     """Pick a threshold on *validation* outputs.
 
     Rules: ``youden`` (max recall - FPR), ``f1`` (max F1), ``recall:0.95`` (the highest
-    threshold whose recall reaches the target, i.e. the fewest false alarms that do).
+    threshold whose recall reaches the target, i.e. the fewest false alarms that do) and
+    ``budget:0.015`` (the best recall flagging at most 1.5% of a 1:1000 stream); the last
+    two are :mod:`facecheck.policy`'s.
     """
     y = np.asarray(y, dtype=np.int64)
     score = np.asarray(score, dtype=np.float64)
@@ -109,12 +111,13 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, rule: str = "youden") -> 
         prec, rec, thr = precision_recall_curve(y, score)
         f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
         return float(thr[int(np.argmax(f1[:-1]))])
-    if rule.startswith("recall:"):
-        target = float(rule.split(":", 1)[1])
-        fpr, tpr, thr = roc_curve(y, score)
-        ok = np.flatnonzero(tpr >= target - 1e-12)
-        return float(min(thr[ok[0]], 1.0))
-    raise ValueError(f"unknown threshold rule {rule!r}: use youden, f1 or recall:<target>")
+    if rule.startswith(("recall:", "budget:")):
+        from .policy import Policy  # the operating-point policies live there
+
+        return Policy.parse(rule).threshold(y, score)
+    raise ValueError(
+        f"unknown threshold rule {rule!r}: use youden, f1, recall:<target> or budget:<share>"
+    )
 
 
 def bootstrap_ci(
@@ -158,3 +161,56 @@ def bootstrap_ci(
             else (float("nan"), float("nan"))
         )
     return out
+
+
+# -- three-way decisions: automatic fake, automatic real, or sent to a person
+FAKE, REAL, REVIEW = 1, 0, -1
+DECISIONS = {FAKE: "fake", REAL: "real", REVIEW: "review"}
+
+
+def review_matrix(y: np.ndarray, decision: np.ndarray) -> np.ndarray:
+    """The 2x3 human-review matrix: rows actual fake, real; columns fake, real, review."""
+    y, decision = np.asarray(y), np.asarray(decision)
+    return np.array(
+        [
+            [int(((y == actual) & (decision == d)).sum()) for d in (FAKE, REAL, REVIEW)]
+            for actual in (1, 0)
+        ]
+    )
+
+
+def review_metrics(
+    y: np.ndarray, decision: np.ndarray, fake_rate: float = DEPLOYED_FAKE_RATE
+) -> dict[str, float]:
+    """What a three-way policy gives: automatic-verdict quality and the human workload.
+
+    ``auto_recall``/``auto_precision`` count automatic verdicts only (the thesis's figures);
+    ``caught`` is the share of fakes *not* waved through automatically (flagged fake or sent
+    to a person), the recall that matters for a filter. ``review_share`` is the share of
+    these images a person sees; ``review_per_10k`` and ``missed_per_10k`` re-weight the
+    per-class rates to ``fake_rate`` (1:1000 by default).
+    """
+    m = review_matrix(y, decision)
+    (ff, fr, fv), (rf, rr, rv) = m.tolist()
+    n_fake, n_real = ff + fr + fv, rf + rr + rv
+    n = n_fake + n_real
+    fake_review = _safe_div(fv, n_fake)
+    real_review = _safe_div(rv, n_real)
+    return {
+        "n": n,
+        "n_fake": n_fake,
+        "auto_recall": _safe_div(ff, ff + fr),
+        "auto_precision": _safe_div(ff, ff + rf),
+        "caught": _safe_div(ff + fv, n_fake),
+        "review_share": _safe_div(fv + rv, n),
+        "flagged_share": _safe_div(ff + fv + rf + rv, n),
+        "auto_errors": fr + rf,
+        "missed": fr,
+        "review_per_10k": 10_000 * (fake_rate * fake_review + (1 - fake_rate) * real_review),
+        "missed_per_10k": 10_000 * fake_rate * _safe_div(fr, n_fake),
+    }
+
+
+def decisions_from_threshold(score: np.ndarray, threshold: float) -> np.ndarray:
+    """A single-score detector's three-way form: every flag goes to a person, no auto-fake."""
+    return np.where(np.asarray(score) >= threshold, REVIEW, REAL)

@@ -16,8 +16,9 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold, train_test_split
-from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
+
+from .imbalance import Imbalance
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -55,6 +56,9 @@ class Head(ClassifierMixin, BaseEstimator):
     def predict(self, X: np.ndarray, threshold: float = 0.5) -> np.ndarray:
         return (self.predict_proba(X)[:, 1] >= threshold).astype(np.int64)
 
+    def _strategy(self) -> Imbalance:
+        return Imbalance.parse(self.imbalance)
+
     def _fit_standardiser(self, X: np.ndarray, floor: float) -> np.ndarray:
         """Learn per-feature mean and scale (scale < ``floor`` counts as 1); return X scaled."""
         self.mean_ = X.mean(axis=0)
@@ -81,6 +85,9 @@ class Head(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_file(cls, kind: str, params: dict, path: str | Path) -> Head:
+        params = dict(params)
+        if "class_weight" in params:  # bundles written before imbalance strategies existed
+            params["imbalance"] = "class_weight" if params.pop("class_weight") else "none"
         head = HEADS[kind](**params)
         with np.load(path, allow_pickle=False) as data:
             head.load_state({k: data[k] for k in data.files})
@@ -92,7 +99,10 @@ class LogisticHead(Head):
 
     ``C="auto"`` (the default) picks the regularisation by stratified k-fold ROC-AUC on the
     *training* data: with 1,280 features and ~1,600 images an unpicked C overfits (on P1,
-    5-fold ROC-AUC 0.59 at C=0.1 against 0.65 at C=0.001).
+    5-fold ROC-AUC 0.59 at C=0.1 against 0.65 at C=0.001). C is picked on the rows as given
+    (class-weighted), before any resampling, so SMOTE's synthetic neighbours of a held-out
+    fake cannot leak into the folds; the final fit then uses the strategy's rows and weights.
+    ``imbalance`` is a strategy from :mod:`facecheck.imbalance` (not focal/balanced_batches).
     """
 
     kind = "logreg"
@@ -102,19 +112,22 @@ class LogisticHead(Head):
     def __init__(
         self,
         C: float | str = "auto",
-        class_weight: str | None = "balanced",
+        imbalance: str = "class_weight",
         max_iter: int = 2000,
         cv: int = 3,
         seed: int = 0,
     ):
         self.C = C
-        self.class_weight = class_weight
+        self.imbalance = imbalance
         self.max_iter = max_iter
         self.cv = cv
         self.seed = seed
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticHead:
         X, y = _check_xy(X, y)
+        strategy = self._strategy()
+        if strategy.needs_minibatches:
+            raise ValueError(f"the logistic head cannot use {strategy}: use the mlp head")
         Xs = self._fit_standardiser(X.astype(np.float64), floor=1e-12)
         if self.C == "auto":
             folds = min(self.cv, int(np.bincount(y).min()))
@@ -124,17 +137,21 @@ class LogisticHead(Head):
                 Cs=list(self.C_GRID),
                 cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed),
                 scoring="roc_auc",
-                class_weight=self.class_weight,
+                class_weight="balanced",
                 max_iter=self.max_iter,
                 l1_ratios=(0.0,),  # plain L2
                 use_legacy_attributes=False,
             ).fit(Xs, y)
             self.C_ = float(np.ravel(lr.C_)[0])
         else:
-            lr = LogisticRegression(
-                C=float(self.C), class_weight=self.class_weight, max_iter=self.max_iter
-            ).fit(Xs, y)
             self.C_ = float(self.C)
+        if self.C != "auto" or str(strategy) != "class_weight":
+            Xr, yr = strategy.resample(Xs, y, seed=self.seed)
+            lr = LogisticRegression(
+                C=self.C_,
+                class_weight="balanced" if strategy.class_weight else None,
+                max_iter=self.max_iter,
+            ).fit(Xr, yr)
         self.coef_ = lr.coef_.ravel().astype(np.float64)
         self.intercept_ = float(lr.intercept_[0])
         self.n_features_in_ = X.shape[1]
@@ -175,7 +192,9 @@ class MLPHead(Head):
     """Standardised features -> one hidden layer -> fake logit, class-weighted BCE.
 
     Trained with AdamW; early stopping on a seeded, stratified 15% slice of the training
-    data (the protocol's validation split stays untouched for threshold choice).
+    data (the protocol's validation split stays untouched for threshold choice). The
+    ``imbalance`` strategy resamples the other 85% and sets the loss (weighted BCE or focal)
+    and the batches (shuffled or class-balanced); the early-stopping slice is never resampled.
     """
 
     kind = "mlp"
@@ -189,7 +208,7 @@ class MLPHead(Head):
         epochs: int = 200,
         batch_size: int = 128,
         patience: int = 15,
-        class_weight: str | None = "balanced",
+        imbalance: str = "class_weight",
         seed: int = 0,
     ):
         self.hidden = hidden
@@ -199,7 +218,7 @@ class MLPHead(Head):
         self.epochs = epochs
         self.batch_size = batch_size
         self.patience = patience
-        self.class_weight = class_weight
+        self.imbalance = imbalance
         self.seed = seed
 
     def _module(self, d_in: int) -> _MLP:
@@ -212,22 +231,18 @@ class MLPHead(Head):
         tr, es = train_test_split(
             np.arange(len(y)), test_size=0.15, random_state=self.seed, stratify=y
         )
-        w = (
-            compute_class_weight("balanced", classes=np.array([0, 1]), y=y[tr])
-            if self.class_weight == "balanced"
-            else np.ones(2)
-        )
-        pos_weight = torch.tensor(w[1] / w[0], dtype=torch.float32)
-        xt, yt = torch.from_numpy(Xs[tr]), torch.from_numpy(y[tr]).float()
+        strategy = self._strategy()
+        Xr, yr = strategy.resample(Xs[tr], y[tr], seed=self.seed)
+        xt, yt = torch.from_numpy(Xr), torch.from_numpy(yr).float()
         xe, ye = torch.from_numpy(Xs[es]), torch.from_numpy(y[es]).float()
         model = self._module(X.shape[1])
         opt = torch.optim.AdamW(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        loss_fn = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+        loss_fn = strategy.loss(yr)
         gen = torch.Generator().manual_seed(self.seed)
         best, best_state, bad = float("inf"), None, 0
         for _epoch in range(self.epochs):
             model.train()
-            for idx in torch.randperm(len(xt), generator=gen).split(self.batch_size):
+            for idx in strategy.batches(yr, self.batch_size, gen):
                 opt.zero_grad()
                 loss_fn(model(xt[idx]), yt[idx]).backward()
                 opt.step()
@@ -272,7 +287,15 @@ class MLPHead(Head):
 HEADS: dict[str, type[Head]] = {"logreg": LogisticHead, "mlp": MLPHead}
 
 
-def make_head(kind: str, **params) -> Head:
+def split_head_spec(spec: str) -> tuple[str, dict[str, str]]:
+    """``"mlp:smote+focal"`` -> ``("mlp", {"imbalance": "smote+focal"})``; plain kinds pass."""
+    kind, _, strategy = spec.partition(":")
     if kind not in HEADS:
         raise KeyError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
-    return HEADS[kind](**params)
+    return kind, ({"imbalance": str(Imbalance.parse(strategy))} if strategy else {})
+
+
+def make_head(spec: str, **params) -> Head:
+    """A head from ``kind`` or ``kind:imbalance-strategy``; ``params`` override the spec's."""
+    kind, from_spec = split_head_spec(spec)
+    return HEADS[kind](**{**from_spec, **params})

@@ -29,7 +29,7 @@ from .features import (
 )
 from .imageio import ImageError
 from .metrics import choose_threshold
-from .models import HEADS, Head, make_head
+from .models import HEADS, Head, make_head, split_head_spec
 
 BUNDLE_FORMAT = "facecheck.detector"
 BUNDLE_VERSION = 1
@@ -87,8 +87,9 @@ class Detector:
         progress: bool = False,
     ):
         self.backbone_name = resolve_name(backbone)
-        self.head_kind = head
-        self.head_params = dict(head_params or {})
+        # "mlp:focal" is kind "mlp" with imbalance "focal" (see models.make_head).
+        self.head_kind, from_spec = split_head_spec(head)
+        self.head_params = {**from_spec, **(head_params or {})}
         self.tta = tta
         self.weights = weights
         self.allow_download = allow_download

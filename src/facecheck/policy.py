@@ -1,0 +1,159 @@
+"""Operating-point policy and calibration, both fitted on validation outputs only.
+
+Neither seed has a policy: the thesis takes its networks' argmax. A bank asks one of two
+questions instead, and each is answered on the validation split, then reported on test:
+
+- ``target_recall``: catch at least this share of fakes, sending as few images as possible
+  to a person (:func:`threshold_for_recall`);
+- ``review_budget``: a person can look at this share of applications; catch as many fakes as
+  fit (:func:`threshold_for_budget`). The share is taken at a stated fake rate (1:1000 for the
+  bank), not at the validation split's own ratio, which is far richer in fakes.
+
+:class:`Calibrator` maps scores to probabilities (temperature scaling or isotonic regression
+on validation), with an optional prior shift to the deployed fake rate, so a score of 0.3
+means about a 30% chance the image is fake at that rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import roc_curve
+
+from .metrics import DEPLOYED_FAKE_RATE
+
+
+def _checked(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("an operating point needs both classes in the validation outputs")
+    return y, score
+
+
+def threshold_for_recall(y: np.ndarray, score: np.ndarray, target: float) -> float:
+    """The highest threshold whose validation recall reaches ``target`` (fewest flags that do)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"target recall must be in (0, 1], got {target}")
+    y, score = _checked(y, score)
+    _fpr, tpr, thr = roc_curve(y, score)
+    return float(min(thr[np.flatnonzero(tpr >= target - 1e-12)[0]], 1.0))
+
+
+def flagged_share(
+    y: np.ndarray, score: np.ndarray, threshold: float, fake_rate: float | None = None
+) -> float:
+    """Share of images at or above ``threshold``, at ``fake_rate`` (default: as in ``y``)."""
+    y, score = _checked(y, score)
+    flagged = score >= threshold
+    if fake_rate is None:
+        return float(flagged.mean())
+    return float(fake_rate * flagged[y == 1].mean() + (1 - fake_rate) * flagged[y == 0].mean())
+
+
+def threshold_for_budget(
+    y: np.ndarray,
+    score: np.ndarray,
+    budget: float,
+    fake_rate: float | None = DEPLOYED_FAKE_RATE,
+) -> float:
+    """The lowest threshold (best recall) whose flagged share at ``fake_rate`` fits ``budget``."""
+    if not 0 <= budget <= 1:
+        raise ValueError(f"review budget must be in [0, 1], got {budget}")
+    y, score = _checked(y, score)
+    fpr, tpr, thr = roc_curve(y, score)
+    pi = float(y.mean()) if fake_rate is None else fake_rate
+    share = pi * tpr + (1 - pi) * fpr
+    ok = np.flatnonzero(share <= budget + 1e-12)  # share grows along roc_curve's thresholds
+    return float(min(thr[ok[-1]], 1.0 + 1e-9)) if ok.size else float("inf")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy: ``recall:0.97``, ``budget:0.015`` or a plain threshold rule."""
+
+    kind: str  # "recall", "budget" or a metrics.choose_threshold rule (youden, f1)
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        if ":" in text:
+            kind, value = text.split(":", 1)
+            if kind not in ("recall", "budget"):
+                raise ValueError(f"unknown policy {text!r}: use recall:<r>, budget:<share>")
+            return cls(kind, float(value))
+        if text not in ("youden", "f1"):
+            raise ValueError(f"unknown policy {text!r}: use youden, f1, recall:<r>, budget:<s>")
+        return cls(text)
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+    def threshold(self, y: np.ndarray, score: np.ndarray) -> float:
+        if self.kind == "recall":
+            return threshold_for_recall(y, score, float(self.value))
+        if self.kind == "budget":
+            return threshold_for_budget(y, score, float(self.value))
+        from .metrics import choose_threshold
+
+        return choose_threshold(y, score, self.kind)
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+class Calibrator:
+    """Scores -> probabilities, fitted on validation outputs.
+
+    ``temperature``: p = sigmoid(logit(s) / T + b), T and b by log-loss (Platt scaling, which
+    keeps the ranking); ``isotonic``: scikit-learn's monotone step fit. ``fake_rate`` shifts
+    the prior from the validation split's fake share to the deployed rate (Bayes' rule on
+    the odds), so probabilities describe the bank's stream, not the split.
+    """
+
+    def __init__(self, method: str = "temperature", fake_rate: float | None = None):
+        if method not in ("temperature", "isotonic"):
+            raise ValueError(f"unknown calibration {method!r}: use temperature or isotonic")
+        self.method = method
+        self.fake_rate = fake_rate
+
+    def fit(self, score: np.ndarray, y: np.ndarray) -> Calibrator:
+        y, score = _checked(y, score)
+        self.val_rate_ = float(y.mean())
+        if self.method == "isotonic":
+            self.iso_ = IsotonicRegression(y_min=1e-6, y_max=1 - 1e-6, out_of_bounds="clip")
+            self.iso_.fit(score, y)
+            return self
+        z = _logit(score)
+
+        def nll(params: np.ndarray) -> float:
+            t, b = params
+            q = np.clip(1 / (1 + np.exp(-(z / t + b))), 1e-12, 1 - 1e-12)
+            return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+        # 1-D search on T nested around the best bias for it: robust and dependency-light.
+        def best_b(t: float) -> tuple[float, float]:
+            r = minimize_scalar(lambda b: nll(np.array([t, b])), bounds=(-20, 20), method="bounded")
+            return float(r.fun), float(r.x)
+
+        r = minimize_scalar(lambda lt: best_b(np.exp(lt))[0], bounds=(-4, 4), method="bounded")
+        self.temperature_ = float(np.exp(r.x))
+        self.bias_ = best_b(self.temperature_)[1]
+        return self
+
+    def transform(self, score: np.ndarray) -> np.ndarray:
+        score = np.asarray(score, dtype=np.float64)
+        if self.method == "isotonic":
+            p = self.iso_.predict(score)
+        else:
+            p = 1 / (1 + np.exp(-(_logit(score) / self.temperature_ + self.bias_)))
+        if self.fake_rate is None:
+            return p
+        shift = np.log(self.fake_rate / (1 - self.fake_rate)) - np.log(
+            self.val_rate_ / (1 - self.val_rate_)
+        )
+        return 1 / (1 + np.exp(-(_logit(p) + shift)))
