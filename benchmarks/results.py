@@ -10,9 +10,12 @@ here is typed in by hand except those published figures and the goals.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ROOT / "reports" / "make-run" / "metrics.csv"
@@ -197,6 +200,102 @@ def p5_section() -> list[str]:
     return [*lines, ""]
 
 
+THESIS_DIR = ROOT / "reports" / "thesis-method"
+FINETUNE_DIR = ROOT / "reports" / "finetune"
+
+
+def _csv_rows(path: Path) -> list[dict]:
+    rows = list(csv.DictReader(path.open()))
+    for r in rows:
+        for k, v in r.items():
+            with contextlib.suppress(ValueError, AttributeError):
+                r[k] = json.loads(v) if v.startswith("[") else float(v)
+    return rows
+
+
+def thesis_section() -> list[str]:
+    """Issue 4: strategies and ensembles on P2/P3 (benchmarks/thesis_method.py) + fine-tunes."""
+    from thesis_method import _group, _mean, _p, _sd
+
+    if not (THESIS_DIR / "strategies.csv").exists():
+        return ["No `reports/thesis-method/` yet: run `python benchmarks/thesis_method.py`.", ""]
+    models = _csv_rows(THESIS_DIR / "strategies.csv")
+    ens = _csv_rows(THESIS_DIR / "ensembles.csv")
+    seeds = sorted({int(r["seed"]) for r in models})
+    lines = [
+        "## The thesis's method: imbalance strategies, stacking, the human-review vote (P2, P3)",
+        "",
+        f"`python benchmarks/thesis_method.py`: seeds {', '.join(map(str, seeds))} (a split and "
+        "a draw of fakes each), heads on frozen Lite0 / MobileNetV2 features, every "
+        "imbalance strategy; thresholds and ensembles from validation; same-source test "
+        "sets. Means over seeds; full tables in [thesis_method.md](thesis_method.md). "
+        "Policy `recall:0.97` = the threshold reaching 97% recall on validation.",
+        "",
+        "| protocol | model | same-source ROC-AUC (sd) | recall:0.97 on test: recall / FPR "
+        "/ flagged per 10k at 1:1000 | seed / goal |",
+        "|---|---|---|---|---|",
+    ]
+    for proto in dict.fromkeys(r["protocol"] for r in models):
+        sub = [r for r in models if r["protocol"] == proto and r["test_set"] == "same-source"]
+        g = _group(sub, "model", "policy")
+        by_auc = sorted({m for m, _ in g}, key=lambda m: -_mean(g[(m, "youden")], "roc_auc"))
+        seed, goal = SEEDS.get(proto, ("", ""))
+        for i, m in enumerate(["lite0/logreg:class_weight", *[x for x in by_auc[:2]]]):
+            y_, t_ = g[(m, "youden")], g[(m, "recall:0.97")]
+            note = "baseline" if i == 0 else "best by mean ROC-AUC"
+            lines.append(
+                f"| {proto} | {m} ({note}) | {_mean(y_, 'roc_auc'):.3f} ({_sd(y_, 'roc_auc'):.3f})"
+                f" | {_p(_mean(t_, 'recall'))} / {_p(_mean(t_, 'fpr'))} / "
+                f"{_mean(t_, 'flagged_per_10k'):.0f} | {seed if i == 0 else ''} "
+                f"{'/ ' + goal if i == 0 else ''} |"
+            )
+    lines += [
+        "",
+        "Votes (5 members: four heads plus a stacker; `fixed-0.5` = the thesis's argmax "
+        "members, `recall:0.97` = the vote policy). Matrix summed over seeds: rows actual "
+        "fake, real; columns automatic fake, automatic real, to a person.",
+        "",
+        "| protocol | vote | policy | test set | matrix | caught | auto recall / precision "
+        "| to a person | auto errors |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    nan = float("nan")
+    for (proto, e, pol, test), rs in _group(
+        [r for r in ens if "vote" in r["ensemble"]], "protocol", "ensemble", "policy", "test_set"
+    ).items():
+        m = sum(np.array(r["matrix"]) for r in rs)
+        (ff, fr, fv), (rf, rr, rv) = m.tolist()
+        biased = " *biased*" if str(rs[0]["source_biased"]) == "True" else ""
+        lines.append(
+            f"| {proto} | {e} | {pol} | {test}{biased} | "
+            f"[{ff} {fr} {fv}; {rf} {rr} {rv}] | "
+            f"{_p((ff + fv) / max(ff + fr + fv, 1))} | "
+            f"{_p(ff / (ff + fr) if ff + fr else nan)} / {_p(ff / (ff + rf) if ff + rf else nan)}"
+            f" | {_p((fv + rv) / m.sum())} | {fr + rf} |"
+        )
+    lines.append("")
+    summaries = sorted(FINETUNE_DIR.glob("*/*/summary.json"))
+    if summaries:
+        lines += [
+            "### Fine-tuned networks",
+            "",
+            "`python benchmarks/finetune.py` (details in [finetune.md](finetune.md)):",
+            "",
+            "| protocol | run | device | epochs (best) | test ROC-AUC | recall | precision | FPR |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for path in summaries:
+            f = json.loads(path.read_text())
+            t = f["test"]["same-source"]
+            lines.append(
+                f"| {f['protocol']} | {path.parent.name} | {f['device']} | "
+                f"{f['config']['epochs']} ({f['best_epoch']}) | {t['roc_auc']:.3f} | "
+                f"{_p(t['recall'])} | {_p(t['precision'])} | {_p(t['fpr'])} |"
+            )
+        lines.append("")
+    return lines
+
+
 def speed_section() -> list[str]:
     lines = ["## Speed", ""]
     if SPEED.exists():
@@ -247,6 +346,7 @@ def main() -> None:
         *metrics_section(),
         *extra_section(),
         *p5_section(),
+        *thesis_section(),
         *speed_section(),
     ]
     OUT.write_text("\n".join(lines) + "\n")

@@ -1,15 +1,17 @@
 """The thesis's method, measured honestly: imbalance strategies, stacking and the vote (P2, P3).
 
-    python benchmarks/thesis_method.py            # about 15 min on 2 CPU cores, warm cache
+    python benchmarks/thesis_method.py            # about 20 min on 2 CPU cores, warm cache
 
-For P2, P3 and P3-212 (seeded content-hash splits, seed 0 by default), every head on both
-offline backbones is trained once per imbalance strategy on the train split; thresholds and
-everything the ensembles learn come from the validation split; each test set is scored
-once. Three operating points per model: Youden's J, the target-recall policy and the
-review-budget policy (both fitted on validation). Ensembles: the thesis's five-member vote
-(four differently-balanced members plus a stacker over them) and a cross-backbone vote,
-each at the thesis's fixed member thresholds (0.5, its argmax) and at the target-recall
-policy. Writes reports/thesis-method/{strategies,ensembles}.csv, plots, and
+For P2, P3 and P3-212, and for each of several seeds (each seed is its own content-hash
+split and its own draw of fakes), every head on both offline backbones is trained once per
+imbalance strategy on the train split; thresholds and everything the ensembles learn come
+from the validation split; each test set is scored once. Three operating points per model:
+Youden's J, the target-recall policy and the review-budget policy (both fitted on
+validation). Ensembles: the thesis's five-member vote (four differently-balanced members
+plus a stacker over them) and a cross-backbone vote, each at the thesis's fixed member
+thresholds (0.5, its argmax) and at the target-recall policy. The test sets are small (P2:
+9 fakes, P3-212: 5), so figures are means over seeds and matrices are summed over seeds.
+Writes reports/thesis-method/{strategies,ensembles}.csv (one row per seed), plots, and
 benchmarks/thesis_method.md.
 
 The thesis's members are fine-tuned ConvNeXts on GPU; here every member is a head on frozen
@@ -19,8 +21,6 @@ features (CPU), so the comparison is of *strategies and ensembling*, not of back
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -41,7 +41,7 @@ from facecheck.metrics import (
 from facecheck.models import make_head
 from facecheck.policy import Policy
 from facecheck.protocols import build
-from facecheck.report import git_commit, machine_description
+from facecheck.report import git_commit, machine_description, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"lite0": "efficientnet_lite0", "mnv2": "mobilenet_v2"}
@@ -112,6 +112,7 @@ def model_rows(proto, scores, policies):
                 rows.append(
                     {
                         "protocol": proto.name,
+                        "seed": proto.seed,
                         "model": spec,
                         "policy": pol,
                         "test_set": test,
@@ -151,6 +152,7 @@ def ensemble_rows(proto, scores, target, seed):
                 rows.append(
                     {
                         "protocol": proto.name,
+                        "seed": proto.seed,
                         "ensemble": ens_name,
                         "policy": pol,
                         "test_set": test,
@@ -171,6 +173,7 @@ def ensemble_rows(proto, scores, target, seed):
             rows.append(
                 {
                     "protocol": proto.name,
+                    "seed": proto.seed,
                     "ensemble": f"{ens_name.split('-')[0]}-stack",
                     "policy": f"recall:{target:g}",
                     "test_set": test,
@@ -185,33 +188,109 @@ def ensemble_rows(proto, scores, target, seed):
     return rows
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, keys)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
 def _p(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.1f}%"
 
 
+def _mean(rows: list[dict], key: str) -> float:
+    vals = np.array([r[key] for r in rows], dtype=np.float64)
+    return float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
+
+
+def _sd(rows: list[dict], key: str) -> float:
+    return float(np.nanstd(np.array([r[key] for r in rows], dtype=np.float64)))
+
+
+def _group(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def plot_strategies(rows: list[dict], path: Path) -> None:
+    """Same-source ROC-AUC per model and protocol (mean and std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sub = [r for r in rows if r["test_set"] == "same-source" and r["policy"] == "youden"]
+    protos = list(dict.fromkeys(r["protocol"] for r in sub))
+    models = list(dict.fromkeys(r["model"] for r in sub))
+    g = _group(sub, "protocol", "model")
+    fig, ax = plt.subplots(figsize=(11, 0.28 * len(models) + 1.5))
+    h = 0.8 / len(protos)
+    for k, proto in enumerate(protos):
+        ys = np.arange(len(models)) + k * h
+        means = [_mean(g[(proto, m)], "roc_auc") for m in models]
+        sds = [_sd(g[(proto, m)], "roc_auc") for m in models]
+        ax.barh(ys, means, h, xerr=sds, label=proto, alpha=0.8)
+    ax.axvline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_yticks(np.arange(len(models)) + 0.4 - h / 2, models, fontsize=7)
+    ax.set_xlim(0.3, 0.8)
+    ax.set_xlabel("same-source test ROC-AUC (mean +- std over seeds; 0.5 = chance)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_matrices(rows: list[dict], path: Path) -> None:
+    """The summed 2x3 human-review matrices of the votes, same-source test sets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    g = _group(
+        [r for r in rows if r["test_set"] == "same-source" and "vote" in r["ensemble"]],
+        "protocol",
+        "ensemble",
+        "policy",
+    )
+    keys = list(g)
+    cols = 4
+    fig, axes = plt.subplots(
+        -(-len(keys) // cols), cols, figsize=(3.2 * cols, 2.3 * -(-len(keys) // cols))
+    )
+    for ax, key in zip(np.ravel(axes), keys, strict=False):
+        m = np.sum([np.array(r["matrix"]) for r in g[key]], axis=0)
+        ax.imshow(m / np.maximum(m.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(3), ["auto fake", "auto real", "person"], fontsize=7)
+        ax.set_yticks(range(2), ["fake", "real"], fontsize=7)
+        ax.set_title(" ".join(key), fontsize=8)
+    for ax in np.ravel(axes)[len(keys) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def markdown(model_rows_, ens_rows, meta) -> str:
+    n_seeds = len(meta["seeds"])
     lines = [
         "# The thesis's method on frozen features: imbalance strategies, stacking, voting",
         "",
-        f"Command: `{meta['command']}`; seed {meta['seed']}; splits by content hash "
-        "(80/10/10, stratified by label x source); thresholds and ensembles fitted on "
-        f"validation only; test scored once. Commit {meta['commit']}; {meta['machine']}; "
-        f"{meta['minutes']:.1f} min. Every member is a head on frozen ImageNet features "
-        "(Lite0 or MobileNetV2), not the thesis's fine-tuned ConvNeXts.",
+        f"Command: `{meta['command']}`; seeds {', '.join(map(str, meta['seeds']))} (each its "
+        "own split by content hash, 80/10/10 stratified by label x source, and its own draw "
+        "of fakes); thresholds and ensembles fitted on validation only; each test set scored "
+        f"once per seed. Commit {meta['commit']}; {meta['machine']}; {meta['minutes']:.1f} min. "
+        "Every member is a head on frozen ImageNet features (Lite0 or MobileNetV2), not the "
+        "thesis's fine-tuned ConvNeXts. Per-seed rows: `reports/thesis-method/*.csv`.",
         "",
-        "Recall/precision here count *all* images at or over the threshold as flagged for a "
-        "person; `flagged/10k` is that workload per 10,000 applications at a 1:1000 fake "
-        "rate. Headline = same-source test set (rff reals and rff fakes); the mixed-source "
-        "P3 figures (utkface reals beside rff fakes) measure the source as well as the edit.",
+        "Single models: every image at or over the threshold goes to a person, so recall is "
+        "the share of fakes a person sees and `flagged/10k` the images a person sees per "
+        "10,000 applications at a 1:1000 fake rate. Figures are means over the seeds. "
+        "Headline = same-source test set (rff reals and rff fakes); the mixed-source P3 "
+        "figures (utkface reals beside rff fakes) measure the source as well as the edit.",
+        "",
+        "![same-source ROC-AUC per strategy](../reports/thesis-method/strategies_auc.png)",
+        "",
+        "![2x3 matrices of the votes](../reports/thesis-method/vote_matrices.png)",
         "",
     ]
     for proto in meta["protocols"]:
@@ -219,41 +298,58 @@ def markdown(model_rows_, ens_rows, meta) -> str:
         sub = [r for r in model_rows_ if r["protocol"] == proto and r["test_set"] == "same-source"]
         if not sub:
             continue
-        n, nf = sub[0]["n"], sub[0]["n_fake"]
+        g = _group(sub, "model", "policy")
+        first = next(iter(g.values()))
+        n, nf = sum(r["n"] for r in first), sum(r["n_fake"] for r in first)
         lines += [
-            f"### Every strategy, same-source test set ({n} images, {nf} fakes)",
+            f"### Every strategy, same-source test sets ({n} images, {nf} fakes over "
+            f"{n_seeds} seeds)",
             "",
-            "| model | ROC-AUC | PR-AUC | Youden: recall / precision / FPR "
-            f"| {meta['target']}: recall / precision / flagged/10k "
+            "| model | ROC-AUC (sd) | PR-AUC | Youden: recall / precision / FPR "
+            f"| {meta['target']}: recall / FPR / flagged/10k "
             f"| {meta['budget']}: recall / flagged/10k |",
             "|---|---|---|---|---|---|",
         ]
-        by = {(r["model"], r["policy"]): r for r in sub}
         for model in dict.fromkeys(r["model"] for r in sub):
-            y_, t_, b_ = (by[(model, p)] for p in ("youden", meta["target"], meta["budget"]))
+            y_, t_, b_ = (g[(model, p)] for p in ("youden", meta["target"], meta["budget"]))
             lines.append(
-                f"| {model} | {y_['roc_auc']:.3f} | {y_['pr_auc']:.3f} | "
-                f"{_p(y_['recall'])} / {_p(y_['precision'])} / {_p(y_['fpr'])} | "
-                f"{_p(t_['recall'])} / {_p(t_['precision'])} / {t_['flagged_per_10k']:.0f} | "
-                f"{_p(b_['recall'])} / {b_['flagged_per_10k']:.0f} |"
+                f"| {model} | {_mean(y_, 'roc_auc'):.3f} ({_sd(y_, 'roc_auc'):.3f}) | "
+                f"{_mean(y_, 'pr_auc'):.3f} | {_p(_mean(y_, 'recall'))} / "
+                f"{_p(_mean(y_, 'precision'))} / {_p(_mean(y_, 'fpr'))} | "
+                f"{_p(_mean(t_, 'recall'))} / {_p(_mean(t_, 'fpr'))} / "
+                f"{_mean(t_, 'flagged_per_10k'):.0f} | "
+                f"{_p(_mean(b_, 'recall'))} / {_mean(b_, 'flagged_per_10k'):.0f} |"
             )
         lines += [
             "",
-            "### Ensembles (2x3 matrix: rows actual fake, real; columns auto-fake, "
-            "auto-real, to a person)",
+            "### Ensembles",
+            "",
+            "Matrix summed over the seeds: rows actual fake, real; columns automatic fake, "
+            "automatic real, sent to a person. *caught* = fakes not waved through "
+            "(automatic fake or person); *auto recall/precision* = the thesis's figures, on "
+            "automatic verdicts only; per-10k figures at a 1:1000 fake rate.",
             "",
             "| ensemble | policy | test set | matrix | val caught | caught | auto recall "
-            "| auto precision | to a person | review/10k at 1:1000 | auto errors |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| auto precision | to a person | person/10k | flagged/10k | auto errors |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for r in (r for r in ens_rows if r["protocol"] == proto):
-            (ff, fr, fv), (rf, rr, rv) = r["matrix"]
+        eg = _group(
+            [r for r in ens_rows if r["protocol"] == proto], "ensemble", "policy", "test_set"
+        )
+        for (ens, pol, test), rs in eg.items():
+            m = np.sum([np.array(r["matrix"]) for r in rs], axis=0)
+            (ff, fr, fv), (rf, rr, rv) = m.tolist()
+            nan = float("nan")
+            caught = (ff + fv) / max(ff + fr + fv, 1)
+            auto_recall = ff / (ff + fr) if ff + fr else nan
+            auto_precision = ff / (ff + rf) if ff + rf else nan
+            biased = " (source-biased)" if rs[0]["source_biased"] else ""
             lines.append(
-                f"| {r['ensemble']} | {r['policy']} | {r['test_set']}"
-                f"{' (source-biased)' if r['source_biased'] else ''} | "
-                f"[{ff} {fr} {fv}; {rf} {rr} {rv}] | {_p(r['val_caught'])} | {_p(r['caught'])} | "
-                f"{_p(r['auto_recall'])} | {_p(r['auto_precision'])} | {_p(r['review_share'])} | "
-                f"{r['review_per_10k']:.0f} | {r['auto_errors']} |"
+                f"| {ens} | {pol} | {test}{biased} | [{ff} {fr} {fv}; {rf} {rr} {rv}] | "
+                f"{_p(_mean(rs, 'val_caught'))} | {_p(caught)} | {_p(auto_recall)} | "
+                f"{_p(auto_precision)} | {_p((fv + rv) / m.sum())} | "
+                f"{_mean(rs, 'review_per_10k'):.0f} | {_mean(rs, 'flagged_per_10k'):.0f} | "
+                f"{fr + rf} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n"
@@ -262,7 +358,7 @@ def markdown(model_rows_, ens_rows, meta) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--protocols", default="P2,P3,P3-212")
     ap.add_argument("--target-recall", type=float, default=0.97)
     ap.add_argument("--review-budget", type=float, default=0.015)
@@ -271,8 +367,8 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     warnings.filterwarnings("ignore", category=RuntimeWarning)
+    seeds = [int(x) for x in args.seeds.split(",")]
     ds = load_dataset(args.data)
-    protos = [build(p, ds, args.seed) for p in args.protocols.split(",")]
     cache = FeatureCache()
     feats = {
         bb: extract_all(ds, FeatureExtractor(load_backbone(name), cache, progress=False))[0]
@@ -280,21 +376,25 @@ def main() -> None:
     }
     target, budget = f"recall:{args.target_recall:g}", f"budget:{args.review_budget:g}"
     mrows, erows = [], []
-    for proto in protos:
-        scores = fit_members(proto, feats, args.seed)
-        mrows += model_rows(proto, scores, ["youden", target, budget])
-        erows += ensemble_rows(proto, scores, args.target_recall, args.seed)
+    for seed in seeds:
+        for name in args.protocols.split(","):
+            proto = build(name, ds, seed)
+            scores = fit_members(proto, feats, seed)
+            mrows += model_rows(proto, scores, ["youden", target, budget])
+            erows += ensemble_rows(proto, scores, args.target_recall, seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_csv(args.out / "strategies.csv", mrows)
-    write_csv(args.out / "ensembles.csv", erows)
+    write_csv(args.out / "strategies.csv", mrows, fields=None)
+    write_csv(args.out / "ensembles.csv", erows, fields=None)
+    plot_strategies(mrows, args.out / "strategies_auc.png")
+    plot_matrices(erows, args.out / "vote_matrices.png")
     meta = {
         "command": "python benchmarks/thesis_method.py"
-        + (f" --seed {args.seed}" if args.seed else ""),
-        "seed": args.seed,
+        + (f" --seeds {args.seeds}" if args.seeds != "0,1,2,3,4" else ""),
+        "seeds": seeds,
         "commit": git_commit(),
-        "machine": f"{machine_description()}, Python {platform.python_version()}",
+        "machine": machine_description(),
         "minutes": (time.perf_counter() - t0) / 60,
-        "protocols": [p.name for p in protos],
+        "protocols": args.protocols.split(","),
         "target": target,
         "budget": budget,
     }

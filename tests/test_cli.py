@@ -160,3 +160,38 @@ def test_console_script_help():
         check=False,
     )
     assert bad.returncode == 2 and "no dataset here" in bad.stderr
+
+
+def test_finetune_one_epoch_with_policy_and_evaluation(small_manifest, tmp_path):
+    out = tmp_path / "ft"
+    args = ["finetune", "--data", str(small_manifest), "--protocol", "P1"]
+    args += ["--network", "baseline_cnn", "--epochs", "1", "--batch-size", "8"]
+    args += ["--imbalance", "under", "--augment", "flip", "--device", "cpu"]
+    args += ["--target-recall", "0.9", "--evaluate", "--quiet", "--out", str(out)]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["threshold_rule"] == "recall:0.9"
+    assert summary["val"]["recall"] >= 0.9  # the policy reaches its target on validation
+    assert set(summary["test"]) == {"same-source"}
+    assert summary["config"]["imbalance"] == "under"
+    assert (out / "model.pt").is_file() and (out / "checkpoints" / "last.pt").is_file()
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [r["epoch"] for r in rows] == ["1"]
+
+
+def test_policy_options_are_exclusive(small_manifest, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(
+            [
+                "train",
+                "--data",
+                str(small_manifest),
+                "--out",
+                str(tmp_path / "x"),
+                "--target-recall",
+                "0.9",
+                "--review-budget",
+                "0.01",
+            ]
+        )
+    assert "not allowed with" in capsys.readouterr().err

@@ -116,3 +116,23 @@ def test_load_refuses_mismatched_bundles(fitted, tmp_path):
 def test_unfitted_detector_says_so():
     with pytest.raises(RuntimeError, match="not fitted"):
         Detector("lite0").check([b"x"])
+
+
+def test_calibrated_detector_keeps_verdicts_and_round_trips(small_manifest, cache_dir, tmp_path):
+    ds = load_dataset(small_manifest)
+    det = Detector("lite0", "mlp:smote", cache=FeatureCache(cache_dir))
+    det.fit(ds.paths[::2], ds.y[::2], ds.hashes[::2])
+    val = (ds.paths[1::2], ds.y[1::2])
+    det.set_threshold_from(*val, rule="youden")
+    before = det.predict(ds.paths)
+    raw = det.predict_proba(ds.paths)[:, 1]
+    cal = det.calibrate_from(*val, fake_rate=0.001)
+    after = det.predict_proba(ds.paths)[:, 1]
+    np.testing.assert_array_equal(det.predict(ds.paths), before)  # threshold carried over
+    assert np.all(np.diff(after[np.argsort(raw, kind="stable")]) >= -1e-12)  # ranking kept
+    assert after.mean() < raw.mean() and cal.temperature_ > 0  # 1:1000 prior: lower P(fake)
+    loaded = Detector.load(det.save(tmp_path / "cal"))
+    np.testing.assert_array_equal(loaded.predict_proba(ds.paths)[:, 1], after)
+    assert json.loads((tmp_path / "cal" / "bundle.json").read_text())["head"]["params"][
+        "imbalance"
+    ] == "smote"

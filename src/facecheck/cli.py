@@ -7,6 +7,7 @@ and :mod:`facecheck.report`; nothing here decodes, crops or thresholds on its ow
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -34,10 +35,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="split/draw/training seed (default 0)")
     p.add_argument("--tta", action="store_true", help="average features with a horizontal flip")
-    p.add_argument(
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument(
         "--threshold-rule",
         default="youden",
-        help="how the validation split picks the threshold: youden (default), f1, or recall:0.95",
+        help="how the validation split picks the threshold: youden (default), f1, "
+        "recall:0.97 or budget:0.015",
+    )
+    rule.add_argument(
+        "--target-recall",
+        type=float,
+        metavar="R",
+        help="policy: the threshold that catches at least R of the validation fakes with "
+        "the fewest flags (same as --threshold-rule recall:R)",
+    )
+    rule.add_argument(
+        "--review-budget",
+        type=float,
+        metavar="B",
+        help="policy: the best validation recall flagging at most B of a 1:1000 stream "
+        "(same as --threshold-rule budget:B)",
     )
     p.add_argument(
         "--weights",
@@ -110,6 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
         "mlp:smote0.1+under0.5+focal, logreg:under (see README)",
     )
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="temperature-scale the scores on validation, so P(fake) is a probability",
+    )
+    p.add_argument(
+        "--fake-rate",
+        type=float,
+        default=None,
+        metavar="R",
+        help="with --calibrate: shift probabilities to this prior (e.g. 0.001 for 1:1000)",
+    )
     _common(p)
 
     p = sub.add_parser(
@@ -164,8 +193,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(p)
 
-    sub.add_parser("backbones", help="list the registered feature extractors")
+    p = sub.add_parser(
+        "finetune",
+        help="train a network end to end (baseline CNN, ConvNeXt, Lite0) on a protocol",
+        description="Fine-tune a network on a protocol's train split, early-stopping on "
+        "its val split, with an imbalance strategy and augmentation; threshold from val. "
+        "With --evaluate, each test set is then scored once and the metrics written.",
+    )
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--protocol", default="P2")
+    p.add_argument("--network", default="baseline_cnn", help="see `facecheck backbones`")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=4, help="epochs without val-loss gain")
+    p.add_argument("--imbalance", default="class_weight", help="e.g. smote0.1+under0.5+focal")
+    p.add_argument("--augment", default=None, help="e.g. flip,rotate:10,jpeg:60-95 or none")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    p.add_argument("--evaluate", action="store_true", help="score the test sets once")
+    p.add_argument("--out", type=Path, required=True, help="folder for model.pt, history")
+    _common(p)
+
+    sub.add_parser("backbones", help="list feature extractors and fine-tunable networks")
     return parser
+
+
+def _rule(args) -> str:
+    """The validation threshold rule, from --target-recall, --review-budget or --threshold-rule."""
+    if getattr(args, "target_recall", None) is not None:
+        return f"recall:{args.target_recall:g}"
+    if getattr(args, "review_budget", None) is not None:
+        return f"budget:{args.review_budget:g}"
+    return args.threshold_rule
 
 
 def _cache(args):
@@ -258,8 +319,10 @@ def cmd_train(args) -> int:
     t0 = time.perf_counter()
     det.fit(train.paths, train.y, train.hashes)
     Fv = det.features(val.paths, val.hashes)
-    thr = det.set_threshold_from(Fv, val.y, rule=args.threshold_rule, features=True)
-    val_metrics = binary_metrics(val.y, det.head.predict_proba(Fv)[:, 1], thr)
+    if args.calibrate:
+        det.calibrate_from(Fv, val.y, fake_rate=args.fake_rate, features=True)
+    thr = det.set_threshold_from(Fv, val.y, rule=_rule(args), features=True)
+    val_metrics = binary_metrics(val.y, det.score_features(Fv), thr)
     det.save(
         args.out,
         training={
@@ -277,7 +340,7 @@ def cmd_train(args) -> int:
     write_model_card(args.out, det, proto)
     print(
         f"saved {args.out} ({det.version}); threshold {thr:.3f} chosen on validation "
-        f"({args.threshold_rule})"
+        f"({_rule(args)})"
     )
     print(
         "validation: "
@@ -326,7 +389,7 @@ def cmd_evaluate(args) -> int:
                 backbone=bb,
                 heads=heads,
                 tta=args.tta,
-                rule=args.threshold_rule,
+                rule=_rule(args),
                 n_boot=args.n_boot,
                 seed=args.seed,
                 cv_folds=args.cv if proto.name in cv_on else 0,
@@ -351,7 +414,7 @@ def cmd_evaluate(args) -> int:
         "images": len(ds),
         "exact duplicate groups": len(ds.duplicates),
         "seed": args.seed,
-        "threshold_rule": args.threshold_rule,
+        "threshold_rule": _rule(args),
         "n_boot": args.n_boot,
         "tta": args.tta,
         "P5 perturbations": ", ".join(perturbations) or "none",
@@ -367,6 +430,71 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_finetune(args) -> int:
+    from .data import load_dataset
+    from .metrics import binary_metrics
+    from .protocols import build
+    from .report import write_csv
+    from .training import FineTuner, TrainConfig
+
+    ds = load_dataset(args.data)
+    proto = build(args.protocol, ds, args.seed)
+    config = TrainConfig(
+        network=args.network,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        patience=args.patience,
+        imbalance=args.imbalance,
+        seed=args.seed,
+        weights=str(args.weights) if args.weights else None,
+        **({"augment": args.augment} if args.augment is not None else {}),
+    )
+    train, val = proto.split.train, proto.split.val
+    ft = FineTuner(config, device=args.device)
+    t0 = time.perf_counter()
+    ft.fit(
+        train.paths,
+        train.y,
+        val.paths,
+        val.y,
+        checkpoint_dir=args.out / "checkpoints",
+        resume=args.resume,
+        progress=not args.quiet,
+    )
+    seconds = time.perf_counter() - t0
+    sv = ft.predict_proba(val.paths)[:, 1]
+    thr = ft.set_threshold_from(val.y, sv, rule=_rule(args))
+    ft.save(args.out / "model.pt")
+    write_csv(args.out / "history.csv", ft.history, fields=None)
+    summary = {
+        "protocol": proto.name,
+        "seed": args.seed,
+        "config": dataclasses.asdict(config),
+        "train_counts_after_imbalance": ft.train_counts_,
+        "device": str(ft.device),
+        "train_seconds": round(seconds, 1),
+        "best_epoch": ft.best_epoch_,
+        "threshold": thr,
+        "threshold_rule": _rule(args),
+        "val": binary_metrics(val.y, sv, thr),
+    }
+    if args.evaluate:
+        summary["test"] = {}
+        for name, test in proto.test_sets.items():
+            s = ft.predict_proba(test.paths)[:, 1]
+            summary["test"][name] = binary_metrics(test.y, s, thr)
+            m = summary["test"][name]
+            print(
+                f"test {name}: ROC-AUC {m['roc_auc']:.3f}, recall {m['recall']:.3f}, "
+                f"precision {m['precision']:.3f}, FPR {m['fpr']:.3f}"
+            )
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"saved {args.out / 'model.pt'}; threshold {thr:.3f} from validation ({_rule(args)})")
+    return 0
+
+
 def cmd_backbones(_args) -> int:
     from .features import _REGISTRY
 
@@ -374,6 +502,11 @@ def cmd_backbones(_args) -> int:
         installed = "installed" if entry.default_weights() else f"missing: {entry.install_hint}"
         print(f"{name:20s} {entry.description}; weights {installed}")
     print("timm:<model>         any timm model with --weights FILE (or --allow-download)")
+    from .networks import NETWORKS
+
+    print("\nnetworks for `facecheck finetune`:")
+    for name, net in NETWORKS.items():
+        print(f"{name:20s} {net.description}")
     return 0
 
 
@@ -383,6 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         "check": cmd_check,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
+        "finetune": cmd_finetune,
         "backbones": cmd_backbones,
     }[args.command]
     try:

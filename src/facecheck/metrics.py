@@ -207,6 +207,9 @@ def review_metrics(
         "auto_errors": fr + rf,
         "missed": fr,
         "review_per_10k": 10_000 * (fake_rate * fake_review + (1 - fake_rate) * real_review),
+        # Flagged = sent to a person or refused automatically: what is not waved through.
+        "flagged_per_10k": 10_000
+        * (fake_rate * _safe_div(ff + fv, n_fake) + (1 - fake_rate) * _safe_div(rf + rv, n_real)),
         "missed_per_10k": 10_000 * fake_rate * _safe_div(fr, n_fake),
     }
 

@@ -30,6 +30,7 @@ from .features import (
 from .imageio import ImageError
 from .metrics import choose_threshold
 from .models import HEADS, Head, make_head, split_head_spec
+from .policy import Calibrator
 
 BUNDLE_FORMAT = "facecheck.detector"
 BUNDLE_VERSION = 1
@@ -99,6 +100,7 @@ class Detector:
         self.batch_size = batch_size
         self.progress = progress
         self.head: Head | None = None
+        self.calibration: Calibrator | None = None
         self.metadata: dict[str, object] = {}
         self._extractor: FeatureExtractor | None = None
 
@@ -134,8 +136,14 @@ class Detector:
         self.head = make_head(self.head_kind, **self.head_params).fit(F, y)
         return self
 
+    def score_features(self, F: np.ndarray) -> np.ndarray:
+        """P(fake) for feature rows: the head's score, through the calibration if any."""
+        p = self._require_head().predict_proba(F)[:, 1]
+        return self.calibration.transform(p) if self.calibration is not None else p
+
     def predict_proba(self, X: Sequence[Source], hashes: Sequence[str] | None = None) -> np.ndarray:
-        return self._require_head().predict_proba(self.features(X, hashes))
+        p = self.score_features(self.features(X, hashes))
+        return np.stack([1 - p, p], axis=1)
 
     def predict(self, X: Sequence[Source], hashes: Sequence[str] | None = None) -> np.ndarray:
         return (self.predict_proba(X, hashes)[:, 1] >= self.threshold).astype(np.int64)
@@ -150,20 +158,42 @@ class Detector:
     ) -> float:
         """Choose the operating threshold on *validation* images (or their features)."""
         F = np.asarray(X) if features else self.features(X)
-        score = self._require_head().predict_proba(F)[:, 1]
-        self.threshold = choose_threshold(np.asarray(y), score, rule)
+        self.threshold = choose_threshold(np.asarray(y), self.score_features(F), rule)
         self.threshold_rule = rule
         return self.threshold
 
+    def calibrate_from(
+        self,
+        X: Sequence[Source] | np.ndarray,
+        y: Sequence[int],
+        *,
+        fake_rate: float | None = None,
+        features: bool = False,
+    ) -> Calibrator:
+        """Temperature-scale the head's scores on *validation* data (see policy.Calibrator).
+
+        With ``fake_rate`` the probabilities are also shifted to that prior (e.g. 0.001 for
+        the bank's stream). Ranking is unchanged; a threshold already chosen is carried over
+        to the calibrated scale, so verdicts stay the same.
+        """
+        F = np.asarray(X) if features else self.features(X)
+        self.calibration = None
+        raw = self.score_features(F)
+        cal = Calibrator("temperature", fake_rate=fake_rate).fit(raw, np.asarray(y))
+        if self.threshold_rule != "default":
+            self.threshold = float(cal.transform(np.array([self.threshold]))[0])
+        self.calibration = cal
+        return cal
+
     def check(self, X: Sequence[Source], names: Sequence[str] | None = None) -> list[Verdict]:
         """Score each input; one that cannot be read gets an ``invalid_image`` verdict."""
-        head = self._require_head()
+        self._require_head()
         names = list(names) if names else [_name(x) for x in X]
         ex = self.extractor.extract(X)
         ok = ex.ok
         probs = np.full(len(X), np.nan)
         if ok.any():
-            probs[ok] = head.predict_proba(ex.features[ok])[:, 1]
+            probs[ok] = self.score_features(ex.features[ok])
         out = []
         for i, name in enumerate(names):
             if i in ex.errors:
@@ -238,6 +268,7 @@ class Detector:
             },
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
+            "calibration": self.calibration.to_dict() if self.calibration else None,
             **self.metadata,
         }
         (directory / "bundle.json").write_text(json.dumps(bundle, indent=2, default=_jsonable))
@@ -292,6 +323,8 @@ class Detector:
         )
         det.threshold_rule = meta.get("threshold_rule", "default")
         det.head = Head.from_file(head_meta["kind"], head_meta["params"], head_file)
+        if meta.get("calibration"):
+            det.calibration = Calibrator.from_dict(meta["calibration"])
         skip = {
             "format",
             "format_version",
@@ -302,6 +335,7 @@ class Detector:
             "head",
             "threshold",
             "threshold_rule",
+            "calibration",
         }
         det.metadata = {k: v for k, v in meta.items() if k not in skip}
         bb = det.backbone  # loads the weights now, so a mismatch fails at load time

@@ -157,3 +157,22 @@ class Calibrator:
             self.val_rate_ / (1 - self.val_rate_)
         )
         return 1 / (1 + np.exp(-(_logit(p) + shift)))
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values for a bundle (temperature scaling only: isotonic is a step table)."""
+        if self.method != "temperature":
+            raise ValueError("only temperature calibration can be saved in a bundle")
+        return {
+            "method": self.method,
+            "temperature": self.temperature_,
+            "bias": self.bias_,
+            "val_rate": self.val_rate_,
+            "fake_rate": self.fake_rate,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibrator:
+        cal = cls(str(d["method"]), d.get("fake_rate"))
+        cal.temperature_, cal.bias_ = float(d["temperature"]), float(d["bias"])
+        cal.val_rate_ = float(d["val_rate"])
+        return cal

@@ -127,10 +127,19 @@ def rows(results: Sequence[ModelResult], run: str, seed: int) -> list[dict[str, 
     return out
 
 
-def write_csv(path: Path, data: list[dict[str, object]], *, append: bool = False) -> None:
+def write_csv(
+    path: Path,
+    data: list[dict[str, object]],
+    *,
+    append: bool = False,
+    fields: Sequence[str] | None = CSV_FIELDS,
+) -> None:
+    """Rows to CSV; ``fields=None`` takes every key in the rows, in first-seen order."""
     new = not (append and path.exists())
+    if fields is None:
+        fields = list(dict.fromkeys(k for row in data for k in row))
     with path.open("a" if append else "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
         if new:
             writer.writeheader()
         for row in data:

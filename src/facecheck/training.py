@@ -94,6 +94,7 @@ class FineTuner:
         self.device = pick_device(device)
         self.history: list[dict[str, float]] = []
         self.net: torch.nn.Module | None = None
+        self.threshold, self.threshold_rule = 0.5, "default"
 
     # -- training
     def _optimizer(self, net: torch.nn.Module) -> torch.optim.Optimizer:
@@ -241,6 +242,14 @@ class FineTuner:
         p = 1 / (1 + np.exp(-self._logits(self.net, self._pixels(X, progress))))
         return np.stack([1 - p, p], axis=1)
 
+    def set_threshold_from(self, y_val: Sequence[int], score_val: np.ndarray, rule: str) -> float:
+        """The operating threshold from *validation* scores (see metrics.choose_threshold)."""
+        from .metrics import choose_threshold
+
+        self.threshold = choose_threshold(np.asarray(y_val), np.asarray(score_val), rule)
+        self.threshold_rule = rule
+        return self.threshold
+
     # -- persistence
     def save(self, path: str | Path) -> Path:
         """One file: config, weights (tensors only) and the training history."""
@@ -254,6 +263,8 @@ class FineTuner:
                 "config": asdict(self.config),
                 "model": {k: v.cpu() for k, v in self.net.state_dict().items()},
                 "history": self.history,
+                "threshold": self.threshold,
+                "threshold_rule": self.threshold_rule,
             },
             path,
         )
@@ -271,4 +282,5 @@ class FineTuner:
         net.load_state_dict(state["model"])
         self.net = net.to(self.device).eval()
         self.history = state["history"]
+        self.threshold, self.threshold_rule = state["threshold"], state["threshold_rule"]
         return self
