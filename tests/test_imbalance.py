@@ -34,6 +34,9 @@ def _rows(n_real: int = 864, n_fake: int = 72, d: int = 8, seed: int = 0):
         # SMOTE(0.1) -> 86 fakes, under(0.5) -> 172 reals.
         ("smote0.1+under0.5", 172, 86),
         ("under0.5", 144, 72),
+        # Ratios the data already reach are no-ops, not errors.
+        ("smote+under0.5", 864, 864),
+        ("smote0.05", 864, 72),
     ],
 )
 def test_resampling_counts(name, n_real, n_fake):

@@ -102,8 +102,8 @@ class Imbalance:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Training rows after SMOTE and/or undersampling (unchanged without either).
 
-        A SMOTE ratio at or below the current fakes/reals ratio adds nothing (imbalanced-learn
-        would refuse it), so it is skipped rather than raising.
+        A SMOTE or undersampling ratio the data already reach changes nothing (imbalanced-learn
+        would refuse it), so that step is skipped rather than raising.
         """
         y = np.asarray(y)
         if self.smote is not None:
@@ -119,7 +119,8 @@ class Imbalance:
                 shape = X.shape[1:]
                 Xr, y = sm.fit_resample(X.reshape(len(X), -1), y)
                 X = Xr.reshape(len(Xr), *shape).astype(X.dtype, copy=False)
-        if self.under is not None:
+        n_fake, n_real = int((y == 1).sum()), int((y == 0).sum())
+        if self.under is not None and n_fake < self.under * n_real:
             rus = RandomUnderSampler(sampling_strategy=self.under, random_state=seed)
             rus.fit_resample(np.zeros((len(y), 1)), y)
             idx = np.sort(rus.sample_indices_)
