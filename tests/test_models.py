@@ -133,6 +133,7 @@ def test_calibrated_detector_keeps_verdicts_and_round_trips(small_manifest, cach
     assert after.mean() < raw.mean() and cal.temperature_ > 0  # 1:1000 prior: lower P(fake)
     loaded = Detector.load(det.save(tmp_path / "cal"))
     np.testing.assert_array_equal(loaded.predict_proba(ds.paths)[:, 1], after)
-    assert json.loads((tmp_path / "cal" / "bundle.json").read_text())["head"]["params"][
-        "imbalance"
-    ] == "smote"
+    assert (
+        json.loads((tmp_path / "cal" / "bundle.json").read_text())["head"]["params"]["imbalance"]
+        == "smote"
+    )

@@ -291,8 +291,9 @@ def cmd_check(args) -> int:
             if v.error:
                 print(f"{v.input:<{width}}  {'-':>7}  {v.verdict}: {v.error}")
             else:
-                print(f"{v.input:<{width}}  {v.fake_probability:7.3f}  {v.verdict}")
-        print(f"model {det.version}, threshold {det.threshold:.3f}", file=sys.stderr)
+                # Four decimals: calibrated to a 1:1000 prior, probabilities are small.
+                print(f"{v.input:<{width}}  {v.fake_probability:7.4f}  {v.verdict}")
+        print(f"model {det.version}, threshold {det.threshold:.4g}", file=sys.stderr)
     return 1 if any(v.error for v in verdicts) else 0
 
 

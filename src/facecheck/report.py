@@ -363,8 +363,21 @@ def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
         f"the validation split by rule `{det.threshold_rule}`).",
         f"- **Architecture**: frozen {bb.name} features ({bb.dim}-d, "
         f"{bb.preprocessing.size} px, weights `{bb.weights_id}`, {bb.licence}) -> "
-        f"`{det.head_kind}` head. Images are scored as given (no face detection yet): give it "
-        "tight face crops like the training data.",
+        f"`{det.head_kind}` head (imbalance strategy "
+        f"`{det.head.get_params().get('imbalance', 'n/a')}`). Images are scored as given (no "
+        "face detection yet): give it tight face crops like the training data.",
+        "- **Probabilities**: "
+        + (
+            f"temperature-scaled on validation (T = {det.calibration.temperature_:.3g})"
+            + (
+                f", prior shifted to a fake rate of {det.calibration.fake_rate:g}"
+                if det.calibration.fake_rate
+                else ", at the validation split's fake share"
+            )
+            if det.calibration is not None
+            else "the head's raw scores (not calibrated: rank them, do not read them as odds)"
+        )
+        + ".",
         f"- **Training data**: protocol {training.get('protocol')} ({training.get('title')}), "
         f"seed {training.get('seed')}, split by content hash; train counts "
         f"{training.get('train_counts')}; data fingerprint "
