@@ -1,10 +1,9 @@
-"""Hardened decoding: a generated corpus of malformed and unusual files, each with its outcome."""
+"""Hardened decoding, in detail: pixel values after conversion, EXIF, limits (the corpus of
+malformed files with their outcomes is tests/test_corpus.py)."""
 
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -18,7 +17,6 @@ from facecheck.imageio import (
     EmptyFileError,
     ImageTooLargeError,
     NotAnImageError,
-    UnsupportedFormatError,
     decode,
     load_image,
 )
@@ -34,52 +32,12 @@ def _face_rgb(shared_data) -> Image.Image:
     return Image.open(shared_data / "rff" / "real" / "real_00001.jpg").convert("RGB")
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    body = kind + payload
-    return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims a huge canvas: a decompression bomb's shape."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
 def test_rgb_jpeg_decodes_with_hash(shared_data):
     path = shared_data / "rff" / "real" / "real_00001.jpg"
     out = load_image(path)
     assert out.image.mode == "RGB" and out.image.size == (256, 256)
     assert out.sha256 == imageio.content_hash(path.read_bytes())
     assert out.format == "JPEG"
-
-
-BAD_CASES = {
-    "empty": (b"", EmptyFileError),
-    "text": (b"hello, I am not a picture\n" * 10, NotAnImageError),
-    "html": (b"<html><body>no</body></html>", NotAnImageError),
-    "pdf header": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", NotAnImageError),
-    "random bytes": (
-        bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8)),
-        NotAnImageError,
-    ),
-    "png signature only": (b"\x89PNG\r\n\x1a\n", NotAnImageError),
-    "jpeg SOI only": (b"\xff\xd8\xff", NotAnImageError),
-    "bomb header 60000x60000": (_png_claiming(60000, 60000), ImageTooLargeError),
-}
-
-
-@pytest.mark.parametrize("name", sorted(BAD_CASES))
-def test_bad_bytes_give_typed_errors(name):
-    data, err = BAD_CASES[name]
-    with pytest.raises(err) as info:
-        decode(data, name=name)
-    assert str(info.value)  # a message a person can read
-    assert info.value.code
 
 
 def test_truncated_and_corrupted_jpeg(shared_data):
@@ -91,12 +49,6 @@ def test_truncated_and_corrupted_jpeg(shared_data):
     damaged[200:2000] = b"\x00" * 1800  # wipes the tables and the start of the scan
     with pytest.raises((CorruptImageError, NotAnImageError)):
         decode(bytes(damaged))
-
-
-def test_truncated_png(shared_data):
-    png = _save(_face_rgb(shared_data), "PNG")
-    with pytest.raises(CorruptImageError):
-        decode(png[: len(png) // 2])
 
 
 def test_modes_convert_to_rgb(shared_data):
@@ -173,12 +125,6 @@ def test_animated_gif_rejected_single_frame_accepted():
     with pytest.raises(AnimatedImageError):
         decode(buf.getvalue())
     assert decode(_save(frames[0], "GIF")).image.size == (64, 64)
-
-
-def test_unsupported_format():
-    ico = _save(Image.new("RGB", (64, 64), "white"), "ICO")
-    with pytest.raises(UnsupportedFormatError):
-        decode(ico)
 
 
 def test_wrong_extension_and_files_on_disk(tmp_path, shared_data):
