@@ -215,6 +215,7 @@ def _csv_rows(path: Path) -> list[dict]:
 
 def thesis_section() -> list[str]:
     """Issue 4: strategies and ensembles on P2/P3 (benchmarks/thesis_method.py) + fine-tunes."""
+    from facecheck.metrics import matrix_metrics
     from thesis_method import _group, _mean, _p, _sd
 
     if not (THESIS_DIR / "strategies.csv").exists():
@@ -259,19 +260,17 @@ def thesis_section() -> list[str]:
         "| to a person | auto errors |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    nan = float("nan")
     for (proto, e, pol, test), rs in _group(
         [r for r in ens if "vote" in r["ensemble"]], "protocol", "ensemble", "policy", "test_set"
     ).items():
         m = sum(np.array(r["matrix"]) for r in rs)
+        v = matrix_metrics(m)
         (ff, fr, fv), (rf, rr, rv) = m.tolist()
         biased = " *biased*" if str(rs[0]["source_biased"]) == "True" else ""
         lines.append(
-            f"| {proto} | {e} | {pol} | {test}{biased} | "
-            f"[{ff} {fr} {fv}; {rf} {rr} {rv}] | "
-            f"{_p((ff + fv) / max(ff + fr + fv, 1))} | "
-            f"{_p(ff / (ff + fr) if ff + fr else nan)} / {_p(ff / (ff + rf) if ff + rf else nan)}"
-            f" | {_p((fv + rv) / m.sum())} | {fr + rf} |"
+            f"| {proto} | {e} | {pol} | {test}{biased} | [{ff} {fr} {fv}; {rf} {rr} {rv}] | "
+            f"{_p(v['caught'])} | {_p(v['auto_recall'])} / {_p(v['auto_precision'])} | "
+            f"{_p(v['review_share'])} | {v['auto_errors']} |"
         )
     lines.append("")
     summaries = sorted(FINETUNE_DIR.glob("*/*/summary.json"))

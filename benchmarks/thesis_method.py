@@ -35,6 +35,7 @@ from facecheck.imbalance import STANDARD, Imbalance
 from facecheck.metrics import (
     binary_metrics,
     decisions_from_threshold,
+    matrix_metrics,
     review_matrix,
     review_metrics,
 )
@@ -338,18 +339,15 @@ def markdown(model_rows_, ens_rows, meta) -> str:
         )
         for (ens, pol, test), rs in eg.items():
             m = np.sum([np.array(r["matrix"]) for r in rs], axis=0)
+            s = matrix_metrics(m)
             (ff, fr, fv), (rf, rr, rv) = m.tolist()
-            nan = float("nan")
-            caught = (ff + fv) / max(ff + fr + fv, 1)
-            auto_recall = ff / (ff + fr) if ff + fr else nan
-            auto_precision = ff / (ff + rf) if ff + rf else nan
             biased = " (source-biased)" if rs[0]["source_biased"] else ""
             lines.append(
                 f"| {ens} | {pol} | {test}{biased} | [{ff} {fr} {fv}; {rf} {rr} {rv}] | "
-                f"{_p(_mean(rs, 'val_caught'))} | {_p(caught)} | {_p(auto_recall)} | "
-                f"{_p(auto_precision)} | {_p((fv + rv) / m.sum())} | "
+                f"{_p(_mean(rs, 'val_caught'))} | {_p(s['caught'])} | {_p(s['auto_recall'])} | "
+                f"{_p(s['auto_precision'])} | {_p(s['review_share'])} | "
                 f"{_mean(rs, 'review_per_10k'):.0f} | {_mean(rs, 'flagged_per_10k'):.0f} | "
-                f"{fr + rf} |"
+                f"{s['auto_errors']} |"
             )
         lines.append("")
     return "\n".join(lines) + "\n"

@@ -190,8 +190,12 @@ def review_metrics(
     these images a person sees; ``review_per_10k`` and ``missed_per_10k`` re-weight the
     per-class rates to ``fake_rate`` (1:1000 by default).
     """
-    m = review_matrix(y, decision)
-    (ff, fr, fv), (rf, rr, rv) = m.tolist()
+    return matrix_metrics(review_matrix(y, decision), fake_rate)
+
+
+def matrix_metrics(m: np.ndarray, fake_rate: float = DEPLOYED_FAKE_RATE) -> dict[str, float]:
+    """:func:`review_metrics` from a 2x3 matrix (e.g. one summed over several seeds)."""
+    (ff, fr, fv), (rf, rr, rv) = np.asarray(m).tolist()
     n_fake, n_real = ff + fr + fv, rf + rr + rv
     n = n_fake + n_real
     fake_review = _safe_div(fv, n_fake)
