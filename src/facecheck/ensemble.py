@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .metrics import FAKE, REAL, REVIEW, review_metrics
+from .metrics import DEPLOYED_FAKE_RATE, FAKE, REAL, REVIEW, review_metrics
 from .policy import Policy
 
 
@@ -133,8 +133,9 @@ class VotingClassifier:
         best: tuple[tuple[float, float], np.ndarray, bool] | None = None
         for r in levels:
             self.fit_thresholds(S, y, f"recall:{r}")
-            m = review_metrics(y, self.decide(S))
-            work = m["review_per_10k"] + 10_000 * _auto_fake_rate(y, self.decide(S))
+            d = self.decide(S)
+            m = review_metrics(y, d)
+            work = m["review_per_10k"] + 10_000 * _auto_fake_rate(y, d)
             ok = m["caught"] >= target - 1e-12
             key = (0.0, work) if ok else (1.0, -m["caught"])
             if best is None or key < best[0]:
@@ -146,7 +147,5 @@ class VotingClassifier:
 
 def _auto_fake_rate(y: np.ndarray, decision: np.ndarray) -> float:
     """Automatic fake verdicts on reals, at the deployed rate (they cost a customer too)."""
-    from .metrics import DEPLOYED_FAKE_RATE
-
     reals = np.asarray(y) == 0
     return (1 - DEPLOYED_FAKE_RATE) * float((decision[reals] == FAKE).mean())

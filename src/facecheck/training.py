@@ -129,8 +129,7 @@ class FineTuner:
     ) -> FineTuner:
         """Train on (X, y), early-stop on (X_val, y_val). X: paths, bytes or uint8 pixels."""
         c = self.config
-        torch.manual_seed(c.seed)
-        np.random.seed(c.seed)
+        torch.manual_seed(c.seed)  # weights init and augmentation draws
         strategy = Imbalance.parse(c.imbalance)
         px, y = self._pixels(X, progress), np.asarray(y, dtype=np.int64)
         pv, yv = self._pixels(X_val, progress), np.asarray(y_val, dtype=np.int64)
@@ -143,6 +142,8 @@ class FineTuner:
         gen = torch.Generator().manual_seed(c.seed)
         start, best, best_state, bad = 0, math.inf, None, 0
         ckpt = Path(checkpoint_dir) if checkpoint_dir else None
+        if ckpt:
+            ckpt.mkdir(parents=True, exist_ok=True)
         if resume and ckpt and (ckpt / "last.pt").is_file():
             state = torch.load(ckpt / "last.pt", map_location=self.device, weights_only=False)
             net.load_state_dict(state["model"])
@@ -199,12 +200,10 @@ class FineTuner:
                 best, bad = val_loss, 0
                 best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                 if ckpt:
-                    ckpt.mkdir(parents=True, exist_ok=True)
                     torch.save({"model": best_state}, ckpt / "best.pt")
             else:
                 bad += 1
             if ckpt:
-                ckpt.mkdir(parents=True, exist_ok=True)
                 torch.save(
                     {
                         "model": net.state_dict(),
