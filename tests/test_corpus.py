@@ -219,3 +219,26 @@ def test_batch_check_scores_the_good_and_reports_the_bad(corpus, capsys):
             assert r["verdict"] in ("real", "fake") and 0 <= r["fake_probability"] <= 1, name
         else:
             assert r["verdict"] == "invalid_image" and r["error_code"] == expected, name
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8, 2])
+def test_exif_rotated_copy_scores_like_the_upright_image(shared_data, orientation):
+    """A phone photo stored sideways with an EXIF tag scores as the upright picture does."""
+    from facecheck.pipeline import Detector
+
+    face = Image.open(shared_data / "rff" / "fake" / "easy_100_1111.jpg").convert("RGB")
+    # Store the pixels as the camera would, so that applying the tag gives `face` back.
+    stored = {
+        3: Image.Transpose.ROTATE_180,
+        6: Image.Transpose.ROTATE_90,
+        8: Image.Transpose.ROTATE_270,
+        2: Image.Transpose.FLIP_LEFT_RIGHT,
+    }[orientation]
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    sideways = _save(face.transpose(stored), "PNG", exif=exif.tobytes())  # lossless
+    upright = _save(face, "PNG")
+    det = Detector.load()
+    p = det.predict_proba([upright, sideways])[:, 1]
+    assert p[0] == pytest.approx(p[1], abs=1e-6)
+    assert np.array_equal(np.asarray(load_image(sideways).image), np.asarray(face))
