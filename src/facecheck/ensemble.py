@@ -15,7 +15,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from .metrics import DEPLOYED_FAKE_RATE, FAKE, REAL, REVIEW, review_metrics
+from .metrics import DEPLOYED_FAKE_RATE, FAKE, REAL, REVIEW, logit, review_metrics
 from .policy import Policy
 
 
@@ -24,11 +24,6 @@ def _scores(S: np.ndarray) -> np.ndarray:
     if S.ndim != 2:
         raise ValueError(f"member scores must be 2-D (n_images, n_members), got {S.shape}")
     return S
-
-
-def _logit(S: np.ndarray) -> np.ndarray:
-    S = np.clip(S, 1e-6, 1 - 1e-6)
-    return np.log(S / (1 - S))
 
 
 class StackingClassifier(ClassifierMixin, BaseEstimator):
@@ -51,7 +46,7 @@ class StackingClassifier(ClassifierMixin, BaseEstimator):
         return LogisticRegression(C=self.C, class_weight="balanced", max_iter=1000)
 
     def fit(self, S: np.ndarray, y: np.ndarray) -> StackingClassifier:
-        Z, y = _logit(_scores(S)), np.asarray(y, dtype=np.int64)
+        Z, y = logit(_scores(S), eps=1e-6), np.asarray(y, dtype=np.int64)
         folds = min(self.folds, int(np.bincount(y, minlength=2).min()))
         if folds < 2:
             raise ValueError("stacking needs at least 2 images of each class")
@@ -62,7 +57,7 @@ class StackingClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def predict_proba(self, S: np.ndarray) -> np.ndarray:
-        return self.lr_.predict_proba(_logit(_scores(S)))
+        return self.lr_.predict_proba(logit(_scores(S), eps=1e-6))
 
     @property
     def weights(self) -> np.ndarray:

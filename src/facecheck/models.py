@@ -19,10 +19,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from torch import nn
 
 from .imbalance import Imbalance
-
-
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))  # overflow-free logistic
+from .metrics import sigmoid
 
 
 def _check_xy(X: np.ndarray, y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
@@ -159,7 +156,7 @@ class LogisticHead(Head):
 
     def _fake_probability(self, X: np.ndarray) -> np.ndarray:
         z = ((X.astype(np.float64) - self.mean_) / self.scale_) @ self.coef_ + self.intercept_
-        return _sigmoid(z)
+        return sigmoid(z)
 
     def state(self) -> dict[str, np.ndarray]:
         return {
@@ -265,7 +262,7 @@ class MLPHead(Head):
     def _fake_probability(self, X: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             z = self.model_(torch.from_numpy((X - self.mean_) / self.scale_).float())
-        return _sigmoid(z.double().numpy())
+        return sigmoid(z.double().numpy())
 
     def state(self) -> dict[str, np.ndarray]:
         params = {f"w.{k}": v.numpy() for k, v in self.model_.state_dict().items()}

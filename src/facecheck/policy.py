@@ -23,7 +23,7 @@ from scipy.optimize import minimize_scalar
 from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import roc_curve
 
-from .metrics import DEPLOYED_FAKE_RATE
+from .metrics import DEPLOYED_FAKE_RATE, logit, sigmoid
 
 
 def _checked(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,11 +101,6 @@ class Policy:
         return choose_threshold(y, score, self.kind)
 
 
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
 class Calibrator:
     """Scores -> probabilities, fitted on validation outputs.
 
@@ -128,11 +123,11 @@ class Calibrator:
             self.iso_ = IsotonicRegression(y_min=1e-6, y_max=1 - 1e-6, out_of_bounds="clip")
             self.iso_.fit(score, y)
             return self
-        z = _logit(score)
+        z = logit(score)
 
         def nll(params: np.ndarray) -> float:
             t, b = params
-            q = np.clip(1 / (1 + np.exp(-(z / t + b))), 1e-12, 1 - 1e-12)
+            q = np.clip(sigmoid(z / t + b), 1e-12, 1 - 1e-12)
             return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
 
         # 1-D search on T nested around the best bias for it: robust and dependency-light.
@@ -150,13 +145,13 @@ class Calibrator:
         if self.method == "isotonic":
             p = self.iso_.predict(score)
         else:
-            p = 1 / (1 + np.exp(-(_logit(score) / self.temperature_ + self.bias_)))
+            p = sigmoid(logit(score) / self.temperature_ + self.bias_)
         if self.fake_rate is None:
             return p
         shift = np.log(self.fake_rate / (1 - self.fake_rate)) - np.log(
             self.val_rate_ / (1 - self.val_rate_)
         )
-        return 1 / (1 + np.exp(-(_logit(p) + shift)))
+        return sigmoid(logit(p) + shift)
 
     def to_dict(self) -> dict[str, object]:
         """Plain values for a bundle (temperature scaling only: isotonic is a step table)."""

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from . import augment
 from .imageio import DecodedImage, ImageError, load_image
 from .imbalance import Imbalance
+from .metrics import sigmoid
 from .networks import NETWORKS, build_network
 
 CHECKPOINT_FORMAT = "facecheck.finetuned"
@@ -177,7 +178,7 @@ class FineTuner:
                 bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
             logits = self._logits(net, pv)
             val_loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(yv).float()))
-            p = 1 / (1 + np.exp(-logits))
+            p = sigmoid(logits)
             pred = p >= 0.5
             row = {
                 "epoch": epoch + 1,
@@ -238,7 +239,7 @@ class FineTuner:
     def predict_proba(self, X: Sequence | np.ndarray, *, progress: bool = False) -> np.ndarray:
         if self.net is None:
             raise RuntimeError("fit or load the network first")
-        p = 1 / (1 + np.exp(-self._logits(self.net, self._pixels(X, progress))))
+        p = sigmoid(self._logits(self.net, self._pixels(X, progress)))
         return np.stack([1 - p, p], axis=1)
 
     def set_threshold_from(self, y_val: Sequence[int], score_val: np.ndarray, rule: str) -> float:
