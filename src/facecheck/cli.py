@@ -26,6 +26,17 @@ Fake is the positive class. Thresholds are chosen on the validation split only; 
 split is scored once, by `evaluate`. See README.md for the protocols (P1-P4)."""
 
 
+def _face_stage_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--face-stage",
+        default="auto",
+        choices=["auto", "align", "off"],
+        help="auto (default): tight crops pass through, smaller faces are found and aligned, "
+        "pictures with no face or several are left out; align: re-crop every face; off: "
+        "score pictures as given",
+    )
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
@@ -139,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="with --calibrate: shift probabilities to this prior (e.g. 0.001 for 1:1000)",
     )
+    _face_stage_option(p)
     _common(p)
 
     p = sub.add_parser(
@@ -191,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add one perturbed copy of every training image of the --perturb-protocols "
         "(degrade: random rescale 0.4-1x and JPEG q50-95, seeded per image)",
     )
+    _face_stage_option(p)
     _common(p)
 
     p = sub.add_parser(
@@ -298,6 +311,8 @@ def cmd_check(args) -> int:
 
 
 def cmd_train(args) -> int:
+    import numpy as np
+
     from .data import load_dataset
     from .metrics import binary_metrics
     from .pipeline import Detector
@@ -315,15 +330,22 @@ def cmd_train(args) -> int:
         cache=_cache(args),
         head_params={"seed": args.seed},
         progress=not args.quiet,
+        face_stage=args.face_stage,
     )
     train, val = proto.split.train, proto.split.val
     t0 = time.perf_counter()
-    det.fit(train.paths, train.y, train.hashes)
-    Fv = det.features(val.paths, val.hashes)
+    # Pictures the face stage refuses (no face, several) are left out of training and of
+    # threshold choice, and counted in the bundle.
+    Ft = det.features(train.paths, train.hashes, skip_faceless=True)
+    Fv = det.features(val.paths, val.hashes, skip_faceless=True)
+    keep_t, keep_v = ~np.isnan(Ft).any(axis=1), ~np.isnan(Fv).any(axis=1)
+    Ft, yt, Fv = Ft[keep_t], train.y[keep_t], Fv[keep_v]
+    val_y = val.y[keep_v]
+    det.fit_features(Ft, yt)
     if args.calibrate:
-        det.calibrate_from(Fv, val.y, fake_rate=args.fake_rate, features=True)
-    thr = det.set_threshold_from(Fv, val.y, rule=_rule(args), features=True)
-    val_metrics = binary_metrics(val.y, det.score_features(Fv), thr)
+        det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
+    thr = det.set_threshold_from(Fv, val_y, rule=_rule(args), features=True)
+    val_metrics = binary_metrics(val_y, det.score_features(Fv), thr)
     det.save(
         args.out,
         training={
@@ -334,6 +356,10 @@ def cmd_train(args) -> int:
             "data_fingerprint": train.fingerprint(),
             "train_counts": train.counts(),
             "val_counts": val.counts(),
+            "left_out_by_face_stage": {
+                "train": int((~keep_t).sum()),
+                "val": int((~keep_v).sum()),
+            },
             "seconds": round(time.perf_counter() - t0, 1),
         },
         metrics_val=val_metrics,
@@ -354,6 +380,7 @@ def cmd_evaluate(args) -> int:
     from . import __version__
     from .data import load_dataset
     from .evaluate import evaluate_protocol, extract_all, extract_perturbed
+    from .faces import FaceStage
     from .features import FeatureExtractor, load_backbone, resolve_name
     from .protocols import build
     from .report import git_commit, machine_description, write_report
@@ -375,7 +402,13 @@ def cmd_evaluate(args) -> int:
     results, errors, extract_s = [], {}, {}
     for bb in backbones:
         t = time.perf_counter()
-        ex = FeatureExtractor(load_backbone(bb), cache, tta=args.tta, progress=not args.quiet)
+        ex = FeatureExtractor(
+            load_backbone(bb),
+            cache,
+            tta=args.tta,
+            progress=not args.quiet,
+            face_stage=FaceStage(mode=args.face_stage),
+        )
         feats, errs = extract_all(used, ex)
         extract_s[bb] = round(time.perf_counter() - t, 1)
         errors.update(errs)
@@ -418,6 +451,7 @@ def cmd_evaluate(args) -> int:
         "threshold_rule": _rule(args),
         "n_boot": args.n_boot,
         "tta": args.tta,
+        "face_stage": args.face_stage,
         "P5 perturbations": ", ".join(perturbations) or "none",
         "training augmentation": args.train_augment or "none",
         "machine": machine_description(),

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .faces import FaceAnalysis, FaceError, FaceStage
 from .imageio import DecodedImage, ImageError, content_hash, decode, read_bytes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -337,6 +338,8 @@ class Extraction:
     hashes: list[str]
     errors: dict[int, ImageError] = field(default_factory=dict)
     n_computed: int = 0
+    # What the face stage decided for each input it looked at (none when it is off).
+    faces: dict[int, FaceAnalysis] = field(default_factory=dict)
 
     @property
     def ok(self) -> np.ndarray:
@@ -358,8 +361,10 @@ class FeatureExtractor:
         device: str | None = None,
         progress: bool = True,
         optimize: bool = True,
+        face_stage: FaceStage | None = None,
     ):
         self.backbone = backbone
+        self.face_stage = face_stage if face_stage is not None and face_stage.active else None
         self.cache = cache
         self.tta = tta
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -423,7 +428,8 @@ class FeatureExtractor:
         """Features for paths, bytes or decoded images, cached by content hash.
 
         ``hashes`` (e.g. from a dataset's records) skips re-hashing. A file that cannot be
-        decoded gets a NaN row and an entry in ``errors``; the others are still extracted.
+        decoded, or (with a face stage) holds no face or several, gets a NaN row and an entry
+        in ``errors``; the others are still extracted.
         """
         n = len(sources)
         out = np.full((n, self.backbone.dim), np.nan, dtype=np.float32)
@@ -439,47 +445,122 @@ class FeatureExtractor:
             digests[i] = digest
             if data is not None:
                 raw[i] = data
-        cached = self.cache.get_many(self.key, [d for d in digests if d]) if self.cache else {}
-        todo = [i for i in range(n) if i not in errors and digests[i] not in cached]
-        for i in range(n):
-            if digests[i] in cached:
-                out[i] = cached[digests[i]]
         # Each unique image is computed once even if it appears several times in the input.
         first_of: dict[str, int] = {}
-        unique_todo = [i for i in todo if first_of.setdefault(digests[i], i) == i]
+        for i in range(n):
+            if i not in errors:
+                first_of.setdefault(digests[i], i)
+        pictures: dict[int, Image.Image] = {}
+        faces = self._analyse_faces(sources, digests, raw, first_of, errors, pictures, desc)
+        # Passthrough pictures share the stage-less features (same pixels); aligned crops
+        # are cached under their own key.
+        keys = {i: self._feature_key(faces.get(i)) for i in first_of.values() if i not in errors}
+        cached: dict[int, np.ndarray] = {}
+        if self.cache:
+            for key in set(keys.values()):
+                wanted = [i for i, k in keys.items() if k == key]
+                found = self.cache.get_many(key, [digests[i] for i in wanted])
+                cached.update({i: found[digests[i]] for i in wanted if digests[i] in found})
+        todo = [i for i in keys if i not in cached]
+        for i, vec in cached.items():
+            out[i] = vec
         bar = tqdm(
-            total=len(unique_todo),
+            total=len(todo),
             desc=desc or f"features {self.backbone.name}",
             unit="img",
-            disable=not self.progress or not unique_todo,
+            disable=not self.progress or not todo,
             leave=False,
         )
         computed = 0
-        for chunk in _chunks(unique_todo, self.batch_size):
+        for chunk in _chunks(todo, self.batch_size):
             pics, ok_idx = [], []
             for i in chunk:
                 try:
-                    pics.append(self._decode(sources[i], raw.pop(i, None)))
+                    pic = pictures.pop(i, None) or self._decode(sources[i], raw.pop(i, None))
+                    if i in faces:
+                        pic = self.face_stage.crop(pic, faces[i])  # type: ignore[union-attr]
+                    pics.append(pic)
                     ok_idx.append(i)
                 except ImageError as exc:
                     errors[i] = exc
             feats = self.embed(pics)
-            fresh = {digests[i]: f for i, f in zip(ok_idx, feats, strict=True)}
-            if self.cache and fresh:
-                self.cache.put_many(self.key, fresh)
-            for i in ok_idx:
-                out[i] = fresh[digests[i]]
+            for i, f in zip(ok_idx, feats, strict=True):
+                out[i] = f
+            if self.cache and ok_idx:
+                for key in {keys[i] for i in ok_idx}:
+                    self.cache.put_many(key, {digests[i]: out[i] for i in ok_idx if keys[i] == key})
             computed += len(ok_idx)
             bar.update(len(chunk))
         bar.close()
-        for i in todo:  # later copies of an image computed above
-            first = first_of[digests[i]]
-            if first != i:
+        for i in range(n):  # later copies of an image
+            first = first_of.get(digests[i], i)
+            if first != i and i not in errors:
                 if first in errors:
                     errors[i] = errors[first]
                 else:
                     out[i] = out[first]
-        return Extraction(out, digests, errors, computed)
+                if first in faces:
+                    faces[i] = faces[first]
+        return Extraction(out, digests, errors, computed, faces)
+
+    def _feature_key(self, analysis: FaceAnalysis | None) -> str:
+        if analysis is None or analysis.action == "passthrough":
+            return self.key
+        return f"{self.key}|{self.face_stage.key}"  # type: ignore[union-attr]
+
+    def _analyse_faces(
+        self,
+        sources: Sequence[Source],
+        digests: list[str],
+        raw: dict[int, bytes],
+        first_of: dict[str, int],
+        errors: dict[int, ImageError],
+        pictures: dict[int, Image.Image],
+        desc: str,
+    ) -> dict[int, FaceAnalysis]:
+        """The face stage's decision for each unique image (cached by content hash).
+
+        Pictures decoded here are kept for the feature pass when there are few of them
+        (a ``check`` call), and decoded again otherwise (a training set).
+        """
+        stage = self.face_stage
+        if stage is None or not stage.active:
+            return {}
+        unique = [i for i in first_of.values() if i not in errors]
+        known = self.cache.get_many(stage.key, [digests[i] for i in unique]) if self.cache else {}
+        analyses = {
+            i: FaceAnalysis.from_vector(known[digests[i]]) for i in unique if digests[i] in known
+        }
+        todo = [i for i in unique if i not in analyses]
+        keep = len(todo) <= 256
+        fresh: dict[str, np.ndarray] = {}
+        for i in tqdm(
+            todo,
+            desc=f"faces {stage.detector}" + (f" ({desc})" if desc else ""),
+            unit="img",
+            disable=not self.progress or not todo,
+            leave=False,
+        ):
+            try:
+                pic = self._decode(sources[i], raw.get(i))
+            except ImageError as exc:
+                errors[i] = exc
+                continue
+            analyses[i] = stage.analyse(pic)
+            fresh[digests[i]] = analyses[i].to_vector()
+            if keep:
+                pictures[i] = pic
+                raw.pop(i, None)
+        if self.cache and fresh:
+            self.cache.put_many(stage.key, fresh)
+        for i, analysis in analyses.items():
+            if not analysis.scorable:
+                name = str(sources[i]) if isinstance(sources[i], str | Path) else "image"
+                try:
+                    analysis.raise_if_unscorable(name)
+                except FaceError as exc:
+                    errors[i] = exc
+        return analyses
 
     @staticmethod
     def _decode(src: Source, data: bytes | None) -> Image.Image:

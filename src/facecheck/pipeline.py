@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .faces import FaceError, FaceStage
 from .features import (
     Backbone,
     FeatureCache,
@@ -34,9 +35,6 @@ from .policy import Calibrator
 
 BUNDLE_FORMAT = "facecheck.detector"
 BUNDLE_VERSION = 1
-# Images are scored as given: the face stage (detection, alignment) is a later layer; the
-# bundle records this so a bundle trained with a face stage is never run without it.
-FACE_STAGE = {"mode": "passthrough"}
 
 
 class BundleError(RuntimeError):
@@ -48,13 +46,15 @@ class Verdict:
     """What ``check`` says about one input."""
 
     input: str
-    verdict: str  # "real" | "fake" | "invalid_image"
+    verdict: str  # "real" | "fake" | "invalid_image" | "no_face" | "multiple_faces"
     fake_probability: float | None = None
     threshold: float | None = None
     sha256: str | None = None
     error: str | None = None
     error_code: str | None = None
     model_version: str | None = None
+    # The face stage's decision: passthrough or aligned, the face box, keypoints and score.
+    face: dict[str, object] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -86,8 +86,12 @@ class Detector:
         cache: FeatureCache | None = None,
         batch_size: int | None = None,
         progress: bool = False,
+        face_stage: FaceStage | str = "auto",
     ):
         self.backbone_name = resolve_name(backbone)
+        self.face_stage = (
+            face_stage if isinstance(face_stage, FaceStage) else FaceStage(mode=face_stage)
+        )
         # "mlp:focal" is kind "mlp" with imbalance "focal" (see models.make_head).
         self.head_kind, from_spec = split_head_spec(head)
         self.head_params = {**from_spec, **(head_params or {})}
@@ -110,7 +114,12 @@ class Detector:
         if self._extractor is None:
             bb = load_backbone(self.backbone_name, self.weights, allow_download=self.allow_download)
             self._extractor = FeatureExtractor(
-                bb, self.cache, batch_size=self.batch_size, tta=self.tta, progress=self.progress
+                bb,
+                self.cache,
+                batch_size=self.batch_size,
+                tta=self.tta,
+                progress=self.progress,
+                face_stage=self.face_stage,
             )
         return self._extractor
 
@@ -118,12 +127,25 @@ class Detector:
     def backbone(self) -> Backbone:
         return self.extractor.backbone
 
-    def features(self, X: Sequence[Source], hashes: Sequence[str] | None = None) -> np.ndarray:
-        """Feature rows for images; raises on the first image that cannot be decoded."""
+    def features(
+        self,
+        X: Sequence[Source],
+        hashes: Sequence[str] | None = None,
+        *,
+        skip_faceless: bool = False,
+    ) -> np.ndarray:
+        """Feature rows for images; raises on the first image that cannot be decoded.
+
+        With ``skip_faceless`` the rows of pictures the face stage refused (no face, several
+        faces) are NaN instead of an error; callers drop them (see :func:`usable_rows`).
+        """
         ex = self.extractor.extract(X, hashes)
-        if ex.errors:
-            _, err = next(iter(sorted(ex.errors.items())))
-            raise ImageError(f"{len(ex.errors)} input(s) could not be read; first: {err}")
+        errors = ex.errors
+        if skip_faceless:
+            errors = {i: e for i, e in errors.items() if not isinstance(e, FaceError)}
+        if errors:
+            _, err = next(iter(sorted(errors.items())))
+            raise ImageError(f"{len(errors)} input(s) could not be read; first: {err}")
         return ex.features
 
     # -- estimator API
@@ -196,16 +218,19 @@ class Detector:
             probs[ok] = self.score_features(ex.features[ok])
         out = []
         for i, name in enumerate(names):
+            face = ex.faces[i].to_dict() if i in ex.faces else None
             if i in ex.errors:
                 err = ex.errors[i]
                 out.append(
                     Verdict(
                         name,
-                        "invalid_image",
+                        # No face / several faces are verdicts a bank acts on, not bad files.
+                        err.code if isinstance(err, FaceError) else "invalid_image",
                         error=str(err),
                         error_code=err.code,
                         sha256=ex.hashes[i] or None,
                         model_version=self.version,
+                        face=face,
                     )
                 )
             else:
@@ -218,6 +243,7 @@ class Detector:
                         self.threshold,
                         ex.hashes[i],
                         model_version=self.version,
+                        face=face,
                     )
                 )
         return out
@@ -259,7 +285,7 @@ class Detector:
             },
             "preprocessing": bb.preprocessing.to_dict(),
             "tta": self.tta,
-            "face_stage": FACE_STAGE,
+            "face_stage": self.face_stage.to_dict(),
             "head": {
                 "kind": self.head_kind,
                 "params": head.get_params(),
@@ -299,11 +325,10 @@ class Detector:
                 f"{directory}: bundle format {meta['format_version']} is newer than this "
                 f"facecheck ({__version__}) reads (<= {BUNDLE_VERSION}); upgrade facecheck"
             )
-        if meta.get("face_stage", FACE_STAGE) != FACE_STAGE:
-            raise BundleError(
-                f"{directory}: needs face stage {meta['face_stage']}, "
-                f"this facecheck has {FACE_STAGE}"
-            )
+        try:
+            face_stage = FaceStage.from_dict(meta.get("face_stage"))
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"{directory}: face stage {meta.get('face_stage')} ({exc})") from exc
         head_meta = meta["head"]
         if head_meta["kind"] not in HEADS:
             raise BundleError(f"{directory}: unknown head kind {head_meta['kind']!r}")
@@ -320,6 +345,7 @@ class Detector:
             threshold=float(meta["threshold"]),
             cache=cache,
             progress=progress,
+            face_stage=face_stage,
         )
         det.threshold_rule = meta.get("threshold_rule", "default")
         det.head = Head.from_file(head_meta["kind"], head_meta["params"], head_file)

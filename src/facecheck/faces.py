@@ -1,0 +1,427 @@
+"""The face stage: find the face, decide what to score, and align it like the training crops.
+
+Every detector sees the same thing: a decoded picture goes through :class:`FaceStage`, which
+returns a :class:`FaceAnalysis` (what was found and what will be done) and, from it, the
+picture to score. Outcomes are explicit:
+
+- one face filling most of the picture (a tight crop, like ``../shared/data``): scored as it
+  is (``passthrough``), so crops keep exactly the pixels the models were trained on;
+- one smaller face (a selfie with background, a photographed ID): rotated so the eyes are
+  level and cropped with the framing of the rff training crops (``aligned``);
+- no face: :class:`NoFaceError`; two or more faces: :class:`MultipleFacesError`. Both are
+  :class:`~facecheck.imageio.ImageError` subclasses, so batch code handles them like any bad
+  input (one never stops the others), and their ``code`` becomes the verdict.
+
+Face detectors are pluggable (:data:`FACE_DETECTORS`): MediaPipe 0.10.21's BlazeFace is the
+default (weights inside the wheel, 6 keypoints), OpenCV's Haar cascade the fallback (boxes only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from .imageio import ImageError
+
+# BlazeFace's six keypoints, named as seen in the picture (the rff file-name convention:
+# "left eye" is the eye on the left of the image).
+KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth", "left_ear", "right_ear")
+
+# Framing of the rff real training crops, measured with BlazeFace (short range) on all 1,080
+# where it finds a face (benchmarks/face_stage.py recomputes it): the crop's side is 1.62 face
+# boxes, and its centre sits 0.23 box widths above the box centre (the box starts at the brows).
+CROP_SCALE = 1.62
+CROP_OFFSET_Y = -0.23
+# Outside the picture (a face at its border) is filled with mid grey.
+GREY = (128, 128, 128)
+# Pictures are shrunk (by an integer factor) until their long side is at most about this
+# before detection.
+DETECT_SIDE = 640
+
+
+class FaceError(ImageError):
+    """The picture decoded, but does not hold exactly one face to score."""
+
+    code = "face_error"
+
+
+class NoFaceError(FaceError):
+    code = "no_face"
+
+
+class MultipleFacesError(FaceError):
+    code = "multiple_faces"
+
+
+@dataclass(frozen=True)
+class Face:
+    """One detection, in pixels of the (upright, decoded) input picture."""
+
+    box: tuple[float, float, float, float]  # x0, y0, x1, y1
+    score: float
+    keypoints: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+    def scaled(self, k: float, dx: float = 0.0, dy: float = 0.0) -> Face:
+        """The same face in another picture's pixels: ``p * k + (dx, dy)``."""
+        x0, y0, x1, y1 = self.box
+        box = (x0 * k + dx, y0 * k + dy, x1 * k + dx, y1 * k + dy)
+        kps = {n: (x * k + dx, y * k + dy) for n, (x, y) in self.keypoints.items()}
+        return Face(box, self.score, kps)
+
+    def eye_angle(self) -> float:
+        """Degrees the picture must turn (counter-clockwise) to level the eyes; 0 if unknown."""
+        if "left_eye" not in self.keypoints or "right_eye" not in self.keypoints:
+            return 0.0
+        (lx, ly), (rx, ry) = self.keypoints["left_eye"], self.keypoints["right_eye"]
+        return math.degrees(math.atan2(ry - ly, rx - lx))
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["box"] = [round(v, 1) for v in self.box]
+        d["score"] = round(self.score, 4)
+        d["keypoints"] = {k: [round(v, 1) for v in p] for k, p in self.keypoints.items()}
+        return d
+
+
+class FaceDetector:
+    """Interface: ``detect(rgb uint8 HxWx3) -> faces``, best first, in pixels."""
+
+    name = "base"
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        raise NotImplementedError
+
+
+class BlazeFaceDetector(FaceDetector):
+    """MediaPipe 0.10.21 BlazeFace: short-range model, full-range when that finds nothing.
+
+    MediaPipe's graphs are not thread-safe, so calls are serialised by a lock.
+    """
+
+    name = "blazeface"
+
+    def __init__(self, min_score: float = 0.5):
+        # MediaPipe's C++ logging would print to stderr on every start; keep warnings only.
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        try:
+            from mediapipe.python.solutions import face_detection
+        except ImportError as exc:  # pragma: no cover - depends on the installation
+            raise RuntimeError(
+                "the blazeface face detector needs mediapipe==0.10.21 "
+                "(`make install` installs it; see pyproject.toml)"
+            ) from exc
+        with _quiet_stderr():  # the graphs' C++ start-up messages are not for our users
+            self._models = [
+                face_detection.FaceDetection(model_selection=m, min_detection_confidence=min_score)
+                for m in (0, 1)
+            ]
+            blank = np.zeros((64, 64, 3), np.uint8)
+            for model in self._models:
+                model.process(blank)
+        self._lock = threading.Lock()
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        h, w = rgb.shape[:2]
+        rgb = np.ascontiguousarray(rgb)
+        with self._lock:
+            for model in self._models:
+                found = model.process(rgb).detections or []
+                if found:
+                    break
+        faces = []
+        for det in found:
+            rel = det.location_data.relative_bounding_box
+            box = (
+                rel.xmin * w,
+                rel.ymin * h,
+                (rel.xmin + rel.width) * w,
+                (rel.ymin + rel.height) * h,
+            )
+            kps = {
+                name: (kp.x * w, kp.y * h)
+                for name, kp in zip(KEYPOINTS, det.location_data.relative_keypoints, strict=False)
+            }
+            faces.append(Face(box, float(det.score[0]), kps))
+        return sorted(faces, key=lambda f: -f.score)
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Silence file descriptor 2 (native libraries write there directly, not via Python)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class HaarDetector(FaceDetector):
+    """OpenCV's frontal-face Haar cascade: boxes only (no keypoints, so no rotation)."""
+
+    name = "haar"
+
+    def __init__(self) -> None:
+        try:
+            import cv2
+        except ImportError as exc:  # pragma: no cover
+            raise RuntimeError("the haar face detector needs opencv-python-headless") from exc
+        self._cv2 = cv2
+        self._cascade = cv2.CascadeClassifier(
+            cv2.data.haarcascades + "haarcascade_frontalface_default.xml"
+        )
+
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        grey = self._cv2.cvtColor(rgb, self._cv2.COLOR_RGB2GRAY)
+        found = self._cascade.detectMultiScale(grey, scaleFactor=1.1, minNeighbors=5)
+        faces = [Face((x, y, x + w, y + h), 1.0) for x, y, w, h in found]
+        return sorted(faces, key=lambda f: -f.width)
+
+
+FACE_DETECTORS: dict[str, Callable[[], FaceDetector]] = {
+    "blazeface": BlazeFaceDetector,
+    "haar": HaarDetector,
+}
+_detectors: dict[str, FaceDetector] = {}
+_detectors_lock = threading.Lock()
+
+
+def get_face_detector(name: str) -> FaceDetector:
+    """One shared instance per detector name (the models load once per process)."""
+    if name not in FACE_DETECTORS:
+        raise ValueError(f"unknown face detector {name!r}; known: {sorted(FACE_DETECTORS)}")
+    with _detectors_lock:
+        if name not in _detectors:
+            _detectors[name] = FACE_DETECTORS[name]()
+        return _detectors[name]
+
+
+# Codes of FaceAnalysis.action, for the compact cached form.
+ACTIONS = ("passthrough", "aligned", "no_face", "multiple_faces")
+
+
+@dataclass(frozen=True)
+class FaceAnalysis:
+    """What the face stage found in one picture and what it will score."""
+
+    action: str  # one of ACTIONS
+    n_faces: int
+    face: Face | None = None
+
+    @property
+    def scorable(self) -> bool:
+        return self.action in ("passthrough", "aligned")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "action": self.action,
+            "n_faces": self.n_faces,
+            "face": self.face.to_dict() if self.face else None,
+        }
+
+    def to_vector(self) -> np.ndarray:
+        """A fixed-length float vector, so analyses cache beside features (by content hash)."""
+        v = np.full(3 + 4 + 2 * len(KEYPOINTS), np.nan, np.float32)
+        v[0], v[1] = ACTIONS.index(self.action), self.n_faces
+        if self.face is not None:
+            v[2] = self.face.score
+            v[3:7] = self.face.box
+            for i, name in enumerate(KEYPOINTS):
+                if name in self.face.keypoints:
+                    v[7 + 2 * i : 9 + 2 * i] = self.face.keypoints[name]
+        return v
+
+    @classmethod
+    def from_vector(cls, v: np.ndarray) -> FaceAnalysis:
+        action, n = ACTIONS[int(v[0])], int(v[1])
+        face = None
+        if not np.isnan(v[2]):
+            kps = {
+                name: (float(v[7 + 2 * i]), float(v[8 + 2 * i]))
+                for i, name in enumerate(KEYPOINTS)
+                if not np.isnan(v[7 + 2 * i])
+            }
+            face = Face(tuple(float(x) for x in v[3:7]), float(v[2]), kps)  # type: ignore[arg-type]
+        return cls(action, n, face)
+
+    def raise_if_unscorable(self, name: str = "image") -> None:
+        if self.action == "no_face":
+            raise NoFaceError(f"{name}: no face found")
+        if self.action == "multiple_faces":
+            raise MultipleFacesError(f"{name}: {self.n_faces} faces found; exactly one is needed")
+
+
+@dataclass(frozen=True)
+class FaceStage:
+    """Face detection -> passthrough / alignment, with explicit no-face and several-face outcomes.
+
+    ``mode="off"`` scores every picture as given (the behaviour of bundles made before the
+    face stage existed). ``mode="auto"``: tight crops pass through, smaller faces are aligned.
+    ``mode="align"``: every face is aligned and re-cropped, tight crops included.
+
+    A face *counts* (for ``multiple_faces``) at ``count_score`` or more: BlazeFace's spurious
+    second detections on the one-face rff/UTKFace crops score 0.50-0.67, real faces 0.75+.
+    A face at least ``passthrough_width`` of the picture's width is a tight crop (rff crops:
+    0.54+ for 95% of them, UTKFace 0.86+).
+    """
+
+    mode: str = "auto"
+    detector: str = "blazeface"
+    count_score: float = 0.75
+    passthrough_width: float = 0.45
+    crop_scale: float = CROP_SCALE
+    crop_offset_y: float = CROP_OFFSET_Y
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("off", "auto", "align"):
+            raise ValueError(f"face stage mode must be off, auto or align, not {self.mode!r}")
+        if self.detector not in FACE_DETECTORS:
+            raise ValueError(
+                f"unknown face detector {self.detector!r}; known: {sorted(FACE_DETECTORS)}"
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def key(self) -> str:
+        """Identity of the stage's decisions, for caches; '' when the stage is off."""
+        if not self.active:
+            return ""
+        return (
+            f"face-{self.mode}-{self.detector}-c{self.count_score}-p{self.passthrough_width}"
+            f"-s{self.crop_scale}-o{self.crop_offset_y}"
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> FaceStage:
+        # Bundles written before the face stage say {"mode": "passthrough"}: scored as given.
+        if not d or d.get("mode") == "passthrough":
+            return cls(mode="off")
+        return cls(**d)
+
+    def analyse(self, image: Image.Image) -> FaceAnalysis:
+        """Detect faces and decide: passthrough, aligned, no_face or multiple_faces."""
+        if not self.active:
+            return FaceAnalysis("passthrough", 0)
+        # Detectors look at 128-192 px inputs: a large photo is shrunk first (that is most of
+        # the time on a 12-megapixel selfie), and boxes are scaled back to its pixels.
+        factor = math.ceil(max(image.size) / DETECT_SIDE)
+        small = image if factor == 1 else image.reduce(factor)  # box filter: fast
+        scale = small.width / image.width
+        rgb = np.asarray(small if small.mode == "RGB" else small.convert("RGB"))
+        faces = get_face_detector(self.detector).detect(rgb)
+        if not faces:
+            faces = self._detect_padded(rgb)
+        if scale != 1.0:
+            faces = [f.scaled(1 / scale) for f in faces]
+        if not faces:
+            return FaceAnalysis("no_face", 0)
+        counted = [f for f in faces if f.score >= self.count_score]
+        if len(counted) > 1:
+            return FaceAnalysis("multiple_faces", len(counted), counted[0])
+        best = faces[0]
+        tight = best.width >= self.passthrough_width * image.width
+        if tight and self.mode == "auto":
+            return FaceAnalysis("passthrough", 1, best)
+        return FaceAnalysis("aligned", 1, self._refine(image, best))
+
+    def _refine(self, image: Image.Image, face: Face) -> Face:
+        """Detect again in a window twice the face's size, at full resolution.
+
+        A small face seen in the whole (shrunk) picture gets coarse keypoints (eye angles
+        were off by 10 degrees on a 300 px face in a 1200 px picture); framed like the
+        training crops, BlazeFace places them as well as on those.
+        """
+        cx, cy = face.centre
+        side = 2 * round(face.width)
+        x0, y0 = round(cx) - side // 2, round(cy) - side // 2
+        window = _window(image, (x0, y0, x0 + side, y0 + side))
+        factor = math.ceil(side / DETECT_SIDE)
+        small = window if factor == 1 else window.reduce(factor)
+        found = get_face_detector(self.detector).detect(np.asarray(small))
+        if not found:
+            return face
+        return found[0].scaled(side / small.width, x0, y0)
+
+    def _detect_padded(self, rgb: np.ndarray) -> list[Face]:
+        """Retry on a grey-padded copy: a face that fills the frame edge to edge is often
+        missed by BlazeFace, which was trained on faces with some context around them."""
+        h, w = rgb.shape[:2]
+        pad = max(h, w) // 4
+        padded = np.pad(rgb, ((pad, pad), (pad, pad), (0, 0)), constant_values=128)
+        faces = get_face_detector(self.detector).detect(padded)
+        return [f.scaled(1.0, -pad, -pad) for f in faces]
+
+    def crop(self, image: Image.Image, analysis: FaceAnalysis) -> Image.Image:
+        """The picture to score: the input (passthrough) or the aligned face crop."""
+        if analysis.action == "passthrough":
+            return image
+        analysis.raise_if_unscorable()
+        face = analysis.face
+        assert face is not None
+        cx, cy = face.centre
+        side = face.width * self.crop_scale
+        dy = self.crop_offset_y * face.width
+        # Work on a window around the face (a 50-megapixel photo is never rotated whole):
+        # every pixel of the final square lies within r of the face centre.
+        r = math.ceil(abs(dy) + side / math.sqrt(2)) + 2
+        x0, y0 = round(cx) - r, round(cy) - r
+        window = _window(image, (x0, y0, x0 + 2 * r, y0 + 2 * r))
+        # Rotate about the face centre so the eyes are level, then take the square whose
+        # centre is offset as in the training crops.
+        lcx, lcy = cx - x0, cy - y0
+        rotated = window.rotate(
+            face.eye_angle(), resample=Image.Resampling.BILINEAR, center=(lcx, lcy), fillcolor=GREY
+        )
+        n = round(side)
+        left, top = round(lcx - side / 2), round(lcy + dy - side / 2)
+        return rotated.crop((left, top, left + n, top + n))
+
+    def __call__(self, image: Image.Image, name: str = "image") -> tuple[Image.Image, FaceAnalysis]:
+        """Analyse and crop in one go; raises :class:`FaceError` if there is not one face."""
+        analysis = self.analyse(image)
+        analysis.raise_if_unscorable(name)
+        return self.crop(image, analysis), analysis
+
+
+def _window(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+    """``image.crop(box)``, with grey (not black) where the box leaves the picture."""
+    window = image.crop(box)
+    window.paste(GREY, (0, 0, *window.size), _outside(image.size, box))
+    return window
+
+
+def _outside(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
+    """A paste mask for ``box``'s window: 255 where the window lies outside the picture."""
+    w, h = size
+    x0, y0, x1, y1 = box
+    mask = np.full((y1 - y0, x1 - x0), 255, np.uint8)
+    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    if ix1 > ix0 and iy1 > iy0:
+        mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = 0
+    return Image.fromarray(mask, mode="L")
