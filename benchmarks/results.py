@@ -295,6 +295,14 @@ def thesis_section() -> list[str]:
     return lines
 
 
+def markdown_section(path: Path, title: str, intro: str) -> list[str]:
+    """Another benchmark's Markdown table, under a heading of this file (its own H1 dropped)."""
+    if not path.exists():
+        return [f"## {title}", "", f"No `{path.relative_to(ROOT)}` yet.", ""]
+    body = [ln for ln in path.read_text().splitlines() if not ln.startswith("# ")]
+    return [f"## {title}", "", intro, *body, ""]
+
+
 def speed_section() -> list[str]:
     lines = ["## Speed", ""]
     if SPEED.exists():
@@ -317,6 +325,16 @@ def speed_section() -> list[str]:
             f"p95 {c['p95_ms']} ms ({c['images']} images; model load "
             f"{c['model_load_s']} s, first call incl. tracing {c['first_check_s']} s) |"
         ]
+        for name, f in s.get("face_stage", {}).items():
+            what = {
+                "tight_crops": "face stage alone, the data's tight crops (passthrough)",
+                "face_in_1200x900": "face stage alone, a face at 300 px in a 1200x900 picture "
+                "(detect, refine, align, crop)",
+            }.get(name, name)
+            lines.append(
+                f"| {what} | p50 {f['p50_ms']} ms, p95 {f['p95_ms']} ms ({f['images']} "
+                f"images; {', '.join(f'{n} {k}' for k, n in f['outcomes'].items())}) |"
+            )
     else:
         lines.append("No `benchmarks/speed.json` yet: run `make bench`.")
     lines.append("")
@@ -346,6 +364,19 @@ def main() -> None:
         *extra_section(),
         *p5_section(),
         *thesis_section(),
+        *markdown_section(
+            ROOT / "benchmarks" / "face_stage.md",
+            "The face stage on P1 and P4 (issue 5)",
+            "From `benchmarks/face_stage.md`. The shared data are tight crops: with `auto` they "
+            "pass through (features identical) and only pictures without exactly one face "
+            "are left out; `align` re-crops every face to the rff framing.",
+        ),
+        *markdown_section(
+            ROOT / "benchmarks" / "self_blend.md",
+            "Fine-tuning with self-blended fakes and region crops, P1 (issue 9, in progress)",
+            "From `benchmarks/self_blend.md` (GPU runs; the goal is P1 ROC-AUC >= 0.90 by "
+            "5-fold CV).",
+        ),
         *speed_section(),
     ]
     OUT.write_text("\n".join(lines) + "\n")

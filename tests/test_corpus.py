@@ -203,6 +203,11 @@ def test_each_file_has_its_expected_outcome(corpus, name):
         assert str(corpus[name]) in str(info.value)  # the message names the file
 
 
+# Decodable, but the face stage finds no face in them: the face dithered to 1 bit, and a
+# flat 64x64 colour frame. `check` says so (verdict no_face) instead of scoring them.
+NO_FACE = {"1-bit png", "single-frame gif"}
+
+
 def test_batch_check_scores_the_good_and_reports_the_bad(corpus, capsys):
     # The large image is left out only to keep the test quick; it decodes above.
     files = [str(p) for n, p in corpus.items() if n != "large 4000x3000"]
@@ -215,8 +220,11 @@ def test_batch_check_scores_the_good_and_reports_the_bad(corpus, capsys):
         if name == "large 4000x3000":
             continue
         r = by_name[fname]
-        if expected == OK:
+        if name in NO_FACE:
+            assert r["verdict"] == "no_face" and r["error_code"] == "no_face", name
+        elif expected == OK:
             assert r["verdict"] in ("real", "fake") and 0 <= r["fake_probability"] <= 1, name
+            assert r["face"]["action"] == "passthrough", name  # the crop itself is scored
         else:
             assert r["verdict"] == "invalid_image" and r["error_code"] == expected, name
 

@@ -102,7 +102,9 @@ def test_small_face_in_a_large_canvas_is_found_aligned_and_scored_like_its_crop(
         assert a.action == "aligned"
         assert abs(face.width - a.face.width * stage.crop_scale) <= 2 and face.width == face.height
         again = stage.analyse(face)
-        assert abs(again.face.eye_angle()) < 4  # eyes level after alignment
+        # Eyes level after alignment (inputs are tilted by up to 12 + 14 degrees; BlazeFace's
+        # eye keypoints themselves move by a few degrees between two detections).
+        assert abs(again.face.eye_angle()) < 6
 
     ds = load_dataset(small_manifest)
     det = Detector("lite0", "logreg", cache=FeatureCache(cache_dir))

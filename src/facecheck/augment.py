@@ -75,7 +75,10 @@ def build(spec: str | None, size: int) -> v2.Transform | None:
 
 
 def apply(pipeline: v2.Transform | None, batch: torch.Tensor) -> torch.Tensor:
-    """Augment each uint8 image of a (N, 3, H, W) batch independently."""
+    """Augment each uint8 image of a (N, 3, H, W) batch independently; a (N, R, 3, H, W)
+    batch of region crops is augmented crop by crop."""
     if pipeline is None:
         return batch
+    if batch.dim() == 5:
+        return apply(pipeline, batch.flatten(0, 1)).view(batch.shape)
     return torch.stack([pipeline(img) for img in batch])

@@ -459,7 +459,11 @@ def cmd_evaluate(args) -> int:
         "wall seconds": round(time.perf_counter() - t0, 1),
     }
     if errors:
-        info["unreadable images"] = len(errors)
+        codes: dict[str, int] = {}
+        for message in errors.values():
+            code = message.split(":", 1)[0]
+            codes[code] = codes.get(code, 0) + 1
+        info["images left out"] = ", ".join(f"{n} {c}" for c, n in sorted(codes.items()))
     path = write_report(out, protocols, results, info, scores_csv=args.scores_csv)
     print(f"report: {path}")
     return 0

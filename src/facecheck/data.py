@@ -55,6 +55,18 @@ class Record:
         m = _RFF_NAME.match(self.path.stem)
         return m.group(1) if m else None
 
+    @property
+    def regions(self) -> tuple[int, int, int, int] | None:
+        """Replaced (1) or not: left eye, right eye, nose, mouth, from an rff fake's name.
+
+        None for reals and for the one rff name with three bits (ambiguous: which region
+        is missing is not stated).
+        """
+        m = _RFF_NAME.match(self.path.stem)
+        if not m or len(m.group(3)) != 4:
+            return None
+        return tuple(int(b) for b in m.group(3))  # type: ignore[return-value]
+
 
 @dataclass
 class Dataset:

@@ -67,7 +67,8 @@ def extract_all(ds: Dataset, ex: FeatureExtractor) -> tuple[dict[str, np.ndarray
     """Features for every record, by content hash, plus the errors of unreadable files."""
     result = ex.extract(ds.paths, ds.hashes, desc=f"features {ex.backbone.name}")
     feats = {h: result.features[i] for i, h in enumerate(result.hashes) if i not in result.errors}
-    errors = {str(ds.records[i].path): str(e) for i, e in result.errors.items()}
+    # "code: message", so reports can tell refusals by the face stage from broken files.
+    errors = {str(ds.records[i].path): f"{e.code}: {e}" for i, e in result.errors.items()}
     return feats, errors
 
 

@@ -42,6 +42,8 @@ CROP_SCALE = 1.62
 CROP_OFFSET_Y = -0.23
 # Outside the picture (a face at its border) is filled with mid grey.
 GREY = (128, 128, 128)
+# Aligned crops larger than this are made from a shrunk picture (models see 224 px).
+MAX_CROP = 512
 # Pictures are shrunk (by an integer factor) until their long side is at most about this
 # before detection.
 DETECT_SIDE = 640
@@ -360,7 +362,7 @@ class FaceStage:
         cx, cy = face.centre
         side = 2 * round(face.width)
         x0, y0 = round(cx) - side // 2, round(cy) - side // 2
-        window = _window(image, (x0, y0, x0 + side, y0 + side))
+        window = crop_padded(image, (x0, y0, x0 + side, y0 + side))
         factor = math.ceil(side / DETECT_SIDE)
         small = window if factor == 1 else window.reduce(factor)
         found = get_face_detector(self.detector).detect(np.asarray(small))
@@ -384,23 +386,32 @@ class FaceStage:
         analysis.raise_if_unscorable()
         face = analysis.face
         assert face is not None
+        # A very large face is first shrunk by an integer factor (box filter), so the crop
+        # is at most about MAX_CROP px: the model looks at 224 px anyway.
+        factor = max(1, int(face.width * self.crop_scale // MAX_CROP))
+        if factor > 1:
+            image, face = image.reduce(factor), face.scaled(1 / factor)
         cx, cy = face.centre
         side = face.width * self.crop_scale
-        dy = self.crop_offset_y * face.width
-        # Work on a window around the face (a 50-megapixel photo is never rotated whole):
-        # every pixel of the final square lies within r of the face centre.
-        r = math.ceil(abs(dy) + side / math.sqrt(2)) + 2
-        x0, y0 = round(cx) - r, round(cy) - r
-        window = _window(image, (x0, y0, x0 + 2 * r, y0 + 2 * r))
-        # Rotate about the face centre so the eyes are level, then take the square whose
-        # centre is offset as in the training crops.
-        lcx, lcy = cx - x0, cy - y0
-        rotated = window.rotate(
-            face.eye_angle(), resample=Image.Resampling.BILINEAR, center=(lcx, lcy), fillcolor=GREY
-        )
         n = round(side)
-        left, top = round(lcx - side / 2), round(lcy + dy - side / 2)
-        return rotated.crop((left, top, left + n, top + n))
+        s = side / n
+        # One affine map from the output square to the picture: its x axis runs along the
+        # eye line (so the eyes come out level), its centre sits crop_offset_y face widths
+        # from the face centre across that line, as in the training crops. Only the n x n
+        # output is resampled, whatever the picture's size.
+        theta = math.radians(face.eye_angle())
+        cos, sin = math.cos(theta), math.sin(theta)
+        dy = self.crop_offset_y * face.width
+        ox, oy = cx - sin * dy, cy + cos * dy  # centre of the crop in the picture
+        a, b, d, e = s * cos, -s * sin, s * sin, s * cos
+        coeffs = (a, b, ox - (a + b) * n / 2, d, e, oy - (d + e) * n / 2)
+        return image.transform(
+            (n, n),
+            Image.Transform.AFFINE,
+            coeffs,
+            resample=Image.Resampling.BILINEAR,
+            fillcolor=GREY,
+        )
 
     def __call__(self, image: Image.Image, name: str = "image") -> tuple[Image.Image, FaceAnalysis]:
         """Analyse and crop in one go; raises :class:`FaceError` if there is not one face."""
@@ -409,10 +420,12 @@ class FaceStage:
         return self.crop(image, analysis), analysis
 
 
-def _window(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
+def crop_padded(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     """``image.crop(box)``, with grey (not black) where the box leaves the picture."""
     window = image.crop(box)
-    window.paste(GREY, (0, 0, *window.size), _outside(image.size, box))
+    x0, y0, x1, y1 = box
+    if x0 < 0 or y0 < 0 or x1 > image.width or y1 > image.height:
+        window.paste(GREY, (0, 0, *window.size), _outside(image.size, box))
     return window
 
 

@@ -9,7 +9,9 @@ start from scratch, or from a local weights file (``weights=``), never from a do
 - ``convnext_atto``: timm's smallest ConvNeXt (3.4 M parameters), 128 px;
 - ``thesis_convnext``: the thesis's ConvNeXt (stem 64, depths 3-4-6-4, widths
   256-512-1024-2048, 125 px; about 190 M parameters: a GPU model);
-- ``efficientnet_lite0``: EfficientNet-Lite0 from its ImageNet weights, new 1-logit head, 224 px.
+- ``efficientnet_lite0``: EfficientNet-Lite0 from its ImageNet weights, new 1-logit head, 224 px;
+- ``region_lite0``: the same network on four landmark-placed region crops (eyes, nose,
+  mouth; 112 px each, cut at full resolution), max-pooled to one logit (issue 9).
 """
 
 from __future__ import annotations
@@ -121,6 +123,29 @@ class _LogitOf(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+class RegionMax(_LogitOf):
+    """A region-aware detector: one shared CNN scores each region crop, the image gets the max.
+
+    Input (N, R, 3, S, S): the R = 4 crops of :func:`facecheck.regions.region_crops` (left eye,
+    right eye, nose, mouth at the picture's own resolution). An edit is local, so one region
+    that looks pasted is enough: the image logit is the largest region logit.
+    ``region_logits`` gives all four (for localisation).
+    """
+
+    def region_logits(self, x: torch.Tensor) -> torch.Tensor:
+        n, r = x.shape[:2]
+        return self.net(x.flatten(0, 1)).view(n, r)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # plain pictures: scored as one view each
+            return super().forward(x)
+        return self.region_logits(x).max(dim=1).values
+
+
+def _region_lite0() -> nn.Module:
+    return RegionMax(_lite0().net)
+
+
 def _convnext_atto() -> nn.Module:
     import timm
 
@@ -161,6 +186,13 @@ NETWORKS: dict[str, NetworkEntry] = {
         _lite0,
         Preprocessing(224, IMAGENET_MEAN, IMAGENET_STD),
         "EfficientNet-Lite0 fine-tuned from its offline ImageNet weights, 224 px",
+        default_weights=_lite0_weights,
+    ),
+    "region_lite0": NetworkEntry(
+        _region_lite0,
+        Preprocessing(112, IMAGENET_MEAN, IMAGENET_STD),
+        "region-aware: EfficientNet-Lite0 (ImageNet) on 4 landmark-placed 112 px crops "
+        "(eyes, nose, mouth at full resolution), max-pooled; input (N, 4, 3, 112, 112)",
         default_weights=_lite0_weights,
     ),
 }

@@ -338,12 +338,34 @@ def write_report(
                 "",
             ]
         lines += robustness_table(proto, res)
-        dropped = sum(r.dropped for r in res)
+        # Every model of a protocol sees the same images, so they all drop the same ones.
+        dropped = max((r.dropped for r in res), default=0)
         if dropped:
-            lines += [f"{dropped} image(s) could not be decoded and were left out.", ""]
+            lines += [
+                f"{dropped} image(s) were left out: unreadable, or refused by the face stage "
+                "(no face / several faces; see 'images left out' above).",
+                "",
+            ]
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _face_stage_text(det) -> str:
+    stage = det.face_stage
+    if not stage.active:
+        return "Images are scored as given (face stage off): give it tight face crops."
+    how = (
+        "tight crops (one face >= "
+        f"{stage.passthrough_width:.0%} of the width) pass through, smaller faces are aligned "
+        "by the eyes and cropped like the training crops"
+        if stage.mode == "auto"
+        else "every face is aligned by the eyes and cropped like the training crops"
+    )
+    return (
+        f"Face stage `{stage.mode}` ({stage.detector}): {how}; pictures with no face or "
+        "several get the verdicts `no_face` / `multiple_faces`."
+    )
 
 
 def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
@@ -364,8 +386,7 @@ def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
         f"- **Architecture**: frozen {bb.name} features ({bb.dim}-d, "
         f"{bb.preprocessing.size} px, weights `{bb.weights_id}`, {bb.licence}) -> "
         f"`{det.head_kind}` head (imbalance strategy "
-        f"`{det.head.get_params().get('imbalance', 'n/a')}`). Images are scored as given (no "
-        "face detection yet): give it tight face crops like the training data.",
+        f"`{det.head.get_params().get('imbalance', 'n/a')}`). {_face_stage_text(det)}",
         "- **Probabilities**: "
         + (
             f"temperature-scaled on validation (T = {det.calibration.temperature_:.3g})"

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -109,8 +109,8 @@ class FineTuner:
         raise ValueError(f"unknown optimizer {c.optimizer!r}: use adamw or sgd")
 
     def _pixels(self, X, progress: bool) -> np.ndarray:
-        if isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim == 4:
-            return X
+        if isinstance(X, np.ndarray) and X.dtype == np.uint8 and X.ndim in (4, 5):
+            return X  # pictures (N, 3, S, S), or region crops (N, R, 3, S, S)
         px, errors = load_pixels(X, self.preprocessing, progress=progress)
         if errors:
             i, err = next(iter(sorted(errors.items())))
@@ -127,8 +127,16 @@ class FineTuner:
         checkpoint_dir: str | Path | None = None,
         resume: bool = False,
         progress: bool = True,
+        synthetic: Callable[[int, np.random.Generator], np.ndarray] | None = None,
+        n_synthetic: int = 0,
     ) -> FineTuner:
-        """Train on (X, y), early-stop on (X_val, y_val). X: paths, bytes or uint8 pixels."""
+        """Train on (X, y), early-stop on (X_val, y_val). X: paths, bytes or uint8 pixels.
+
+        ``synthetic(n, rng)`` (e.g. :class:`facecheck.blend.SyntheticFakes`) adds ``n``
+        fresh fakes, uint8 channels-last ((n, S, S, 3), or (n, R, S, S, 3) for region
+        crops), to every epoch's training data; each epoch's draw
+        is seeded by (seed, epoch), so a resumed run sees the same fakes.
+        """
         c = self.config
         torch.manual_seed(c.seed)  # weights init and augmentation draws
         strategy = Imbalance.parse(c.imbalance)
@@ -139,7 +147,8 @@ class FineTuner:
         pipeline = augment.build(c.augment, self.preprocessing.size)
         net = build_network(c.network, c.weights).to(self.device)
         opt = self._optimizer(net)
-        loss_fn = strategy.loss(y).to(self.device)
+        n_syn = n_synthetic if synthetic is not None else 0
+        loss_fn = strategy.loss(np.concatenate([y, np.ones(n_syn, np.int64)])).to(self.device)
         gen = torch.Generator().manual_seed(c.seed)
         start, best, best_state, bad = 0, math.inf, None, 0
         ckpt = Path(checkpoint_dir) if checkpoint_dir else None
@@ -161,15 +170,20 @@ class FineTuner:
                 break
             t0 = time.perf_counter()
             net.train()
-            batches = strategy.batches(y, c.batch_size, gen)
+            px_e, y_e = px, y
+            if n_syn:
+                extra = synthetic(n_syn, np.random.default_rng([c.seed, epoch]))  # type: ignore[misc]
+                px_e = np.concatenate([px, np.moveaxis(extra, -1, -3)])
+                y_e = np.concatenate([y, np.ones(n_syn, np.int64)])
+            batches = strategy.batches(y_e, c.batch_size, gen)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not progress)
             total, seen = 0.0, 0
             for idx in bar:
                 if len(idx) < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()):
                     continue  # BatchNorm cannot train on a single row
-                xb = augment.apply(pipeline, torch.from_numpy(px[idx.numpy()]))
+                xb = augment.apply(pipeline, torch.from_numpy(px_e[idx.numpy()]))
                 xb = self.preprocessing.normalize(xb).to(self.device)
-                yb = torch.from_numpy(y[idx.numpy()]).float().to(self.device)
+                yb = torch.from_numpy(y_e[idx.numpy()]).float().to(self.device)
                 opt.zero_grad()
                 loss = loss_fn(net(xb), yb)
                 loss.backward()
@@ -177,7 +191,13 @@ class FineTuner:
                 total, seen = total + loss.item() * len(idx), seen + len(idx)
                 bar.set_postfix(loss=f"{total / max(seen, 1):.4f}")
             logits = self._logits(net, pv)
-            val_loss = float(loss_fn(torch.from_numpy(logits), torch.from_numpy(yv).float()))
+            # On the loss's device: its class weights live there (CUDA runs).
+            val_loss = float(
+                loss_fn(
+                    torch.from_numpy(logits).float().to(self.device),
+                    torch.from_numpy(yv).float().to(self.device),
+                )
+            )
             p = sigmoid(logits)
             pred = p >= 0.5
             row = {
