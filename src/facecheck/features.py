@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .faces import FaceAnalysis, FaceError, FaceStage
+from .faces import FaceAnalysis, FaceError, FaceStage, rgb_array
 from .imageio import DecodedImage, ImageError, content_hash, decode, read_bytes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -450,7 +450,7 @@ class FeatureExtractor:
         for i in range(n):
             if i not in errors:
                 first_of.setdefault(digests[i], i)
-        pictures: dict[int, Image.Image] = {}
+        pictures: dict[int, Image.Image | np.ndarray] = {}
         faces = self._analyse_faces(sources, digests, raw, first_of, errors, pictures, desc)
         # Passthrough pictures share the stage-less features (same pixels); aligned crops
         # are cached under their own key.
@@ -476,7 +476,9 @@ class FeatureExtractor:
             pics, ok_idx = [], []
             for i in chunk:
                 try:
-                    pic = pictures.pop(i, None) or self._decode(sources[i], raw.pop(i, None))
+                    pic = pictures.pop(i, None)
+                    if pic is None:
+                        pic = self._decode(sources[i], raw.pop(i, None))
                     if i in faces:
                         pic = self.face_stage.crop(pic, faces[i])  # type: ignore[union-attr]
                     pics.append(pic)
@@ -515,7 +517,7 @@ class FeatureExtractor:
         raw: dict[int, bytes],
         first_of: dict[str, int],
         errors: dict[int, ImageError],
-        pictures: dict[int, Image.Image],
+        pictures: dict[int, Image.Image | np.ndarray],
         desc: str,
     ) -> dict[int, FaceAnalysis]:
         """The face stage's decision for each unique image (cached by content hash).
@@ -546,10 +548,11 @@ class FeatureExtractor:
             except ImageError as exc:
                 errors[i] = exc
                 continue
-            analyses[i] = stage.analyse(pic)
+            arr = rgb_array(pic)  # converted once, for the analysis and the crop
+            analyses[i] = stage.analyse(arr)
             fresh[digests[i]] = analyses[i].to_vector()
             if keep:
-                pictures[i] = pic
+                pictures[i] = arr if analyses[i].action == "aligned" else pic
                 raw.pop(i, None)
         if self.cache and fresh:
             self.cache.put_many(stage.key, fresh)
