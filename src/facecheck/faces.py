@@ -41,6 +41,9 @@ KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth", "left_ear", "right_ear")
 # boxes, and its centre sits 0.23 box widths above the box centre (the box starts at the brows).
 CROP_SCALE = 1.62
 CROP_OFFSET_Y = -0.23
+# Bumped whenever detection or cropping changes what the stage outputs, so that cached
+# decisions and features of aligned crops are never reused across versions.
+ALGORITHM = 2
 # Outside the picture (a face at its border) is filled with mid grey.
 GREY = (128, 128, 128)
 # Aligned crops larger than this are made from a shrunk picture (models see 224 px).
@@ -315,7 +318,8 @@ class FaceStage:
         if not self.active:
             return ""
         return (
-            f"face-{self.mode}-{self.detector}-c{self.count_score}-p{self.passthrough_width}"
+            f"face{ALGORITHM}-{self.mode}-{self.detector}-c{self.count_score}"
+            f"-p{self.passthrough_width}"
             f"-s{self.crop_scale}-o{self.crop_offset_y}"
         )
 
