@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .faces import FaceAnalysis, FaceError, FaceStage, rgb_array
+from .faces import FaceAnalysis, FaceError, FaceStage
 from .imageio import DecodedImage, ImageError, content_hash, decode, read_bytes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -450,7 +450,7 @@ class FeatureExtractor:
         for i in range(n):
             if i not in errors:
                 first_of.setdefault(digests[i], i)
-        pictures: dict[int, Image.Image | np.ndarray] = {}
+        pictures: dict[int, Image.Image] = {}
         faces = self._analyse_faces(sources, digests, raw, first_of, errors, pictures, desc)
         # Passthrough pictures share the stage-less features (same pixels); aligned crops
         # are cached under their own key.
@@ -517,7 +517,7 @@ class FeatureExtractor:
         raw: dict[int, bytes],
         first_of: dict[str, int],
         errors: dict[int, ImageError],
-        pictures: dict[int, Image.Image | np.ndarray],
+        pictures: dict[int, Image.Image],
         desc: str,
     ) -> dict[int, FaceAnalysis]:
         """The face stage's decision for each unique image (cached by content hash).
@@ -548,11 +548,10 @@ class FeatureExtractor:
             except ImageError as exc:
                 errors[i] = exc
                 continue
-            arr = rgb_array(pic)  # converted once, for the analysis and the crop
-            analyses[i] = stage.analyse(arr)
+            analyses[i] = stage.analyse(pic)
             fresh[digests[i]] = analyses[i].to_vector()
             if keep:
-                pictures[i] = arr if analyses[i].action == "aligned" else pic
+                pictures[i] = pic
                 raw.pop(i, None)
         if self.cache and fresh:
             self.cache.put_many(stage.key, fresh)
