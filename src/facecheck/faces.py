@@ -36,9 +36,10 @@ from .imageio import ImageError
 # "left eye" is the eye on the left of the image).
 KEYPOINTS = ("left_eye", "right_eye", "nose", "mouth", "left_ear", "right_ear")
 
-# Framing of the rff real training crops, measured with BlazeFace (short range) on all 1,080
-# where it finds a face (benchmarks/face_stage.py recomputes it): the crop's side is 1.62 face
-# boxes, and its centre sits 0.23 box widths above the box centre (the box starts at the brows).
+# Framing of the rff real training crops: the crop's side is 1.62 face boxes, and its centre
+# sits 0.23 box widths above the box centre (the box starts at the brows). Medians over the
+# rff reals, first measured with BlazeFace's short-range model alone; benchmarks/face_stage.py
+# measures them with the whole stage (1.633 and -0.229 in benchmarks/face_stage.md).
 CROP_SCALE = 1.62
 CROP_OFFSET_Y = -0.23
 # Bumped whenever detection or cropping changes what the stage outputs, so that cached
@@ -288,9 +289,9 @@ class FaceStage:
     ``mode="align"``: every face is aligned and re-cropped, tight crops included.
 
     A face *counts* (for ``multiple_faces``) at ``count_score`` or more: BlazeFace's spurious
-    second detections on the one-face rff/UTKFace crops score 0.50-0.67, real faces 0.75+.
-    A face at least ``passthrough_width`` of the picture's width is a tight crop (rff crops:
-    0.54+ for 95% of them, UTKFace 0.86+).
+    second detections on the one-face rff/UTKFace crops score at most 0.68. A face at least
+    ``passthrough_width`` of the picture's width is a tight crop (the face is 0.50+ of the
+    width in 95% of rff crops, 0.86+ in UTKFace's). Both figures: benchmarks/face_stage.md.
     """
 
     mode: str = "auto"
@@ -333,7 +334,7 @@ class FaceStage:
             return cls(mode="off")
         return cls(**d)
 
-    def analyse(self, image: Image.Image | np.ndarray) -> FaceAnalysis:
+    def analyse(self, image: Image.Image) -> FaceAnalysis:
         """Detect faces and decide: passthrough, aligned, no_face or multiple_faces."""
         if not self.active:
             return FaceAnalysis("passthrough", 0)
@@ -342,8 +343,7 @@ class FaceStage:
         # Only the shrunk picture and, later, windows around the face become arrays:
         # converting a whole 1200x900 Pillow picture alone costs ~6 ms on this CPU.
         small = _shrunk_array(image, DETECT_SIDE)
-        width = image.shape[1] if isinstance(image, np.ndarray) else image.width
-        scale = small.shape[1] / width
+        scale = small.shape[1] / image.width
         faces = get_face_detector(self.detector).detect(small)
         if not faces:
             faces = self._detect_padded(small)
@@ -355,12 +355,12 @@ class FaceStage:
         if len(counted) > 1:
             return FaceAnalysis("multiple_faces", len(counted), counted[0])
         best = faces[0]
-        tight = best.width >= self.passthrough_width * width
+        tight = best.width >= self.passthrough_width * image.width
         if tight and self.mode == "auto":
             return FaceAnalysis("passthrough", 1, best)
         return FaceAnalysis("aligned", 1, self._refine(image, best))
 
-    def _refine(self, image: Image.Image | np.ndarray, face: Face) -> Face:
+    def _refine(self, image: Image.Image, face: Face) -> Face:
         """Detect again in a window twice the face's size, at full resolution.
 
         A small face seen in the whole (shrunk) picture gets coarse keypoints (eye angles
@@ -370,7 +370,7 @@ class FaceStage:
         cx, cy = face.centre
         side = 2 * round(face.width)
         x0, y0 = round(cx) - side // 2, round(cy) - side // 2
-        small = _shrink(_window(image, x0, y0, side), REFINE_SIDE)
+        small = _shrunk_array(crop_padded(image, (x0, y0, x0 + side, y0 + side)), REFINE_SIDE)
         found = get_face_detector(self.detector).detect(small)
         if not found:
             return face
@@ -385,10 +385,10 @@ class FaceStage:
         faces = get_face_detector(self.detector).detect(padded)
         return [f.scaled(1.0, -pad, -pad) for f in faces]
 
-    def crop(self, image: Image.Image | np.ndarray, analysis: FaceAnalysis) -> Image.Image:
+    def crop(self, image: Image.Image, analysis: FaceAnalysis) -> Image.Image:
         """The picture to score: the input (passthrough) or the aligned face crop."""
         if analysis.action == "passthrough":
-            return image if isinstance(image, Image.Image) else Image.fromarray(image)
+            return image
         analysis.raise_if_unscorable()
         face = analysis.face
         assert face is not None
@@ -396,14 +396,7 @@ class FaceStage:
         # MAX_CROP px: the model looks at 224 px anyway.
         factor = max(1, int(face.width * self.crop_scale // MAX_CROP))
         if factor > 1:
-            if isinstance(image, np.ndarray):
-                h, w = image.shape[:2]
-                image = _cv2().resize(
-                    image, (w // factor, h // factor), interpolation=_cv2().INTER_AREA
-                )
-            else:
-                image = image.reduce(factor)
-            face = face.scaled(1 / factor)
+            image, face = image.reduce(factor), face.scaled(1 / factor)
         cx, cy = face.centre
         side = face.width * self.crop_scale
         n = round(side)
@@ -419,7 +412,7 @@ class FaceStage:
         # Every pixel of the crop lies within r of its centre: only that window is read.
         r = math.ceil(side / math.sqrt(2)) + 2
         x0, y0 = round(ox) - r, round(oy) - r
-        rgb = _window(image, x0, y0, 2 * r)
+        rgb = _rgb_array(crop_padded(image, (x0, y0, x0 + 2 * r, y0 + 2 * r)))
         ox, oy = ox - x0, oy - y0
         a, b, d, e = s * cos, -s * sin, s * sin, s * cos
         m = np.array([[a, b, ox - (a + b) * n / 2], [d, e, oy - (d + e) * n / 2]], np.float64)
@@ -434,9 +427,7 @@ class FaceStage:
         )
         return Image.fromarray(out)
 
-    def __call__(
-        self, image: Image.Image | np.ndarray, name: str = "image"
-    ) -> tuple[Image.Image, FaceAnalysis]:
+    def __call__(self, image: Image.Image, name: str = "image") -> tuple[Image.Image, FaceAnalysis]:
         """Analyse and crop in one go; raises :class:`FaceError` if there is not one face."""
         analysis = self.analyse(image)
         analysis.raise_if_unscorable(name)
@@ -451,65 +442,27 @@ def _cv2():
     return cv2
 
 
-def rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
-    """uint8 H x W x 3. Converting a PIL picture costs ~5 ms per 1200x900 on this CPU, so
-    callers that analyse and crop the same picture convert it once and pass the array."""
-    if isinstance(image, np.ndarray):
-        return image
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """uint8 H x W x 3. Only small pictures and windows are converted: a whole 1200x900
+    Pillow picture alone costs ~6 ms on this CPU."""
     return np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
 
 
-def _shrink(rgb: np.ndarray, longest: int) -> np.ndarray:
-    """Shrunk (area filter) so the long side is at most ``longest``; as is if it already is."""
-    h, w = rgb.shape[:2]
-    if max(h, w) <= longest:
-        return rgb
-    # An integer factor: OpenCV's area filter has a fast path for it (4x faster).
-    f = math.ceil(max(h, w) / longest)
-    size = (max(1, w // f), max(1, h // f))
-    return _cv2().resize(rgb[: size[1] * f, : size[0] * f], size, interpolation=_cv2().INTER_AREA)
-
-
-def _shrunk_array(image: Image.Image | np.ndarray, longest: int) -> np.ndarray:
-    """The picture as an array, shrunk by an integer factor to a long side <= ``longest``."""
-    if isinstance(image, np.ndarray):
-        return _shrink(image, longest)
+def _shrunk_array(image: Image.Image, longest: int) -> np.ndarray:
+    """The picture as an array, shrunk by an integer factor (box filter, fast) to a long side
+    of at most ``longest``."""
     f = math.ceil(max(image.size) / longest)
-    return rgb_array(image.reduce(f) if f > 1 else image)
-
-
-def _window(image: Image.Image | np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """A square of the picture as an array, grey outside the picture."""
-    if isinstance(image, np.ndarray):
-        return _window_array(image, x0, y0, side)
-    return rgb_array(crop_padded(image, (x0, y0, x0 + side, y0 + side)))
-
-
-def _window_array(rgb: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
-    """The side x side square at (x0, y0) of a picture, grey where it leaves the picture."""
-    h, w = rgb.shape[:2]
-    out = np.full((side, side, 3), GREY, np.uint8)
-    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
-    if ix1 > ix0 and iy1 > iy0:
-        out[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = rgb[iy0:iy1, ix0:ix1]
-    return out
+    return _rgb_array(image.reduce(f) if f > 1 else image)
 
 
 def crop_padded(image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
     """``image.crop(box)``, with grey (not black) where the box leaves the picture."""
-    window = image.crop(box)
     x0, y0, x1, y1 = box
-    if x0 < 0 or y0 < 0 or x1 > image.width or y1 > image.height:
-        window.paste(GREY, (0, 0, *window.size), _outside(image.size, box))
+    w, h = image.size
+    if x0 >= 0 and y0 >= 0 and x1 <= w and y1 <= h:
+        return image.crop(box)
+    window = Image.new("RGB", (x1 - x0, y1 - y0), GREY)
+    inner = (max(x0, 0), max(y0, 0), min(x1, w), min(y1, h))
+    if inner[2] > inner[0] and inner[3] > inner[1]:
+        window.paste(image.crop(inner).convert("RGB"), (inner[0] - x0, inner[1] - y0))
     return window
-
-
-def _outside(size: tuple[int, int], box: tuple[int, int, int, int]) -> Image.Image:
-    """A paste mask for ``box``'s window: 255 where the window lies outside the picture."""
-    w, h = size
-    x0, y0, x1, y1 = box
-    mask = np.full((y1 - y0, x1 - x0), 255, np.uint8)
-    ix0, iy0, ix1, iy1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
-    if ix1 > ix0 and iy1 > iy0:
-        mask[iy0 - y0 : iy1 - y0, ix0 - x0 : ix1 - x0] = 0
-    return Image.fromarray(mask, mode="L")
