@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .regions import REGIONS, Keypoints, region_boxes
+from .regions import REGIONS, Keypoints, eye_frame, region_boxes
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,7 @@ class SelfBlender:
             donor is not None and donor_keypoints is not None and rng.random() < self.p_other
         )
         boxes = region_boxes(keypoints, (w, h))
-        (lx, ly), (rx, ry) = keypoints["left_eye"], keypoints["right_eye"]
-        iod = max(float(np.hypot(rx - lx, ry - ly)), 4.0)
+        iod = eye_frame(keypoints)[2]
         mask_img = Image.new("L", (w, h), 0)
         draw = ImageDraw.Draw(mask_img)
         for r in regions:
@@ -98,13 +97,8 @@ def _align_donor(
     donor: np.ndarray, donor_kp: Keypoints, target_kp: Keypoints, size: tuple[int, int]
 ) -> np.ndarray:
     """The donor moved and scaled so its eyes' midpoint and IOD match the target's."""
-
-    def frame(kp: Keypoints) -> tuple[float, float, float]:
-        (lx, ly), (rx, ry) = kp["left_eye"], kp["right_eye"]
-        return (lx + rx) / 2, (ly + ry) / 2, max(float(np.hypot(rx - lx, ry - ly)), 4.0)
-
-    tx, ty, tiod = frame(target_kp)
-    dx, dy, diod = frame(donor_kp)
+    tx, ty, tiod = eye_frame(target_kp)
+    dx, dy, diod = eye_frame(donor_kp)
     s = diod / tiod  # donor pixels per target pixel
     # PIL's affine maps each output pixel (x, y) to the input pixel (a x + b y + c, d x + e y + f).
     coeffs = (s, 0.0, dx - s * tx, 0.0, s, dy - s * ty)
@@ -133,8 +127,7 @@ def _jitter(target: np.ndarray, keypoints: Keypoints, rng: np.random.Generator) 
     img = Image.fromarray(target)
     w, h = img.size
     s = float(rng.uniform(0.94, 1.06))
-    (lx, ly), (rx, ry) = keypoints["left_eye"], keypoints["right_eye"]
-    cx, cy = (lx + rx) / 2, (ly + ry) / 2
+    cx, cy, _ = eye_frame(keypoints)
     img = img.transform(
         (w, h),
         Image.Transform.AFFINE,

@@ -43,10 +43,15 @@ def typical_keypoints(size: tuple[int, int]) -> dict[str, tuple[float, float]]:
     return {k: (x * w, y * h) for k, (x, y) in TYPICAL_KEYPOINTS.items()}
 
 
+def eye_frame(keypoints: Keypoints) -> tuple[float, float, float]:
+    """The eyes' midpoint (x, y) and the inter-ocular distance (at least 4 px)."""
+    (lx, ly), (rx, ry) = keypoints["left_eye"], keypoints["right_eye"]
+    return (lx + rx) / 2, (ly + ry) / 2, max(float(np.hypot(rx - lx, ry - ly)), 4.0)
+
+
 def region_boxes(keypoints: Keypoints, size: tuple[int, int]) -> dict[str, tuple[int, ...]]:
     """Pixel boxes (x0, y0, x1, y1) of the four regions, clipped to the picture."""
-    (lx, ly), (rx, ry) = keypoints["left_eye"], keypoints["right_eye"]
-    iod = max(float(np.hypot(rx - lx, ry - ly)), 4.0)
+    iod = eye_frame(keypoints)[2]
     w, h = size
     out = {}
     for region, (kp, dx, dy, bw, bh) in _BOXES.items():
@@ -65,11 +70,11 @@ def keypoints_at(
     if not keypoints:
         return typical_keypoints((size, size))
     kx, ky = size / original[0], size / original[1]
-    return {n: (x * kx, y * ky) for n, (x, y) in keypoints.items() if n in _kp_names()}
+    return {n: (x * kx, y * ky) for n, (x, y) in keypoints.items() if n in _KP_NAMES}
 
 
-def _kp_names() -> set[str]:
-    return {kp for kp, *_ in _BOXES.values()}
+# The keypoints the region boxes are placed by.
+_KP_NAMES = frozenset(kp for kp, *_ in _BOXES.values())
 
 
 # Square crops for region-aware models: centred on the region box, side in IODs (a margin
@@ -81,8 +86,7 @@ def region_crops(image: np.ndarray, keypoints: Keypoints, size: int) -> np.ndarr
     """The four regions as square crops, uint8 (4, size, size, 3), from a uint8 H x W x 3
     picture at its own resolution (grey where a crop leaves the picture)."""
     h, w = image.shape[:2]
-    (lx, ly), (rx, ry) = keypoints["left_eye"], keypoints["right_eye"]
-    iod = max(float(np.hypot(rx - lx, ry - ly)), 4.0)
+    iod = eye_frame(keypoints)[2]
     boxes = region_boxes(keypoints, (w, h))
     pic = Image.fromarray(image)
     out = np.empty((len(REGIONS), size, size, 3), np.uint8)
