@@ -114,6 +114,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="override the bundle's validation-chosen threshold",
     )
     p.add_argument("--json", action="store_true", help="JSON lines output")
+    p.add_argument(
+        "--regions",
+        choices=["flagged", "all", "none"],
+        default="flagged",
+        help="which images get region scores (eye/nose/mouth replaced): those judged fake "
+        "(default), all, or none",
+    )
+    p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
+
+    p = sub.add_parser(
+        "explain",
+        help="show where an image looks edited: heatmap and region scores as a PNG",
+        description="For each image write OUT/<name>.explain.png (the input's size: the "
+        "detector's heatmap blended in, the eye/nose/mouth boxes with their scores, the "
+        "most likely replaced region in red) and OUT/<name>.explain.json. Exit status as "
+        "for `check`.",
+    )
+    p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
+    p.add_argument("--out", type=Path, required=True, help="folder for the PNG and JSON files")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="detector bundle folder (default: the one shipped in the package)",
+    )
     p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
 
     p = sub.add_parser(
@@ -150,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="with --calibrate: shift probabilities to this prior (e.g. 0.001 for 1:1000)",
     )
+    p.add_argument(
+        "--no-regions",
+        action="store_true",
+        help="skip the region scores (left eye, right eye, nose, mouth; trained on the "
+        "rff fakes' file-name bits, so only when the training data have them)",
+    )
     _face_stage_option(p)
     _common(p)
 
@@ -161,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.csv, and appends rows to the cumulative model_scores.csv.",
     )
     p.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    p.add_argument("--protocols", default="P1,P2,P3,P3-212,P4")
+    p.add_argument(
+        "--protocols",
+        default="P1,P2,P3,P3-212,P4",
+        help="comma-separated: P1, P2, P3, P3-212, P4, ALL, and P6 (localisation, on P1's split)",
+    )
     p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v2")
     p.add_argument(
         "--heads",
@@ -293,7 +328,7 @@ def cmd_check(args) -> int:
     if not files:
         print("facecheck: no images found", file=sys.stderr)
         return 2
-    verdicts = det.check(files)
+    verdicts = det.check(files, regions=args.regions)
     if args.json:
         for v in verdicts:
             print(json.dumps(v.to_dict()))
@@ -305,9 +340,51 @@ def cmd_check(args) -> int:
                 print(f"{v.input:<{width}}  {'-':>7}  {v.verdict}: {v.error}")
             else:
                 # Four decimals: calibrated to a 1:1000 prior, probabilities are small.
-                print(f"{v.input:<{width}}  {v.fake_probability:7.4f}  {v.verdict}")
+                where = ""
+                if v.regions:
+                    top = max(v.regions, key=v.regions.get)  # type: ignore[arg-type]
+                    where = f" (most likely edited: {top} {v.regions[top]:.2f})"
+                print(f"{v.input:<{width}}  {v.fake_probability:7.4f}  {v.verdict}{where}")
         print(f"model {det.version}, threshold {det.threshold:.4g}", file=sys.stderr)
     return 1 if any(v.error for v in verdicts) else 0
+
+
+def cmd_explain(args) -> int:
+    from .explain import explain_to
+    from .imageio import ImageError
+    from .pipeline import BundleError, Detector
+
+    cache = _cache(args) if args.cache_dir else None
+    try:
+        det = Detector.load(args.model, cache=cache)
+    except (BundleError, OSError, KeyError, RuntimeError) as exc:
+        print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
+        return 2
+    files = _expand(args.images)
+    if not files:
+        print("facecheck: no images found", file=sys.stderr)
+        return 2
+    failed = 0
+    for f in files:
+        try:
+            exp, png = explain_to(det, f, args.out, f.stem)
+        except ImageError as exc:
+            print(f"{f}: {exc.code}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        (args.out / f"{f.stem}.explain.json").write_text(json.dumps(exp.to_dict(), indent=2))
+        v = exp.verdict
+        if v.error:
+            failed += 1
+            print(f"{f}: {v.verdict}: {v.error} -> {png}")
+        else:
+            regions = ", ".join(f"{k} {p:.2f}" for k, p in (exp.regions or {}).items())
+            print(
+                f"{f}: {v.verdict} {v.fake_probability:.4f}; top region {exp.top_region}"
+                + (f" ({regions})" if regions else "")
+                + f" -> {png}"
+            )
+    return 1 if failed else 0
 
 
 def cmd_train(args) -> int:
@@ -342,6 +419,7 @@ def cmd_train(args) -> int:
     Ft, yt, Fv = Ft[keep_t], train.y[keep_t], Fv[keep_v]
     val_y = val.y[keep_v]
     det.fit_features(Ft, yt)
+    region_counts = _fit_regions(det, train) if not args.no_regions else None
     if args.calibrate:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
     thr = det.set_threshold_from(Fv, val_y, rule=_rule(args), features=True)
@@ -360,6 +438,7 @@ def cmd_train(args) -> int:
                 "train": int((~keep_t).sum()),
                 "val": int((~keep_v).sum()),
             },
+            "region_training": region_counts,
             "seconds": round(time.perf_counter() - t0, 1),
         },
         metrics_val=val_metrics,
@@ -376,10 +455,37 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _fit_regions(det, train) -> dict[str, int] | None:
+    """Fit the detector's region scores on the training images that have region labels
+    (rff reals and the rff fakes' file-name bits); None if there are no such fakes."""
+    import numpy as np
+
+    from .localise import region_targets
+
+    Y, known = region_targets(train.records)
+    labelled = train.subset(r for r, k in zip(train.records, known, strict=True) if k)
+    n_fakes = sum(r.y for r in labelled)
+    if n_fakes < 10:
+        return None
+    F = det.region_features(labelled.paths, labelled.hashes)
+    ok = ~np.isnan(F).any(axis=1)
+    try:
+        det.fit_regions(F[ok], Y[known][ok])
+    except ValueError as exc:  # e.g. a region replaced in fewer than two training fakes
+        print(f"facecheck: no region scores ({exc})", file=sys.stderr)
+        return None
+    return {"images": int(ok.sum()), "fakes": int(labelled.y[ok].sum())}
+
+
 def cmd_evaluate(args) -> int:
     from . import __version__
     from .data import load_dataset
-    from .evaluate import evaluate_protocol, extract_all, extract_perturbed
+    from .evaluate import (
+        evaluate_localisation,
+        evaluate_protocol,
+        extract_all,
+        extract_perturbed,
+    )
     from .faces import FaceStage
     from .features import FeatureExtractor, load_backbone, resolve_name
     from .protocols import build
@@ -389,10 +495,15 @@ def cmd_evaluate(args) -> int:
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / run
     ds = load_dataset(args.data)
-    protocols = [build(p, ds, args.seed) for p in _names(args.protocols)]
+    names = _names(args.protocols, upper=True)
+    # P6 (localisation) is measured on P1's split with the first backbone and head.
+    p6 = "P6" in names
+    protocols = [build(p, ds, args.seed) for p in names if p != "P6"]
     heads = _names(args.heads)
     backbones = [resolve_name(b) for b in _names(args.backbones)]
-    used = _records_of(ds, protocols, ("train", "val", "test"))
+    extra = [build("P1", ds, args.seed)] if p6 else []
+    used = _records_of(ds, protocols + extra, ("train", "val", "test"))
+    localisation = []
     cache = _cache(args)
     cv_on = _names(args.cv_protocols, upper=True)
     perturbations = _names(args.perturb)
@@ -416,6 +527,24 @@ def cmd_evaluate(args) -> int:
         augment = None
         if args.train_augment:
             augment = (args.train_augment, extract_perturbed(p5_train, ex, args.train_augment))
+        if p6 and bb == backbones[0]:
+            loc = evaluate_localisation(
+                ds,
+                ex,
+                feats,
+                head=heads[0],
+                rule=_rule(args),
+                seed=args.seed,
+                progress=not args.quiet,
+            )
+            localisation.append(loc)
+            if not args.quiet:
+                hit = loc.metrics["top_region"]["top_hit"]  # type: ignore[index]
+                print(
+                    f"P6 {bb}: top region replaced {hit:.3f}, mean per-region ROC-AUC "
+                    f"{loc.metrics['mean_auc_all']:.3f}",
+                    file=sys.stderr,
+                )
         for proto in protocols:
             results += evaluate_protocol(
                 proto,
@@ -464,7 +593,9 @@ def cmd_evaluate(args) -> int:
             code = message.split(":", 1)[0]
             codes[code] = codes.get(code, 0) + 1
         info["images left out"] = ", ".join(f"{n} {c}" for c, n in sorted(codes.items()))
-    path = write_report(out, protocols, results, info, scores_csv=args.scores_csv)
+    path = write_report(
+        out, protocols, results, info, scores_csv=args.scores_csv, localisation=localisation
+    )
     print(f"report: {path}")
     return 0
 
@@ -553,6 +684,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {
         "check": cmd_check,
+        "explain": cmd_explain,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "finetune": cmd_finetune,

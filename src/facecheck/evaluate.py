@@ -11,16 +11,28 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from .data import Dataset
+from .data import Dataset, Record
 from .features import FeatureExtractor
 from .imageio import ImageError
-from .metrics import binary_metrics, bootstrap_ci, choose_threshold, recall_at_fpr
+from .metrics import (
+    binary_metrics,
+    bootstrap_ci,
+    choose_threshold,
+    localisation_metrics,
+    recall_at_fpr,
+)
 from .models import make_head
 from .perturb import perturb
 from .protocols import Protocol
+from .regions import REGIONS
+
+if TYPE_CHECKING:
+    from .pipeline import Detector
 
 CI_METRICS = ("recall", "precision", "f1", "accuracy", "roc_auc", "pr_auc", "fpr")
 
@@ -206,3 +218,86 @@ def cross_validate(
             aucs.append(float(roc_auc_score(y[te], head.predict_proba(X[te])[:, 1])))
         out[head_kind] = (float(np.mean(aucs)), float(np.std(aucs)), aucs)
     return out
+
+
+@dataclass
+class LocalisationResult:
+    """Protocol P6 for one backbone + head: region scores and heatmaps on P1's test split."""
+
+    backbone: str
+    head: str
+    threshold: float
+    records: list[Record]  # the test images with region labels (rff reals and fakes)
+    Y: np.ndarray  # (n, 4) replaced regions
+    P: np.ndarray  # (n, 4) region scores
+    H: np.ndarray  # (n, 4) mean heatmap inside each region's box (NaN: no heatmap)
+    score: np.ndarray  # image-level P(fake)
+    metrics: dict[str, object]  # by region scores
+    heat_metrics: dict[str, object]  # the same, ranking regions by the heatmap instead
+    detector: Detector  # fitted on P1's train split, threshold from its val split
+    region_train: dict[str, int] = field(default_factory=dict)
+
+
+def evaluate_localisation(
+    ds: Dataset,
+    ex: FeatureExtractor,
+    feats: dict[str, np.ndarray],
+    *,
+    head: str = "logreg",
+    rule: str = "youden",
+    seed: int = 0,
+    progress: bool = False,
+) -> LocalisationResult:
+    """P6 on P1's split: the image head and region scores are fitted on train, the image
+    threshold chosen on val, and the test split's rff images scored once."""
+    from .explain import explain
+    from .localise import region_targets
+    from .pipeline import Detector
+    from .protocols import p1
+
+    proto = p1(ds, seed)
+    det = Detector(ex.backbone.name, head, cache=ex.cache, face_stage=ex.face_stage or "off")
+    det._extractor = ex  # the backbone is loaded already
+    Xtr, ytr, _ = xy(proto.split.train, feats)
+    Xva, yva, _ = xy(proto.split.val, feats)
+    det.fit_features(Xtr, ytr)
+    det.set_threshold_from(Xva, yva, rule=rule, features=True)
+
+    def labelled(split: Dataset) -> tuple[list[Record], np.ndarray]:
+        Y, known = region_targets(split.records)
+        keep = [i for i, r in enumerate(split.records) if known[i] and r.sha256 in feats]
+        return [split.records[i] for i in keep], Y[keep]
+
+    train, Ytr = labelled(proto.split.train)
+    Ftr = det.region_features([r.path for r in train], [r.sha256 for r in train])
+    ok = ~np.isnan(Ftr).any(axis=1)
+    det.fit_regions(Ftr[ok], Ytr[ok])
+    region_train = {"images": int(ok.sum()), "fakes": int(Ytr[ok].any(axis=1).sum())}
+    test, Y = labelled(proto.split.test)
+    Fte = det.region_features([r.path for r in test], [r.sha256 for r in test])
+    ok = ~np.isnan(Fte).any(axis=1)
+    test, Y, Fte = [r for r, k in zip(test, ok, strict=True) if k], Y[ok], Fte[ok]
+    P = det.regions.predict_proba(Fte)  # type: ignore[union-attr]
+    score = det.score_features(np.stack([feats[r.sha256] for r in test]))
+    H = np.full(P.shape, np.nan)
+    for i, r in enumerate(tqdm(test, desc="P6 heatmaps", disable=not progress, leave=False)):
+        heat = explain(det, r.path).region_heat
+        if heat:
+            H[i] = [heat[k] for k in REGIONS]
+    y = np.array([r.y for r in test])
+    detected = score >= det.threshold
+    difficulty = np.array([r.difficulty or "" for r in test], dtype=object)
+    return LocalisationResult(
+        ex.backbone.name,
+        head,
+        det.threshold,
+        test,
+        Y,
+        P,
+        H,
+        score,
+        localisation_metrics(Y, P, y, detected, difficulty),
+        localisation_metrics(Y, np.nan_to_num(H, nan=0.0), y, detected, difficulty),
+        det,
+        region_train,
+    )

@@ -389,33 +389,19 @@ class FaceStage:
         """The picture to score: the input (passthrough) or the aligned face crop."""
         if analysis.action == "passthrough":
             return image
-        analysis.raise_if_unscorable()
-        face = analysis.face
-        assert face is not None
+        n, m = self.crop_transform(analysis)
         # A very large face is first shrunk (area filter), so the crop is at most about
         # MAX_CROP px: the model looks at 224 px anyway.
-        factor = max(1, int(face.width * self.crop_scale // MAX_CROP))
+        factor = self._shrink_factor(analysis)
         if factor > 1:
-            image, face = image.reduce(factor), face.scaled(1 / factor)
-        cx, cy = face.centre
-        side = face.width * self.crop_scale
-        n = round(side)
-        s = side / n
-        # One affine map from the output square to the picture: its x axis runs along the
-        # eye line (so the eyes come out level), its centre sits crop_offset_y face widths
-        # from the face centre across that line, as in the training crops. Only the n x n
-        # output is resampled, whatever the picture's size.
-        theta = math.radians(face.eye_angle())
-        cos, sin = math.cos(theta), math.sin(theta)
-        dy = self.crop_offset_y * face.width
-        ox, oy = cx - sin * dy, cy + cos * dy  # centre of the crop in the picture
+            image = image.reduce(factor)
+            m = m / factor
         # Every pixel of the crop lies within r of its centre: only that window is read.
-        r = math.ceil(side / math.sqrt(2)) + 2
+        ox, oy = m @ np.array([n / 2, n / 2, 1.0])
+        r = math.ceil(n * math.hypot(m[0, 0], m[1, 0]) / math.sqrt(2)) + 2
         x0, y0 = round(ox) - r, round(oy) - r
         rgb = _rgb_array(crop_padded(image, (x0, y0, x0 + 2 * r, y0 + 2 * r)))
-        ox, oy = ox - x0, oy - y0
-        a, b, d, e = s * cos, -s * sin, s * sin, s * cos
-        m = np.array([[a, b, ox - (a + b) * n / 2], [d, e, oy - (d + e) * n / 2]], np.float64)
+        m = m - np.array([[0, 0, x0], [0, 0, y0]], np.float64)
         cv2 = _cv2()
         out = cv2.warpAffine(
             rgb,
@@ -427,11 +413,69 @@ class FaceStage:
         )
         return Image.fromarray(out)
 
+    def uncrop(
+        self, values: np.ndarray, analysis: FaceAnalysis, size: tuple[int, int]
+    ) -> np.ndarray:
+        """A float map over the aligned crop, drawn back onto a picture of ``size`` (0 outside)."""
+        _, m = self.crop_transform(analysis)
+        cv2 = _cv2()
+        return cv2.warpAffine(values.astype(np.float32), m, size, flags=cv2.INTER_LINEAR)
+
+    def _shrink_factor(self, analysis: FaceAnalysis) -> int:
+        assert analysis.face is not None
+        return max(1, int(analysis.face.width * self.crop_scale // MAX_CROP))
+
+    def crop_transform(self, analysis: FaceAnalysis) -> tuple[int, np.ndarray]:
+        """The aligned crop's side ``n`` and the 2 x 3 map from its pixels to the picture's.
+
+        One affine map: the crop's x axis runs along the eye line (so the eyes come out
+        level), its centre sits ``crop_offset_y`` face widths from the face centre across
+        that line, as in the training crops. The explainer uses it to draw on the input.
+        """
+        analysis.raise_if_unscorable()
+        face = analysis.face
+        assert face is not None
+        factor = self._shrink_factor(analysis)
+        side = face.width * self.crop_scale
+        n = round(side / factor)
+        s = side / n
+        cx, cy = face.centre
+        theta = math.radians(face.eye_angle())
+        cos, sin = math.cos(theta), math.sin(theta)
+        dy = self.crop_offset_y * face.width
+        ox, oy = cx - sin * dy, cy + cos * dy  # centre of the crop in the picture
+        a, b, d, e = s * cos, -s * sin, s * sin, s * cos
+        return n, np.array([[a, b, ox - (a + b) * n / 2], [d, e, oy - (d + e) * n / 2]])
+
     def __call__(self, image: Image.Image, name: str = "image") -> tuple[Image.Image, FaceAnalysis]:
         """Analyse and crop in one go; raises :class:`FaceError` if there is not one face."""
         analysis = self.analyse(image)
         analysis.raise_if_unscorable(name)
         return self.crop(image, analysis), analysis
+
+
+def scored_keypoints(
+    picture: Image.Image, analysis: FaceAnalysis | None, stage: FaceStage | None
+) -> dict[str, tuple[float, float]] | None:
+    """Keypoints in the coordinates of the picture that is scored (after the stage's crop).
+
+    Passthrough: the stage's own; aligned: mapped through the crop's affine map; stage off
+    (or no keypoints): BlazeFace run on the picture. None if no face is found there either.
+    """
+    face = analysis.face if analysis is not None else None
+    if face is not None and face.keypoints and analysis is not None and stage is not None:
+        if analysis.action == "passthrough":
+            return dict(face.keypoints)
+        if analysis.action == "aligned":
+            _, m = stage.crop_transform(analysis)
+            inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+            return {k: tuple(inv @ np.array([x, y, 1.0])) for k, (x, y) in face.keypoints.items()}
+    small = _shrunk_array(picture, DETECT_SIDE)
+    found = get_face_detector("blazeface").detect(small)
+    if not found or not found[0].keypoints:
+        return None
+    k = picture.width / small.shape[1]
+    return dict(found[0].scaled(k).keypoints)
 
 
 @functools.cache

@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,7 +25,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
-from .faces import FaceAnalysis, FaceError, FaceStage
+from .faces import FaceAnalysis, FaceError, FaceStage, scored_keypoints
 from .imageio import DecodedImage, ImageError, content_hash, decode, read_bytes
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,6 +92,17 @@ class Backbone:
     def cache_key(self, tta: bool) -> str:
         return f"{self.name}@{self.weights_id}|{self.preprocessing.key()}|tta={int(tta)}"
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last convolutional map (n, dim, h, w), before pooling: the features are its
+        spatial mean, which is what makes per-cell head scores (heatmaps) meaningful."""
+        if isinstance(self.model, _Pooled):
+            return self.model.trunk(x)
+        forward = getattr(self.model, "forward_features", None)
+        out = forward(x) if forward is not None else None
+        if out is None or out.ndim != 4:
+            raise NotImplementedError(f"{self.name}: no convolutional feature map for heatmaps")
+        return out
+
 
 @dataclass(frozen=True)
 class BackboneEntry:
@@ -128,10 +140,10 @@ class _Pooled(nn.Module):
     def __init__(self, trunk: Callable[[torch.Tensor], torch.Tensor], owner: nn.Module):
         super().__init__()
         self.owner = owner
-        self._trunk = trunk
+        self.trunk = trunk
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._trunk(x).mean(dim=(2, 3))
+        return self.trunk(x).mean(dim=(2, 3))
 
 
 def _build_lite0() -> nn.Module:
@@ -348,6 +360,20 @@ class Extraction:
         return mask
 
 
+class View(Protocol):
+    """Which pictures of one scored picture the backbone embeds (their features concatenated):
+    e.g. :class:`facecheck.regions.RegionView`'s four region crops. Without a view, the
+    picture itself."""
+
+    n: int  # pictures per input
+    needs_keypoints: bool
+    key: str  # identity, for the cache
+
+    def __call__(
+        self, picture: Image.Image, keypoints: dict[str, tuple[float, float]] | None
+    ) -> list[Image.Image]: ...
+
+
 class FeatureExtractor:
     """Batched, cached feature extraction with an optional horizontal-flip TTA."""
 
@@ -362,8 +388,11 @@ class FeatureExtractor:
         progress: bool = True,
         optimize: bool = True,
         face_stage: FaceStage | None = None,
+        view: View | None = None,
     ):
         self.backbone = backbone
+        self.view = view
+        self.dim = backbone.dim * (view.n if view else 1)
         self.face_stage = face_stage if face_stage is not None and face_stage.active else None
         self.cache = cache
         self.tta = tta
@@ -377,7 +406,8 @@ class FeatureExtractor:
 
     @property
     def key(self) -> str:
-        return self.backbone.cache_key(self.tta)
+        view = f"|{self.view.key}" if self.view else ""
+        return self.backbone.cache_key(self.tta) + view
 
     def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """The backbone as it runs here, built on first use.
@@ -432,7 +462,7 @@ class FeatureExtractor:
         in ``errors``; the others are still extracted.
         """
         n = len(sources)
-        out = np.full((n, self.backbone.dim), np.nan, dtype=np.float32)
+        out = np.full((n, self.dim), np.nan, dtype=np.float32)
         digests: list[str] = [""] * n
         errors: dict[int, ImageError] = {}
         raw: dict[int, bytes] = {}
@@ -472,7 +502,9 @@ class FeatureExtractor:
             leave=False,
         )
         computed = 0
-        for chunk in _chunks(todo, self.batch_size):
+        # A view embeds several pictures per input: keep the network's batch about the same.
+        per_batch = max(1, self.batch_size // (self.view.n if self.view else 1))
+        for chunk in _chunks(todo, per_batch):
             pics, ok_idx = [], []
             for i in chunk:
                 try:
@@ -481,11 +513,11 @@ class FeatureExtractor:
                         pic = self._decode(sources[i], raw.pop(i, None))
                     if i in faces:
                         pic = self.face_stage.crop(pic, faces[i])  # type: ignore[union-attr]
-                    pics.append(pic)
+                    pics.extend(self._views(pic, faces.get(i)))
                     ok_idx.append(i)
                 except ImageError as exc:
                     errors[i] = exc
-            feats = self.embed(pics)
+            feats = self.embed(pics).reshape(len(ok_idx), self.dim)
             for i, f in zip(ok_idx, feats, strict=True):
                 out[i] = f
             if self.cache and ok_idx:
@@ -504,6 +536,14 @@ class FeatureExtractor:
                 if first in faces:
                     faces[i] = faces[first]
         return Extraction(out, digests, errors, computed, faces)
+
+    def _views(self, picture: Image.Image, analysis: FaceAnalysis | None) -> list[Image.Image]:
+        if self.view is None:
+            return [picture]
+        kps = None
+        if self.view.needs_keypoints:
+            kps = scored_keypoints(picture, analysis, self.face_stage)
+        return self.view(picture, kps)
 
     def _feature_key(self, analysis: FaceAnalysis | None) -> str:
         if analysis is None or analysis.action == "passthrough":

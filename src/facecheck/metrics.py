@@ -12,6 +12,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from .regions import REGIONS
+
 # The order of metrics in every table and CSV.
 METRIC_NAMES = ("recall", "precision", "f1", "accuracy", "roc_auc", "pr_auc", "fpr")
 # A bank's fake rate: one application in a thousand.
@@ -232,3 +234,84 @@ def matrix_metrics(m: np.ndarray, fake_rate: float = DEPLOYED_FAKE_RATE) -> dict
 def decisions_from_threshold(score: np.ndarray, threshold: float) -> np.ndarray:
     """A single-score detector's three-way form: every flag goes to a person, no auto-fake."""
     return np.where(np.asarray(score) >= threshold, REVIEW, REAL)
+
+
+# -- localisation (P6): which region of an edited face was replaced
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval for a proportion k / n (sound at small n and near 0 or 1)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def pattern_name(bits: np.ndarray) -> str:
+    """Region bits -> a readable edit, e.g. (1, 1, 0, 0) -> 'left_eye+right_eye'."""
+    names = [r for r, b in zip(REGIONS, bits, strict=True) if b]
+    return "all four" if len(names) == len(bits) else "+".join(names) or "none"
+
+
+def localisation_metrics(
+    Y: np.ndarray,
+    P: np.ndarray,
+    y: np.ndarray,
+    detected: np.ndarray,
+    difficulty: np.ndarray,
+) -> dict[str, object]:
+    """Protocol P6 on one test set.
+
+    ``Y`` (n, 4): which regions were replaced (all 0 for reals); ``P`` (n, 4): region
+    scores; ``y``: 1 for fakes; ``detected``: the image-level detector's verdict at its
+    validation threshold; ``difficulty``: easy/mid/hard for fakes. Reports, on test fakes,
+    how often the top-scoring region is a replaced one (next to chance: the share of
+    replaced regions), per-region ROC-AUC (over all images, and among fakes only), and the
+    image-level detector's recall by replaced region, by edit pattern and by difficulty.
+    """
+    Y, P = np.asarray(Y, np.int64), np.asarray(P, np.float64)
+    y, detected = np.asarray(y, np.int64), np.asarray(detected, bool)
+    difficulty = np.asarray(difficulty, dtype=object)
+    fake = y == 1
+    hit = Y[fake][np.arange(fake.sum()), P[fake].argmax(axis=1)] if fake.any() else np.zeros(0)
+
+    def _hits(mask: np.ndarray) -> dict[str, float]:
+        k, n = int(hit[mask].sum()), int(mask.sum())
+        lo, hi = wilson_interval(k, n)
+        return {"n": n, "top_hit": _safe_div(k, n), "ci": (lo, hi)}
+
+    def _auc(t: np.ndarray, s: np.ndarray) -> float:
+        return float(roc_auc_score(t, s)) if 0 < t.sum() < len(t) else float("nan")
+
+    regions = {}
+    for k, name in enumerate(REGIONS):
+        replaced = fake & (Y[:, k] == 1)
+        regions[name] = {
+            "auc_all": _auc(Y[:, k], P[:, k]),
+            "auc_fakes": _auc(Y[fake, k], P[fake, k]),
+            "n_replaced": int(replaced.sum()),
+            "detector_recall": _safe_div(float(detected[replaced].sum()), float(replaced.sum())),
+        }
+    patterns: dict[str, dict[str, float]] = {}
+    names = np.array([pattern_name(b) for b in Y[fake]], dtype=object)
+    for name in sorted(set(names), key=lambda s: (-int((names == s).sum()), s)):
+        m = names == name
+        patterns[name] = {
+            **_hits(m),
+            "detector_recall": float(detected[fake][m].mean()),
+        }
+    by_difficulty = {}
+    for d in ("easy", "mid", "hard"):
+        m = difficulty[fake] == d
+        if m.any():
+            by_difficulty[d] = {**_hits(m), "detector_recall": float(detected[fake][m].mean())}
+    return {
+        "top_region": _hits(np.ones(fake.sum(), bool)),
+        "chance": float(Y[fake].mean()) if fake.any() else float("nan"),
+        "mean_auc_all": float(np.nanmean([r["auc_all"] for r in regions.values()])),
+        "mean_auc_fakes": float(np.nanmean([r["auc_fakes"] for r in regions.values()])),
+        "regions": regions,
+        "patterns": patterns,
+        "difficulty": by_difficulty,
+        "detector_recall": float(detected[fake].mean()) if fake.any() else float("nan"),
+    }

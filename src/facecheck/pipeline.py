@@ -29,9 +29,11 @@ from .features import (
     resolve_name,
 )
 from .imageio import ImageError
+from .localise import RegionScorer
 from .metrics import choose_threshold
 from .models import HEADS, Head, make_head, split_head_spec
 from .policy import Calibrator
+from .regions import REGIONS, RegionView
 
 BUNDLE_FORMAT = "facecheck.detector"
 BUNDLE_VERSION = 1
@@ -55,6 +57,8 @@ class Verdict:
     model_version: str | None = None
     # The face stage's decision: passthrough or aligned, the face box, keypoints and score.
     face: dict[str, object] | None = None
+    # P(replaced) per region (left_eye, right_eye, nose, mouth), if the detector has them.
+    regions: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -106,7 +110,9 @@ class Detector:
         self.head: Head | None = None
         self.calibration: Calibrator | None = None
         self.metadata: dict[str, object] = {}
+        self.regions: RegionScorer | None = None
         self._extractor: FeatureExtractor | None = None
+        self._region_extractor: FeatureExtractor | None = None
 
     # -- features
     @property
@@ -122,6 +128,21 @@ class Detector:
                 face_stage=self.face_stage,
             )
         return self._extractor
+
+    @property
+    def region_extractor(self) -> FeatureExtractor:
+        """Features of the four region crops (same backbone, same face stage)."""
+        if self._region_extractor is None:
+            ex = self.extractor
+            self._region_extractor = FeatureExtractor(
+                ex.backbone,
+                self.cache,
+                batch_size=self.batch_size,
+                progress=self.progress,
+                face_stage=self.face_stage,
+                view=RegionView(ex.backbone.preprocessing.size),
+            )
+        return self._region_extractor
 
     @property
     def backbone(self) -> Backbone:
@@ -147,6 +168,17 @@ class Detector:
             _, err = next(iter(sorted(errors.items())))
             raise ImageError(f"{len(errors)} input(s) could not be read; first: {err}")
         return ex.features
+
+    def region_features(
+        self, X: Sequence[Source], hashes: Sequence[str] | None = None
+    ) -> np.ndarray:
+        """Region-crop feature rows (n, 4 * dim); NaN rows for pictures that cannot be scored."""
+        return self.region_extractor.extract(X, hashes, desc="region features").features
+
+    def fit_regions(self, F: np.ndarray, Y: np.ndarray) -> Detector:
+        """Learn region scores from region features and region bits (see localise)."""
+        self.regions = RegionScorer(seed=int(self.head_params.get("seed", 0))).fit(F, Y)
+        return self
 
     # -- estimator API
     def fit(
@@ -207,15 +239,35 @@ class Detector:
         self.calibration = cal
         return cal
 
-    def check(self, X: Sequence[Source], names: Sequence[str] | None = None) -> list[Verdict]:
-        """Score each input; one that cannot be read gets an ``invalid_image`` verdict."""
+    def check(
+        self,
+        X: Sequence[Source],
+        names: Sequence[str] | None = None,
+        *,
+        regions: str = "flagged",
+    ) -> list[Verdict]:
+        """Score each input; one that cannot be read gets an ``invalid_image`` verdict.
+
+        If the detector has region scores, ``regions`` says for which inputs to compute how
+        likely each region is to have been replaced: ``"flagged"`` (verdict fake: what a
+        reviewer looks at; the four region crops cost about three times the image's own
+        features), ``"all"`` or ``"none"``.
+        """
+        if regions not in ("flagged", "all", "none"):
+            raise ValueError(f"regions must be flagged, all or none, not {regions!r}")
         self._require_head()
         names = list(names) if names else [_name(x) for x in X]
         ex = self.extractor.extract(X)
         ok = ex.ok
         probs = np.full(len(X), np.nan)
+        region_p = np.full((len(X), len(REGIONS)), np.nan)
         if ok.any():
             probs[ok] = self.score_features(ex.features[ok])
+            wanted = ok if regions == "all" else ok & (np.nan_to_num(probs) >= self.threshold)
+            if regions != "none" and self.regions is not None and wanted.any():
+                idx = np.flatnonzero(wanted)
+                F = self.region_features([X[i] for i in idx], [ex.hashes[i] for i in idx])
+                region_p[idx] = self.regions.predict_proba(F)
         out = []
         for i, name in enumerate(names):
             face = ex.faces[i].to_dict() if i in ex.faces else None
@@ -244,6 +296,11 @@ class Detector:
                         ex.hashes[i],
                         model_version=self.version,
                         face=face,
+                        regions=None
+                        if np.isnan(region_p[i]).any()
+                        else {
+                            r: round(float(v), 4) for r, v in zip(REGIONS, region_p[i], strict=True)
+                        },
                     )
                 )
         return out
@@ -295,6 +352,11 @@ class Detector:
             "threshold": self.threshold,
             "threshold_rule": self.threshold_rule,
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "regions": (
+                {**self.regions.save(directory), "view": self.region_extractor.view.key}  # type: ignore[union-attr]
+                if self.regions is not None
+                else None
+            ),
             **self.metadata,
         }
         (directory / "bundle.json").write_text(json.dumps(bundle, indent=2, default=_jsonable))
@@ -351,6 +413,11 @@ class Detector:
         det.head = Head.from_file(head_meta["kind"], head_meta["params"], head_file)
         if meta.get("calibration"):
             det.calibration = Calibrator.from_dict(meta["calibration"])
+        if meta.get("regions"):
+            try:
+                det.regions = RegionScorer.load(directory, meta["regions"])
+            except (KeyError, ValueError, OSError) as exc:
+                raise BundleError(f"{directory}: region scores unreadable ({exc})") from exc
         skip = {
             "format",
             "format_version",
@@ -362,6 +429,7 @@ class Detector:
             "threshold",
             "threshold_rule",
             "calibration",
+            "regions",
         }
         det.metadata = {k: v for k, v in meta.items() if k not in skip}
         bb = det.backbone  # loads the weights now, so a mismatch fails at load time
@@ -372,6 +440,12 @@ class Detector:
             )
         if Preprocessing.from_dict(meta["preprocessing"]) != bb.preprocessing:
             raise BundleError(f"{directory}: preprocessing differs from {bb.name}'s")
+        if det.regions is not None and meta["regions"].get("view") != det.region_extractor.view.key:  # type: ignore[union-attr]
+            raise BundleError(
+                f"{directory}: region scores were trained on crops "
+                f"{meta['regions'].get('view')}, this facecheck makes "
+                f"{det.region_extractor.view.key}"  # type: ignore[union-attr]
+            )
         if det.head.n_features_in != bb.dim:
             raise BundleError(
                 f"{directory}: head takes {det.head.n_features_in} features, "

@@ -82,9 +82,12 @@ _KP_NAMES = frozenset(kp for kp, *_ in _BOXES.values())
 CROP_SIDE = {"left_eye": 0.9, "right_eye": 0.9, "nose": 1.0, "mouth": 1.2}
 
 
-def region_crops(image: np.ndarray, keypoints: Keypoints, size: int) -> np.ndarray:
+def region_crops(
+    image: np.ndarray, keypoints: Keypoints, size: int, context: float = 1.0
+) -> np.ndarray:
     """The four regions as square crops, uint8 (4, size, size, 3), from a uint8 H x W x 3
-    picture at its own resolution (grey where a crop leaves the picture)."""
+    picture at its own resolution (grey where a crop leaves the picture). ``context``
+    scales the crops' sides (:data:`CROP_SIDE`)."""
     h, w = image.shape[:2]
     iod = eye_frame(keypoints)[2]
     boxes = region_boxes(keypoints, (w, h))
@@ -92,8 +95,40 @@ def region_crops(image: np.ndarray, keypoints: Keypoints, size: int) -> np.ndarr
     out = np.empty((len(REGIONS), size, size, 3), np.uint8)
     for k, region in enumerate(REGIONS):
         x0, y0, x1, y1 = boxes[region]
-        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, CROP_SIDE[region] * iod / 2
+        cx, cy, half = (x0 + x1) / 2, (y0 + y1) / 2, context * CROP_SIDE[region] * iod / 2
         box = (round(cx - half), round(cy - half), round(cx + half), round(cy + half))
         crop = crop_padded(pic, box)
         out[k] = np.asarray(crop.resize((size, size), Image.Resampling.BILINEAR))
     return out
+
+
+class RegionView:
+    """What a feature extractor embeds for region scores: the four region crops of a picture.
+
+    The right eye's crop is mirrored, so both eyes look alike to a backbone (and one eye
+    model can learn from both). Keypoints are those of the scored picture; without them the
+    typical rff positions are used.
+    """
+
+    n = len(REGIONS)
+    needs_keypoints = True
+
+    def __init__(self, size: int = 224, context: float = 1.0):
+        self.size = size
+        self.context = context
+
+    @property
+    def key(self) -> str:
+        sides = ",".join(f"{self.context * CROP_SIDE[r]:g}" for r in REGIONS)
+        return f"regions{VIEW_VERSION}-{self.size}-{sides}"
+
+    def __call__(self, picture: Image.Image, keypoints: Keypoints | None) -> list[Image.Image]:
+        rgb = np.asarray(picture.convert("RGB"))
+        kps = keypoints if keypoints else typical_keypoints(picture.size)
+        crops = region_crops(rgb, kps, self.size, self.context)
+        crops[REGIONS.index("right_eye")] = crops[REGIONS.index("right_eye"), :, ::-1]
+        return [Image.fromarray(c) for c in crops]
+
+
+# Bumped when region boxes or crops change, so cached region features are never reused.
+VIEW_VERSION = 1

@@ -16,7 +16,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-from .evaluate import ModelResult
+from .evaluate import LocalisationResult, ModelResult
 from .metrics import METRIC_NAMES
 from .protocols import Protocol
 
@@ -242,6 +242,7 @@ def write_report(
     info: dict[str, object],
     *,
     scores_csv: Path | None = None,
+    localisation: Sequence[LocalisationResult] = (),
 ) -> Path:
     """Write ``report.md``, ``metrics.csv`` and plots into ``out_dir``; append to the
     cumulative ``scores_csv``. Returns the Markdown path."""
@@ -346,8 +347,123 @@ def write_report(
                 "(no face / several faces; see 'images left out' above).",
                 "",
             ]
+    for loc in localisation:
+        lines += localisation_section(out_dir, loc, int(info["seed"]))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_SHORT = {"left_eye": "LE", "right_eye": "RE", "nose": "N", "mouth": "M"}
+
+
+def _hit_text(h: dict) -> str:
+    lo, hi = h["ci"]
+    return f"{h['top_hit']:.3f} [{lo:.2f}, {hi:.2f}] (n={h['n']})"
+
+
+def localisation_section(out_dir: Path, loc: LocalisationResult, seed: int) -> list[str]:
+    """P6: region scores against the rff file-name bits, and a grid of test fakes."""
+    import json
+
+    m, hm = loc.metrics, loc.heat_metrics
+    (out_dir / "P6_metrics.json").write_text(
+        json.dumps({"region_scores": m, "heatmap": hm}, indent=2, default=float)
+    )
+    lines = [
+        f"## P6: localisation ({loc.backbone} region crops + {loc.head} per region)",
+        "",
+        "On P1's split (seed "
+        f"{seed}): region scores (one head per region on features of the region's crop, the "
+        "eyes sharing one) and the image head are fitted on train, the image threshold "
+        "chosen on val; the test split's rff images are scored once. Truth: the fakes' "
+        f"file-name bits (region scores trained on {loc.region_train.get('images', '?')} "
+        f"images, {loc.region_train.get('fakes', '?')} fakes). *Chance* is the share of "
+        "replaced regions among test fakes: what a random region would hit.",
+        "",
+        "| ranking regions by | top region replaced [95% CI] | chance | mean per-region "
+        "ROC-AUC (all images / fakes only) |",
+        "|---|---|---|---|",
+        f"| region scores | {_hit_text(m['top_region'])} | {m['chance']:.3f} "
+        f"| {m['mean_auc_all']:.3f} / {m['mean_auc_fakes']:.3f} |",
+        f"| heatmap (mean inside each box) | {_hit_text(hm['top_region'])} | {hm['chance']:.3f} "
+        f"| {hm['mean_auc_all']:.3f} / {hm['mean_auc_fakes']:.3f} |",
+        "",
+        f"Per region (region scores); image-level recall at the val threshold "
+        f"({loc.threshold:.3f}) over all test fakes: {m['detector_recall']:.3f}.",
+        "",
+        "| region | ROC-AUC, all images | ROC-AUC, fakes only | fakes with it replaced "
+        "| image-level recall on them |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r} | {_f(v['auc_all'])} | {_f(v['auc_fakes'])} | {v['n_replaced']} "
+            f"| {_f(v['detector_recall'])} |"
+            for r, v in m["regions"].items()
+        ],
+        "",
+        "| edit (replaced regions) / difficulty | fakes | image-level recall | top region "
+        "replaced |",
+        "|---|---|---|---|",
+        *[
+            f"| {name} | {v['n']} | {_f(v['detector_recall'])} | {_f(v['top_hit'])} |"
+            for name, v in [*m["patterns"].items(), *m["difficulty"].items()]
+        ],
+        "",
+    ]
+    grid = plot_localisation_grid(loc, out_dir / "P6_grid.png", seed=seed)
+    if grid:
+        lines += [
+            f"![test fakes with heatmaps and region scores]({grid.name})",
+            "",
+            "Each tile: the heatmap (the head on each cell of the backbone's map), the region "
+            "boxes with their scores (red: the top region), and below it the truth "
+            f"({', '.join(f'{v} = {k}' for k, v in _SHORT.items())}; `·` untouched) next to "
+            "the top region, the image's P(fake) and the verdict.",
+            "",
+        ]
+    return lines
+
+
+def plot_localisation_grid(
+    loc: LocalisationResult, path: Path, *, seed: int = 0, per_difficulty: int = 4
+) -> Path | None:
+    """A grid of test fakes (seeded draw, ``per_difficulty`` of each) as the reviewer sees
+    them: heatmap overlay, region scores, and the truth beside the top region."""
+    import numpy as np
+
+    from .explain import explain, render
+    from .imageio import load_image
+    from .regions import REGIONS
+
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for d in ("easy", "mid", "hard"):
+        idx = [i for i, r in enumerate(loc.records) if r.difficulty == d]
+        chosen += sorted(rng.choice(idx, min(per_difficulty, len(idx)), replace=False).tolist())
+    if not chosen:
+        return None
+    cols = per_difficulty
+    rows_ = math.ceil(len(chosen) / cols)
+    fig, axes = plt.subplots(rows_, cols, figsize=(2.6 * cols, 3.0 * rows_), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, i in zip(axes.ravel(), chosen, strict=False):
+        rec = loc.records[i]
+        decoded = load_image(rec.path)
+        exp = explain(loc.detector, decoded, str(rec.path))
+        ax.imshow(render(decoded.image, exp))
+        truth = " ".join(_SHORT[r] if b else "·" for r, b in zip(REGIONS, loc.Y[i], strict=True))
+        top = exp.top_region
+        ok = "ok" if top and loc.Y[i][REGIONS.index(top)] else "miss"
+        p = exp.verdict.fake_probability
+        ax.set_title(
+            f"{rec.difficulty} · truth {truth}\ntop {_SHORT.get(top or '', '-')} ({ok}) · "
+            f"P {p:.2f} {exp.verdict.verdict}",
+            fontsize=8,
+        )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
     return path
 
 

@@ -1,0 +1,183 @@
+"""Show the reviewer where the edit is: a heatmap and the four region scores, on the input.
+
+The heatmap is the detector's own head applied to each cell of the backbone's last
+convolutional map (7 x 7 at 224 px): the image's features are the mean of those cells, so for
+the logistic head an image's logit is exactly the mean of the cells' logits (a class
+activation map), and the map shows which part of the face pushed the score up. The region
+scores come from the detector's :class:`~facecheck.localise.RegionScorer`. Both are computed
+on the picture the detector scores (the input, or the face stage's aligned crop) and mapped
+back onto the input, so the overlay PNG has the input's size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .faces import FaceStage, scored_keypoints
+from .imageio import DecodedImage, load_image
+from .metrics import logit
+from .regions import REGIONS, region_boxes
+
+if TYPE_CHECKING:
+    from .pipeline import Detector, Verdict
+
+Polygon = list[tuple[float, float]]
+
+
+@dataclass
+class Explanation:
+    """Why one picture got its verdict, in the input picture's coordinates."""
+
+    verdict: Verdict
+    size: tuple[int, int]  # the input picture's (width, height)
+    # (h, w) in [0, 1] over the input: how strongly each place pushed the score to fake,
+    # relative to the rest of the face; None when the picture was not scored.
+    heatmap: np.ndarray | None = None
+    # The head's logit for each cell of the backbone's map (rows, cols), on the scored picture.
+    cells: np.ndarray | None = None
+    # Region outlines (four corners each) on the input; rotated when the face was aligned.
+    boxes: dict[str, Polygon] = field(default_factory=dict)
+    # Mean heatmap inside each region's box, in the scored picture.
+    region_heat: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def regions(self) -> dict[str, float] | None:
+        return self.verdict.regions
+
+    @property
+    def top_region(self) -> str | None:
+        """The region most likely replaced: by region score, else by heatmap."""
+        scores = self.regions or self.region_heat
+        return max(scores, key=scores.get) if scores else None  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            **self.verdict.to_dict(),
+            "top_region": self.top_region,
+            "region_heat": {k: round(v, 4) for k, v in self.region_heat.items()},
+            "boxes": {k: [[round(x, 1), round(y, 1)] for x, y in p] for k, p in self.boxes.items()},
+            "cells": None if self.cells is None else np.round(self.cells, 3).tolist(),
+        }
+
+
+def cell_logits(detector: Detector, picture: Image.Image) -> np.ndarray:
+    """The head's logit for each cell of the backbone's last map (rows, cols)."""
+    bb = detector.backbone
+    x = bb.preprocessing(picture)[None]
+    with torch.inference_mode():
+        fmap = bb.feature_map(x.to(next(bb.model.parameters()).device))[0].float().cpu().numpy()
+    dim, rows, cols = fmap.shape
+    cells = fmap.reshape(dim, -1).T
+    p = detector.head.predict_proba(cells)[:, 1]  # type: ignore[union-attr]
+    return logit(p).reshape(rows, cols)
+
+
+def heat_from_cells(cells: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Cells' logits -> a smooth (h, w) map in [0, 1]: standard scores above the face's mean,
+    capped at 2.5 (so the map says *where*, not how confident)."""
+    z = (cells - cells.mean()) / (cells.std() + 1e-6)
+    heat = Image.fromarray(np.clip(z / 2.5, 0, 1).astype(np.float32), mode="F")
+    return np.asarray(heat.resize(size, Image.Resampling.BICUBIC)).clip(0, 1)
+
+
+def mean_in_boxes(heat: np.ndarray, boxes: dict[str, tuple[int, ...]]) -> dict[str, float]:
+    return {r: float(heat[y0:y1, x0:x1].mean()) for r, (x0, y0, x1, y1) in boxes.items()}
+
+
+def explain(
+    detector: Detector, source: str | Path | bytes | DecodedImage, name: str | None = None
+) -> Explanation:
+    """Verdict, heatmap and region outlines for one input (see the module docstring).
+
+    Raises :class:`~facecheck.imageio.ImageError` if the input cannot be decoded; a picture
+    without exactly one face gets its verdict and no heatmap.
+    """
+    decoded = source if isinstance(source, DecodedImage) else load_image(source)
+    name = name or (str(source) if isinstance(source, str | Path) else "image")
+    verdict = detector.check([decoded], [name], regions="all")[0]
+    picture = decoded.image
+    out = Explanation(verdict, picture.size)
+    if verdict.fake_probability is None:  # unreadable, no face, several faces
+        return out
+    stage: FaceStage = detector.face_stage
+    analysis = stage.analyse(picture) if stage.active else None
+    scored = stage.crop(picture, analysis) if analysis is not None else picture
+    out.cells = cell_logits(detector, scored)
+    heat = heat_from_cells(out.cells, scored.size)
+    kps = scored_keypoints(scored, analysis, stage if stage.active else None)
+    if kps is not None:
+        boxes = region_boxes(kps, scored.size)
+        out.region_heat = mean_in_boxes(heat, boxes)
+        out.boxes = {
+            r: [(x0, y0), (x1, y0), (x1, y1), (x0, y1)] for r, (x0, y0, x1, y1) in boxes.items()
+        }
+    if analysis is not None and analysis.action == "aligned":
+        # Back onto the input through the crop's affine map (crop pixels -> picture pixels).
+        _, m = stage.crop_transform(analysis)
+        heat = stage.uncrop(heat, analysis, picture.size)
+        out.boxes = {
+            r: [tuple(m @ np.array([x, y, 1.0])) for x, y in poly]  # type: ignore[misc]
+            for r, poly in out.boxes.items()
+        }
+    out.heatmap = heat
+    return out
+
+
+def render(picture: Image.Image, explanation: Explanation) -> Image.Image:
+    """The input with the heatmap blended in, region outlines and scores, and the verdict."""
+    from matplotlib import colormaps
+
+    base = picture.convert("RGB")
+    w = base.width
+    if explanation.heatmap is not None:
+        heat = explanation.heatmap
+        colour = (colormaps["inferno"](heat)[..., :3] * 255).astype(np.float32)
+        alpha = (0.6 * heat)[..., None]
+        mixed = np.asarray(base, np.float32) * (1 - alpha) + colour * alpha
+        base = Image.fromarray(mixed.round().astype(np.uint8))
+    draw = ImageDraw.Draw(base)
+    # Labels sized to the face (a small face in a large photo gets small labels).
+    eye = explanation.boxes.get("left_eye")
+    face_px = max(p[0] for p in eye) - min(p[0] for p in eye) if eye else w
+    font = ImageFont.load_default(size=max(9, min(w // 28, round(0.25 * face_px))))
+    top = explanation.top_region
+    scores = explanation.regions or {}
+    for region in REGIONS:
+        poly = explanation.boxes.get(region)
+        if not poly:
+            continue
+        strong = region == top
+        colour = (255, 60, 60) if strong else (235, 235, 235)
+        draw.polygon(poly, outline=colour, width=max(1, w // (90 if strong else 200)))
+        if region in scores:
+            x, y = min(p[0] for p in poly), max(p[1] for p in poly)
+            draw.text(
+                (x, y + 1),
+                f"{scores[region]:.2f}",
+                fill=colour,
+                font=font,
+                stroke_width=1,
+                stroke_fill=(0, 0, 0),
+            )
+    v = explanation.verdict
+    label = v.verdict if v.fake_probability is None else f"{v.verdict} {v.fake_probability:.3f}"
+    draw.text((3, 2), label, fill=(255, 255, 255), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    return base
+
+
+def explain_to(
+    detector: Detector, source: str | Path | bytes | DecodedImage, out_dir: Path, stem: str
+) -> tuple[Explanation, Path]:
+    """Explain one input and write ``<stem>.explain.png`` (the input's size) in ``out_dir``."""
+    decoded = source if isinstance(source, DecodedImage) else load_image(source)
+    exp = explain(detector, decoded, str(source) if isinstance(source, str | Path) else None)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.explain.png"
+    render(decoded.image, exp).save(path)
+    return exp, path

@@ -1,0 +1,207 @@
+"""Localisation: region labels, region scores in the bundle, the P6 metric, `explain`."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from facecheck.cli import main
+from facecheck.data import Record
+from facecheck.faces import FaceStage, scored_keypoints
+from facecheck.localise import region_targets
+from facecheck.metrics import localisation_metrics, pattern_name, wilson_interval
+from facecheck.pipeline import BundleError, Detector
+from facecheck.regions import REGIONS, RegionView, region_crops
+
+
+def test_region_bits_for_all_sixteen_patterns_and_the_three_bit_name(full_dataset):
+    for bits in itertools.product((0, 1), repeat=4):
+        name = "".join(map(str, bits))
+        rec = Record(Path(f"rff/fake/mid_7_{name}.jpg"), "fake", "rff")
+        assert rec.regions == bits and rec.difficulty == "mid"
+    # Three bits cannot say which region is missing: no region label (documented in data).
+    three = Record(Path("rff/fake/easy_116_111.jpg"), "fake", "rff")
+    assert three.regions is None and three.difficulty == "easy"
+    assert Record(Path("rff/real/real_00001.jpg"), "real", "rff").regions is None
+    # The shared data: every fake but that one has four bits; 15 patterns (no "0000").
+    fakes = [r for r in full_dataset if r.source == "rff" and r.label == "fake"]
+    assert [r.path.stem for r in fakes if r.regions is None] == ["easy_116_111"]
+    assert len({r.regions for r in fakes if r.regions}) == 15
+    assert (0, 0, 0, 0) not in {r.regions for r in fakes}
+    # Targets: reals are all-untouched, the 3-bit fake and generated fakes have none.
+    recs = [fakes[0], three, Record(Path("real.jpg"), "real"), Record(Path("g.jpg"), "fake", "gan")]
+    Y, known = region_targets(recs)
+    assert known.tolist() == [True, False, True, False]
+    assert tuple(Y[0]) == fakes[0].regions and Y[2].sum() == 0
+
+
+def test_p6_metrics_on_a_constructed_example():
+    # Four fakes and two reals. Top region hits: fake 0 (LE), fake 1 (M), fake 2 misses
+    # (scores N, only RE replaced), fake 3 (all replaced) always hits.
+    Y = np.array(
+        [[1, 0, 0, 0], [0, 0, 0, 1], [0, 1, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]
+    )
+    P = np.array(
+        [
+            [0.9, 0.1, 0.2, 0.3],
+            [0.2, 0.1, 0.3, 0.8],
+            [0.1, 0.4, 0.7, 0.2],
+            [0.5, 0.6, 0.7, 0.8],
+            [0.3, 0.2, 0.1, 0.1],
+            [0.1, 0.3, 0.5, 0.2],
+        ]
+    )
+    y = np.array([1, 1, 1, 1, 0, 0])
+    detected = np.array([True, False, True, True, False, True])
+    difficulty = np.array(["easy", "easy", "hard", "mid", "", ""], dtype=object)
+    m = localisation_metrics(Y, P, y, detected, difficulty)
+    assert m["top_region"]["top_hit"] == pytest.approx(3 / 4)
+    assert m["top_region"]["n"] == 4
+    assert m["chance"] == pytest.approx(7 / 16)  # replaced regions among the fakes' 16
+    assert m["detector_recall"] == pytest.approx(3 / 4)
+    # Left eye: replaced in fakes 0 and 3 (scores 0.9, 0.5) against 0.2, 0.1, 0.3, 0.1.
+    assert m["regions"]["left_eye"]["auc_all"] == pytest.approx(1.0)
+    # Among fakes only: 0.9, 0.5 against 0.2, 0.1.
+    assert m["regions"]["left_eye"]["auc_fakes"] == pytest.approx(1.0)
+    # Right eye: replaced in fakes 2 and 3 (0.4, 0.6) vs 0.1, 0.1, 0.2, 0.3: perfect.
+    # Nose: replaced in fake 3 only (0.7) vs 0.2, 0.3, 0.7, 0.1, 0.5: one tie -> 4.5/5.
+    assert m["regions"]["nose"]["auc_all"] == pytest.approx(4.5 / 5)
+    assert m["regions"]["mouth"]["detector_recall"] == pytest.approx(1 / 2)  # fakes 1, 3
+    assert m["patterns"]["left_eye"]["detector_recall"] == 1.0
+    assert m["patterns"]["mouth"]["detector_recall"] == 0.0
+    assert m["patterns"]["all four"]["top_hit"] == 1.0
+    assert m["difficulty"]["easy"]["n"] == 2 and m["difficulty"]["hard"]["top_hit"] == 0.0
+    assert pattern_name(np.array([1, 1, 0, 0])) == "left_eye+right_eye"
+
+
+def test_wilson_interval():
+    lo, hi = wilson_interval(8, 10)
+    assert lo == pytest.approx(0.490, abs=1e-3) and hi == pytest.approx(0.943, abs=1e-3)
+    assert wilson_interval(0, 5)[0] == pytest.approx(0.0)
+    assert all(np.isnan(wilson_interval(0, 0)))
+
+
+def test_region_view_crops_land_on_the_face_and_mirror_the_right_eye(face_paths):
+    picture = Image.open(face_paths[0]).convert("RGB")
+    stage = FaceStage()
+    analysis = stage.analyse(picture)
+    kps = scored_keypoints(picture, analysis, stage)
+    assert kps is not None
+    crops = RegionView(112)(picture, kps)
+    assert [c.size for c in crops] == [(112, 112)] * 4
+    plain = region_crops(np.asarray(picture), kps, 112)
+    assert np.array_equal(np.asarray(crops[0]), plain[0])
+    assert np.array_equal(np.asarray(crops[1]), plain[1][:, ::-1])
+    # A bigger context is another cache key; the default key names the crop sides.
+    assert RegionView(112).key != RegionView(112, 1.5).key
+
+
+def test_keypoints_follow_an_aligned_crop(face_paths):
+    """Keypoints mapped into the aligned crop (through the crop's affine map) sit where
+    BlazeFace finds them when it looks at that crop."""
+    face = Image.open(face_paths[0]).convert("RGB").resize((300, 300)).rotate(12)
+    canvas = Image.new("RGB", (1200, 900), (90, 110, 90))
+    canvas.paste(face, (450, 300))
+    stage = FaceStage()
+    analysis = stage.analyse(canvas)
+    assert analysis.action == "aligned"
+    crop = stage.crop(canvas, analysis)
+    mapped = scored_keypoints(crop, analysis, stage)
+    found = scored_keypoints(crop, None, None)  # BlazeFace on the crop itself
+    assert mapped is not None and found is not None
+    iod = np.hypot(*np.subtract(found["right_eye"], found["left_eye"]))
+    for name in REGIONS:
+        assert np.hypot(*np.subtract(mapped[name], found[name])) < 0.15 * iod, name
+    # Eyes level in the crop.
+    assert abs(mapped["left_eye"][1] - mapped["right_eye"][1]) < 0.1 * iod
+
+
+@pytest.fixture(scope="module")
+def p1_bundle(small_manifest, cache_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "p1"
+    args = ["train", "--data", str(small_manifest), "--protocol", "P1", "--out", str(out)]
+    assert main([*args, "--cache-dir", str(cache_dir), "--quiet"]) == 0
+    return out
+
+
+def test_trained_bundle_has_region_scores_and_check_reports_them(p1_bundle, face_paths, cache_dir):
+    meta = json.loads((p1_bundle / "bundle.json").read_text())
+    assert meta["regions"]["view"] == RegionView(224).key
+    assert meta["training"]["region_training"]["fakes"] >= 10
+    det = Detector.load(p1_bundle)
+    verdicts = det.check(face_paths[:3], regions="all")
+    for v in verdicts:
+        assert set(v.regions) == set(REGIONS)
+        assert all(0.0 <= p <= 1.0 for p in v.regions.values())
+    assert det.check(face_paths[:1], regions="none")[0].regions is None
+    # By default only inputs judged fake get region scores (they are for the reviewer).
+    flagged = det.check(face_paths[:6])
+    assert [v.regions is not None for v in flagged] == [v.verdict == "fake" for v in flagged]
+    with pytest.raises(ValueError, match="flagged"):
+        det.check(face_paths[:1], regions="some")
+    # Saved and loaded again: the same region scores.
+    again = Detector.load(det.save(p1_bundle.parent / "again"))
+    assert [v.regions for v in again.check(face_paths[:3], regions="all")] == [
+        v.regions for v in verdicts
+    ]
+
+
+def test_bundle_with_other_region_crops_is_refused(p1_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(p1_bundle, copy)
+    meta = json.loads((copy / "bundle.json").read_text())
+    meta["regions"]["view"] = RegionView(224, 1.5).key
+    (copy / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="region scores"):
+        Detector.load(copy)
+
+
+def test_explain_writes_pngs_of_the_inputs_size(p1_bundle, face_paths, tmp_path, capsys):
+    face = Image.open(face_paths[1]).convert("RGB").resize((300, 300))
+    canvas = Image.new("RGB", (1200, 900), (200, 200, 190))
+    canvas.paste(face, (100, 400))
+    canvas.save(tmp_path / "selfie.jpg")
+    Image.new("RGB", (240, 200), (120, 80, 60)).save(tmp_path / "flat.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    inputs = [face_paths[0], tmp_path / "selfie.jpg", tmp_path / "flat.png", tmp_path / "notes.txt"]
+    code = main(["explain", "--model", str(p1_bundle), "--out", str(out), *map(str, inputs)])
+    assert code == 1  # the text file and the faceless picture are reported
+    for src in inputs[:3]:
+        png = out / f"{Path(src).stem}.explain.png"
+        with Image.open(png) as img:
+            img.load()
+            assert img.format == "PNG" and img.size == Image.open(src).size
+    tight = json.loads((out / f"{Path(face_paths[0]).stem}.explain.json").read_text())
+    assert tight["top_region"] in REGIONS and len(tight["cells"]) == 7
+    selfie = json.loads((out / "selfie.explain.json").read_text())
+    assert selfie["face"]["action"] == "aligned"
+    # The boxes are drawn on the face, which sits at (100..400, 400..700) in the canvas.
+    for poly in selfie["boxes"].values():
+        xs, ys = zip(*poly, strict=True)
+        assert min(xs) >= 100 and max(xs) <= 400 and min(ys) >= 400 and max(ys) <= 700
+    assert json.loads((out / "flat.explain.json").read_text())["verdict"] == "no_face"
+    assert not (out / "notes.explain.png").exists()
+    assert "notes.txt" in capsys.readouterr().err
+
+
+def test_evaluate_p6_writes_the_localisation_section(small_manifest, cache_dir, tmp_path):
+    out = tmp_path / "report"
+    args = ["evaluate", "--data", str(small_manifest), "--protocols", "P6", "--out", str(out)]
+    args += ["--backbones", "efficientnet_lite0", "--heads", "logreg", "--n-boot", "50"]
+    code = main([*args, "--cache-dir", str(cache_dir), "--scores-csv", str(tmp_path / "s.csv")])
+    assert code == 0
+    text = (out / "report.md").read_text()
+    assert "## P6: localisation" in text and "P6_grid.png" in text
+    metrics = json.loads((out / "P6_metrics.json").read_text())
+    top = metrics["region_scores"]["top_region"]
+    assert top["n"] > 0 and 0.0 <= top["top_hit"] <= 1.0
+    with Image.open(out / "P6_grid.png") as img:
+        assert img.format == "PNG"
