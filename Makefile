@@ -26,14 +26,16 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # The main job: train the default detector, evaluate P1-P4 (both backbones, both heads),
-# write reports/make-run/report.md, and check two images with the trained detector.
+# localisation (P6), write reports/make-run/report.md, check two images and explain two.
 run: install
 	@start=$$(date +%s); \
 	$(BIN)/facecheck train --data $(DATA) --protocol ALL --seed $(SEED) --out $(DETECTOR) && \
 	$(BIN)/facecheck evaluate --data $(DATA) --seed $(SEED) --run-name make-run \
-	    --protocols P1,P2,P3,P3-212,P4,ALL --cv 5 --out $(REPORT) --scores-csv $(SCORES) && \
+	    --protocols P1,P2,P3,P3-212,P4,ALL,P6 --cv 5 --out $(REPORT) --scores-csv $(SCORES) && \
 	$(BIN)/facecheck check --model $(DETECTOR) \
 	    $(DATA)/rff/real/real_00001.jpg $(DATA)/gan/fake/tpdne_000_0002.jpg && \
+	$(BIN)/facecheck explain --model $(DETECTOR) --out $(REPORT)/explain \
+	    $(DATA)/rff/fake/mid_1_1101.jpg $(DATA)/gan/fake/tpdne_000_0002.jpg && \
 	echo "make run: $$(( $$(date +%s) - start )) s wall"
 
 test: install

@@ -377,6 +377,12 @@ def main() -> None:
             "From `benchmarks/self_blend.md` (GPU runs; the goal is P1 ROC-AUC >= 0.90 by "
             "5-fold CV).",
         ),
+        *markdown_section(
+            ROOT / "benchmarks" / "localise.md",
+            "Localisation, P6 (issue 6)",
+            "From `benchmarks/localise.md` (`python benchmarks/localise.py`); the same test "
+            "figures are in the `make run` report's P6 section.",
+        ),
         *speed_section(),
     ]
     OUT.write_text("\n".join(lines) + "\n")

@@ -33,10 +33,13 @@ def test_region_bits_for_all_sixteen_patterns_and_the_three_bit_name(full_datase
     assert [r.path.stem for r in fakes if r.regions is None] == ["easy_116_111"]
     assert len({r.regions for r in fakes if r.regions}) == 15
     assert (0, 0, 0, 0) not in {r.regions for r in fakes}
-    # Targets: reals are all-untouched, the 3-bit fake and generated fakes have none.
-    recs = [fakes[0], three, Record(Path("real.jpg"), "real"), Record(Path("g.jpg"), "fake", "gan")]
-    Y, known = region_targets(recs)
-    assert known.tolist() == [True, False, True, False]
+    # Targets: reals of the fakes' source are all-untouched; the 3-bit fake, generated fakes
+    # and reals of another source (a source shortcut) have none.
+    real = Record(Path("real.jpg"), "real", "rff")
+    other = Record(Path("utk.jpg"), "real", "utkface")
+    gan = Record(Path("g.jpg"), "fake", "gan")
+    Y, known = region_targets([fakes[0], three, real, gan, other])
+    assert known.tolist() == [True, False, True, False, False]
     assert tuple(Y[0]) == fakes[0].regions and Y[2].sum() == 0
 
 

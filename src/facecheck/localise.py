@@ -29,12 +29,15 @@ def region_targets(records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
     """Region labels (n, 4) and a mask of the records that have them.
 
     An rff fake's bits come from its name; every region of a real is untouched (0). Fakes
-    without four bits (the one 3-bit rff name, generated faces) have no region labels.
+    without four bits (the one 3-bit rff name, generated faces) have no region labels, and
+    nor do reals of a source without labelled fakes: UTKFace's reals against rff's fakes
+    would teach the regions to tell the sources apart (a linear probe does that perfectly).
     """
     Y = np.zeros((len(records), len(REGIONS)), np.int64)
     known = np.zeros(len(records), bool)
+    sources = {r.source for r in records if r.label == "fake" and r.regions is not None}
     for i, r in enumerate(records):
-        if r.label == "real":
+        if r.label == "real" and r.source in sources:
             known[i] = True
         elif r.regions is not None:
             Y[i], known[i] = r.regions, True

@@ -484,6 +484,10 @@ def _face_stage_text(det) -> str:
     )
 
 
+def _counts_text(counts: dict | None) -> str:
+    return ", ".join(f"{v:,} {k}" for k, v in (counts or {}).items()) or "counts not recorded"
+
+
 def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
     """MODEL_CARD.md beside a bundle: what it was trained on, under which terms, how it did."""
     from .data import KNOWN_SOURCES
@@ -519,6 +523,18 @@ def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
         f"seed {training.get('seed')}, split by content hash; train counts "
         f"{training.get('train_counts')}; data fingerprint "
         f"`{str(training.get('data_fingerprint', ''))[:16]}`.",
+        "- **Region scores**: "
+        + (
+            "P(replaced) for the left eye, right eye, nose and mouth, from the same backbone's "
+            "features of a crop around each (placed by the face stage's keypoints; the eyes "
+            "share one logistic head, the right eye mirrored), trained on the file-name bits "
+            "of the rff fakes in the training split "
+            f"({_counts_text(training.get('region_training'))}); "
+            "`check` gives them for images judged fake, `explain` for any image, with a "
+            "heatmap. How well they localise: P6 in `benchmarks/localise.md`."
+            if det.regions is not None
+            else "none (the training data had no region labels)."
+        ),
         "- **Data sources and their terms** (the bundle inherits them: research and "
         "non-commercial use only):",
         *[f"  - `{s}`: {KNOWN_SOURCES.get(s, 'unknown source')}" for s in sources],
