@@ -313,7 +313,9 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def cmd_check(args) -> int:
+def _detector_and_files(args):
+    """The bundle and the image files of `check` / `explain`; (None, []) after printing why
+    when either is missing (exit status 2)."""
     from .pipeline import BundleError, Detector
 
     cache = _cache(args) if args.cache_dir else None
@@ -321,13 +323,19 @@ def cmd_check(args) -> int:
         det = Detector.load(args.model, cache=cache)
     except (BundleError, OSError, KeyError, RuntimeError) as exc:
         print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
-        return 2
-    if args.threshold is not None:
-        det.threshold = args.threshold
+        return None, []
     files = _expand(args.images)
     if not files:
         print("facecheck: no images found", file=sys.stderr)
+    return det, files
+
+
+def cmd_check(args) -> int:
+    det, files = _detector_and_files(args)
+    if det is None or not files:
         return 2
+    if args.threshold is not None:
+        det.threshold = args.threshold
     verdicts = det.check(files, regions=args.regions)
     if args.json:
         for v in verdicts:
@@ -352,17 +360,9 @@ def cmd_check(args) -> int:
 def cmd_explain(args) -> int:
     from .explain import explain_to
     from .imageio import ImageError
-    from .pipeline import BundleError, Detector
 
-    cache = _cache(args) if args.cache_dir else None
-    try:
-        det = Detector.load(args.model, cache=cache)
-    except (BundleError, OSError, KeyError, RuntimeError) as exc:
-        print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
-        return 2
-    files = _expand(args.images)
-    if not files:
-        print("facecheck: no images found", file=sys.stderr)
+    det, files = _detector_and_files(args)
+    if det is None or not files:
         return 2
     failed = 0
     for f in files:
