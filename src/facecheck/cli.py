@@ -81,6 +81,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """--model and --cache-dir, as `check` and `explain` take them."""
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="detector bundle folder (default: the one shipped in the package)",
+    )
+    p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facecheck",
@@ -101,12 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
         "1 some inputs were invalid, 2 usage or model error.",
     )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="detector bundle folder (default: the one shipped in the package)",
-    )
+    _model_options(p)
     p.add_argument(
         "--threshold",
         type=float,
@@ -121,7 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="which images get region scores (eye/nose/mouth replaced): those judged fake "
         "(default), all, or none",
     )
-    p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
 
     p = sub.add_parser(
         "explain",
@@ -133,13 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG and JSON files")
-    p.add_argument(
-        "--model",
-        type=Path,
-        default=None,
-        help="detector bundle folder (default: the one shipped in the package)",
-    )
-    p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
+    _model_options(p)
 
     p = sub.add_parser(
         "train",

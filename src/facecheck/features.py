@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -453,13 +453,19 @@ class FeatureExtractor:
         return content_hash(data), data
 
     def extract(
-        self, sources: Sequence[Source], hashes: Sequence[str] | None = None, *, desc: str = ""
+        self,
+        sources: Sequence[Source],
+        hashes: Sequence[str] | None = None,
+        *,
+        desc: str = "",
+        faces: Mapping[int, FaceAnalysis] | None = None,
     ) -> Extraction:
         """Features for paths, bytes or decoded images, cached by content hash.
 
-        ``hashes`` (e.g. from a dataset's records) skips re-hashing. A file that cannot be
-        decoded, or (with a face stage) holds no face or several, gets a NaN row and an entry
-        in ``errors``; the others are still extracted.
+        ``hashes`` (e.g. from a dataset's records) skips re-hashing; ``faces`` (by input
+        index, e.g. another extraction's) skips the face stage for those inputs. A file that
+        cannot be decoded, or (with a face stage) holds no face or several, gets a NaN row
+        and an entry in ``errors``; the others are still extracted.
         """
         n = len(sources)
         out = np.full((n, self.dim), np.nan, dtype=np.float32)
@@ -481,7 +487,9 @@ class FeatureExtractor:
             if i not in errors:
                 first_of.setdefault(digests[i], i)
         pictures: dict[int, Image.Image] = {}
-        faces = self._analyse_faces(sources, digests, raw, first_of, errors, pictures, desc)
+        faces = self._analyse_faces(
+            sources, digests, raw, first_of, errors, pictures, desc, dict(faces or {})
+        )
         # Passthrough pictures share the stage-less features (same pixels); aligned crops
         # are cached under their own key.
         keys = {i: self._feature_key(faces.get(i)) for i in first_of.values() if i not in errors}
@@ -559,6 +567,7 @@ class FeatureExtractor:
         errors: dict[int, ImageError],
         pictures: dict[int, Image.Image],
         desc: str,
+        given: dict[int, FaceAnalysis],
     ) -> dict[int, FaceAnalysis]:
         """The face stage's decision for each unique image (cached by content hash).
 
@@ -569,10 +578,12 @@ class FeatureExtractor:
         if stage is None or not stage.active:
             return {}
         unique = [i for i in first_of.values() if i not in errors]
-        known = self.cache.get_many(stage.key, [digests[i] for i in unique]) if self.cache else {}
-        analyses = {
-            i: FaceAnalysis.from_vector(known[digests[i]]) for i in unique if digests[i] in known
-        }
+        analyses = {i: given[i] for i in unique if i in given}
+        lookup = [digests[i] for i in unique if i not in analyses]
+        known = self.cache.get_many(stage.key, lookup) if self.cache and lookup else {}
+        analyses.update(
+            {i: FaceAnalysis.from_vector(known[digests[i]]) for i in unique if digests[i] in known}
+        )
         todo = [i for i in unique if i not in analyses]
         keep = len(todo) <= 256
         fresh: dict[str, np.ndarray] = {}

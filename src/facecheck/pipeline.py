@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .faces import FaceError, FaceStage
+from .faces import FaceAnalysis, FaceError, FaceStage
 from .features import (
     Backbone,
     FeatureCache,
@@ -170,10 +170,15 @@ class Detector:
         return ex.features
 
     def region_features(
-        self, X: Sequence[Source], hashes: Sequence[str] | None = None
+        self,
+        X: Sequence[Source],
+        hashes: Sequence[str] | None = None,
+        faces: dict[int, FaceAnalysis] | None = None,
     ) -> np.ndarray:
-        """Region-crop feature rows (n, 4 * dim); NaN rows for pictures that cannot be scored."""
-        return self.region_extractor.extract(X, hashes, desc="region features").features
+        """Region-crop feature rows (n, 4 * dim); NaN rows for pictures that cannot be scored.
+        ``faces``: the face stage's decisions already made for these inputs, by index."""
+        ex = self.region_extractor.extract(X, hashes, desc="region features", faces=faces)
+        return ex.features
 
     def fit_regions(self, F: np.ndarray, Y: np.ndarray) -> Detector:
         """Learn region scores from region features and region bits (see localise)."""
@@ -266,7 +271,12 @@ class Detector:
             wanted = ok if regions == "all" else ok & (np.nan_to_num(probs) >= self.threshold)
             if regions != "none" and self.regions is not None and wanted.any():
                 idx = np.flatnonzero(wanted)
-                F = self.region_features([X[i] for i in idx], [ex.hashes[i] for i in idx])
+                # The image pass has made the face stage's decisions: not made again.
+                F = self.region_features(
+                    [X[i] for i in idx],
+                    [ex.hashes[i] for i in idx],
+                    {j: ex.faces[i] for j, i in enumerate(idx) if i in ex.faces},
+                )
                 region_p[idx] = self.regions.predict_proba(F)
         out = []
         for i, name in enumerate(names):
