@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 from pathlib import Path
 
@@ -67,3 +68,59 @@ def face_paths(shared_data) -> list[Path]:
         *sorted((shared_data / "rff" / "fake").glob("*.jpg"))[:4],
         *sorted((shared_data / "gan" / "fake").glob("*.jpg"))[:4],
     ]
+
+
+# -- databases for the service's storage tests: SQLite always, PostgreSQL where .ci/run (or
+# a developer) started one and named it in FACECHECK_TEST_POSTGRES_URL.
+POSTGRES_URL = os.environ.get("FACECHECK_TEST_POSTGRES_URL")
+
+
+def _fresh_postgres_db() -> tuple[str, object]:
+    import uuid
+
+    from sqlalchemy import create_engine, text
+
+    name = f"fc_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    url = POSTGRES_URL.rsplit("/", 1)[0] + f"/{name}"
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+    return url, drop
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path):
+    """A fresh, empty database: an SQLite file, or a new database on the PostgreSQL server."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'facecheck.db'}"
+        return
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the storage tests on PostgreSQL: .ci/run starts one")
+        pytest.skip("no PostgreSQL server (set FACECHECK_TEST_POSTGRES_URL, see .ci/services.sh)")
+    url, drop = _fresh_postgres_db()
+    yield url
+    drop()
+
+
+@pytest.fixture
+def store(database_url):
+    from facecheck.store import Store
+
+    st = Store(database_url)
+    yield st
+    st.dispose()
+
+
+@pytest.fixture(scope="session")
+def shipped_detector():
+    """The detector bundle shipped inside the package, loaded once."""
+    from facecheck.pipeline import Detector
+
+    return Detector.load(None)

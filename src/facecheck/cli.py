@@ -21,6 +21,8 @@ examples:
   facecheck train --data ../shared/data --protocol P1 --out models/p1
   facecheck evaluate --data ../shared/data --protocols P1,P2,P3,P3-212,P4
   facecheck backbones                              list the feature extractors
+  facecheck serve                                  scoring API + review queue on :8000
+  facecheck feedback export --out fb/              reviewed cases as training data
 
 Fake is the positive class. Thresholds are chosen on the validation split only; the test
 split is scored once, by `evaluate`. See README.md for the protocols (P1-P4)."""
@@ -175,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --calibrate: shift probabilities to this prior (e.g. 0.001 for 1:1000)",
     )
     p.add_argument(
+        "--add-manifest",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="extra labelled images (e.g. from `facecheck feedback export`) added to the "
+        "training split only; any that are byte-identical to a validation or test image are "
+        "left out (repeatable)",
+    )
+    p.add_argument(
         "--no-regions",
         action="store_true",
         help="skip the region scores (left eye, right eye, nose, mouth; trained on the "
@@ -264,7 +276,90 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     sub.add_parser("backbones", help="list feature extractors and fine-tunable networks")
+    _service_parsers(sub)
     return parser
+
+
+def _store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="the service's folder (default $FACECHECK_DATA_DIR or ~/.local/share/facecheck)",
+    )
+    p.add_argument(
+        "--database-url",
+        default=None,
+        help="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db (default: SQLite file "
+        "in the data folder; or $FACECHECK_DATABASE_URL)",
+    )
+
+
+def _service_parsers(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the scoring API and the review queue (FastAPI; docs at /docs)",
+        description="Serve POST /v1/checks, GET /v1/checks/{id}, /health, /metrics and the "
+        "review pages at /review. With no options: the shipped detector and an SQLite file "
+        "under ~/.local/share/facecheck; on first start an API key and a reviewer "
+        "'admin' are created and printed once. Every option can also be set as "
+        "FACECHECK_<OPTION> in the environment.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", type=Path, default=None, help="detector bundle (default: shipped)")
+    p.add_argument(
+        "--fake-above",
+        type=float,
+        default=None,
+        metavar="P",
+        help="decide 'fake' without a person at fake probability >= P (default: every "
+        "flagged image goes to review)",
+    )
+    p.add_argument(
+        "--no-fake-cases",
+        action="store_true",
+        help="do not open review cases for automatic 'fake' verdicts",
+    )
+    p.add_argument(
+        "--retention-days",
+        type=float,
+        default=None,
+        help="delete stored images this many days after the check (default 30)",
+    )
+    p.add_argument("--max-upload-mb", type=float, default=None, help="upload limit (default 10)")
+    p.add_argument("--lease-seconds", type=int, default=None, help="claim on a case (600)")
+    p.add_argument("--secure-cookies", action="store_true", help="when served over HTTPS")
+    _store_options(p)
+
+    p = sub.add_parser("apikey", help="create, list or revoke the scoring API's keys")
+    p.add_argument("action", choices=["create", "list", "revoke"])
+    p.add_argument("name", nargs="?", help="create: a name for the key; revoke: its id")
+    _store_options(p)
+
+    p = sub.add_parser("reviewer", help="add a reviewer or set a reviewer's password")
+    p.add_argument("action", choices=["add", "passwd"])
+    p.add_argument("username")
+    p.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (default: ask, or generate with --generate)",
+    )
+    p.add_argument("--generate", action="store_true", help="generate a password and print it")
+    _store_options(p)
+
+    p = sub.add_parser(
+        "feedback",
+        help="reviewed cases as training data; reviewer agreement with the model",
+        description="export: write decided cases (image + the reviewer's label) as a dataset "
+        "folder for `facecheck train --add-manifest OUT/manifest.jsonl`. report: per period "
+        "and model version, decided cases and how often reviewers agreed with the model.",
+    )
+    p.add_argument("action", choices=["export", "report"])
+    p.add_argument("--out", type=Path, default=None, help="export: folder to write")
+    p.add_argument("--by", default="week", choices=["day", "week", "month"])
+    p.add_argument("--csv", type=Path, default=None, help="report: also write this CSV")
+    _store_options(p)
 
 
 def _rule(args) -> str:
@@ -409,6 +504,9 @@ def cmd_train(args) -> int:
         face_stage=args.face_stage,
     )
     train, val = proto.split.train, proto.split.val
+    added = _added_training(args.add_manifest, proto) if args.add_manifest else None
+    if added is not None:
+        train = train.subset([*train.records, *added.records])
     t0 = time.perf_counter()
     # Pictures the face stage refuses (no face, several) are left out of training and of
     # threshold choice, and counted in the bundle.
@@ -438,6 +536,9 @@ def cmd_train(args) -> int:
                 "val": int((~keep_v).sum()),
             },
             "region_training": region_counts,
+            "added": None
+            if added is None
+            else {"manifests": [str(m) for m in args.add_manifest], **added.counts()},
             "seconds": round(time.perf_counter() - t0, 1),
         },
         metrics_val=val_metrics,
@@ -452,6 +553,23 @@ def cmd_train(args) -> int:
         + ", ".join(f"{k} {val_metrics[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr"))
     )
     return 0
+
+
+def _added_training(manifests: list[Path], proto):
+    """Records of ``manifests`` for the training split, minus copies of val/test images."""
+    from .data import Dataset, load_dataset, with_hashes
+
+    held_out = {r.sha256 for name in ("val", "test") for r in proto.split[name].records}
+    held_out |= {r.sha256 for ds in proto.test_sets.values() for r in ds.records}
+    records = [r for m in manifests for r in with_hashes(load_dataset(m)).records]
+    kept = [r for r in records if r.sha256 not in held_out]
+    if len(kept) < len(records):
+        print(
+            f"facecheck train: {len(records) - len(kept)} added images are copies of "
+            "validation/test images and were left out",
+            file=sys.stderr,
+        )
+    return Dataset(kept)
 
 
 def _fit_regions(det, train) -> dict[str, int] | None:
@@ -679,6 +797,107 @@ def cmd_backbones(_args) -> int:
     return 0
 
 
+def _settings(args, **overrides):
+    from .settings import ServiceSettings
+
+    return ServiceSettings.from_env(
+        data_dir=args.data_dir, database_url=args.database_url, **overrides
+    )
+
+
+def _open_store(args):
+    from .store import Store
+
+    return Store(_settings(args).url)
+
+
+def cmd_serve(args) -> int:
+    from .service import serve
+
+    settings = _settings(
+        args,
+        model=args.model,
+        fake_above=args.fake_above,
+        cases_for_fakes=False if args.no_fake_cases else None,
+        retention_days=args.retention_days,
+        max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
+        lease_seconds=args.lease_seconds,
+        secure_cookies=True if args.secure_cookies else None,
+    )
+    print(
+        f"facecheck serve: http://{args.host}:{args.port}/docs (API), /review (queue); "
+        f"data in {settings.data_dir if not settings.database_url else settings.database_url}",
+        file=sys.stderr,
+    )
+    serve(settings, args.host, args.port)
+    return 0
+
+
+def cmd_apikey(args) -> int:
+    store = _open_store(args)
+    if args.action == "create":
+        key = store.create_api_key(args.name or "unnamed")
+        print(key)
+        print("(shown once; only its hash is stored)", file=sys.stderr)
+    elif args.action == "list":
+        for k in store.list_api_keys():
+            state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+            print(f"{k['id']:4d}  {k['prefix']}...  {k['name']:20s} {k['created_at']}  {state}")
+    else:
+        if not (args.name or "").isdigit():
+            raise ValueError("apikey revoke needs the key's id (see `facecheck apikey list`)")
+        if not store.revoke_api_key(int(args.name)):
+            raise ValueError(f"no active key with id {args.name}")
+        print(f"revoked key {args.name}")
+    return 0
+
+
+def cmd_reviewer(args) -> int:
+    import getpass
+
+    from .security import new_token
+
+    if args.generate:
+        password = new_token()[:20]
+    elif args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+    store = _open_store(args)
+    if args.action == "add":
+        store.add_reviewer(args.username, password)
+    else:
+        store.set_password(args.username, password)
+    print(f"reviewer {args.username}: " + (password if args.generate else "password set"))
+    return 0
+
+
+def cmd_feedback(args) -> int:
+    from .feedback import agreement, agreement_csv, export
+
+    store = _open_store(args)
+    if args.action == "export":
+        if args.out is None:
+            raise ValueError("feedback export needs --out FOLDER")
+        s = export(store, args.out)
+        print(
+            f"wrote {s.manifest}: {s.exported} reviewed images ({s.real} real, {s.fake} fake); "
+            f"{s.without_image} decided cases had no image left (retention)"
+        )
+        return 0
+    rows = agreement(store, args.by)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_text(agreement_csv(rows))
+    print(f"{args.by:10s} {'model':40s} {'decided':>8s} {'fake':>6s} {'agree':>7s}")
+    for r in rows:
+        print(
+            f"{r['period']!s:10s} {r['model_version']!s:40s} {r['decided']:8d} "
+            f"{r['decided_fake']:6d} {r['agreement']:7.1%}"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler = {
@@ -688,6 +907,10 @@ def main(argv: list[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "finetune": cmd_finetune,
         "backbones": cmd_backbones,
+        "serve": cmd_serve,
+        "apikey": cmd_apikey,
+        "reviewer": cmd_reviewer,
+        "feedback": cmd_feedback,
     }[args.command]
     try:
         return handler(args)
