@@ -295,3 +295,35 @@ def test_first_start_creates_one_key_and_one_reviewer(tmp_path, shipped_detector
         store = Store(settings.url)
         assert store.api_key_id(key) is not None and store.count_reviewers() == 1
         store.dispose()
+
+
+def test_settings_from_the_environment_and_admin_commands(tmp_path, monkeypatch, capsys):
+    from facecheck.cli import main
+
+    monkeypatch.setenv("FACECHECK_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("FACECHECK_FAKE_ABOVE", "0.9")
+    monkeypatch.setenv("FACECHECK_CASES_FOR_FAKES", "false")
+    s = ServiceSettings.from_env(retention_days=7)
+    assert (s.data_dir, s.fake_above, s.cases_for_fakes, s.retention_days) == (
+        tmp_path,
+        0.9,
+        False,
+        7,
+    )
+    assert s.url == f"sqlite:///{tmp_path / 'facecheck.db'}"
+    monkeypatch.setenv("FACECHECK_FAKE_ABOVE", "1.5")
+    with pytest.raises(ValueError, match="fake_above"):
+        ServiceSettings.from_env()
+    monkeypatch.delenv("FACECHECK_FAKE_ABOVE")
+
+    assert main(["apikey", "create", "frontend"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert main(["apikey", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "frontend" in listing and key not in listing and key[:10] in listing
+    assert main(["apikey", "revoke", "1"]) == 0 and main(["apikey", "revoke", "1"]) == 2
+    assert main(["reviewer", "add", "carol", "--generate"]) == 0
+    password = capsys.readouterr().out.split(": ")[-1].strip()
+    store = Store(ServiceSettings.from_env().url)
+    assert store.api_key_id(key) is None and store.authenticate("carol", password) is not None
+    store.dispose()
