@@ -329,6 +329,12 @@ def _service_parsers(sub) -> None:
     )
     p.add_argument("--max-upload-mb", type=float, default=None, help="upload limit (default 10)")
     p.add_argument("--lease-seconds", type=int, default=None, help="claim on a case (600)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="score up to this many waiting uploads in one model call (default 16; 1: off)",
+    )
     p.add_argument("--secure-cookies", action="store_true", help="when served over HTTPS")
     _store_options(p)
 
@@ -822,6 +828,7 @@ def cmd_serve(args) -> int:
         retention_days=args.retention_days,
         max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
         lease_seconds=args.lease_seconds,
+        max_batch=args.max_batch,
         secure_cookies=True if args.secure_cookies else None,
     )
     print(

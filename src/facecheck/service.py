@@ -218,7 +218,7 @@ def create_app(
         det = detector or Detector.load(settings.model)  # None: the shipped bundle
         if bootstrap:
             _bootstrap(st)
-        scorer = BatchScorer(det, fake_above=settings.fake_above)
+        scorer = BatchScorer(det, fake_above=settings.fake_above, max_batch=settings.max_batch)
         await scorer.start()
         app.state.store, app.state.detector, app.state.scorer = st, det, scorer
         purge = asyncio.create_task(_purge_loop(st, settings))

@@ -38,6 +38,9 @@ class ServiceSettings:
     # How long a reviewer holds a case they opened before another may take it.
     lease_seconds: int = 600
     session_hours: float = 8.0
+    # Requests waiting when the model thread is free are scored together, up to this many
+    # (1: one at a time). See benchmarks/load.md for what it buys.
+    max_batch: int = 16
     # Mark cookies Secure (set this when the service is behind HTTPS).
     secure_cookies: bool = False
 
@@ -68,6 +71,8 @@ class ServiceSettings:
             raise ValueError("retention_days must be >= 0")
         if self.max_upload_bytes < 1024:
             raise ValueError("max_upload_bytes must be at least 1024")
+        if self.max_batch < 1:
+            raise ValueError("max_batch must be at least 1")
         if self.lease_seconds < 10:
             raise ValueError("lease_seconds must be at least 10")
 

@@ -165,6 +165,11 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.close()
 
 
+def _claimable(reviewer_id: int, now: dt.datetime):
+    """An open case this reviewer may take: nobody's, already theirs, or its lease ran out."""
+    return or_(Case.claimed_by.is_(None), Case.claimed_by == reviewer_id, Case.lease_until < now)
+
+
 class Store:
     """All reads and writes of the service, each in its own short transaction."""
 
@@ -467,11 +472,7 @@ class Store:
                 .where(
                     Case.id == case_id,
                     Case.status == "open",
-                    or_(
-                        Case.claimed_by.is_(None),
-                        Case.claimed_by == reviewer_id,
-                        Case.lease_until < now,
-                    ),
+                    _claimable(reviewer_id, now),
                 )
                 .values(claimed_by=reviewer_id, lease_until=now + lease)
             )
@@ -486,11 +487,7 @@ class Store:
                     select(Case.id)
                     .where(
                         Case.status == "open",
-                        or_(
-                            Case.claimed_by.is_(None),
-                            Case.claimed_by == reviewer_id,
-                            Case.lease_until < now,
-                        ),
+                        _claimable(reviewer_id, now),
                     )
                     .order_by(Case.created_at, Case.id)
                     .limit(1)
