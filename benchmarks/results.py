@@ -3,7 +3,8 @@
     python benchmarks/results.py
 
 Reads reports/make-run/metrics.csv (from `make run`), benchmarks/speed.json (from
-`make bench`) and benchmarks/make_run_timing.json (from benchmarks/time_make_run.sh), and
+`make bench`), benchmarks/make_run_timing.json (from benchmarks/time_make_run.sh) and the
+other benchmark scripts' Markdown tables (face_stage, self_blend, localise, load), and
 puts the seeds' published figures from ../shared/notes/protocols.md beside ours. Nothing
 here is typed in by hand except those published figures and the goals.
 """
@@ -382,6 +383,12 @@ def main() -> None:
             "Localisation, P6 (issue 6)",
             "From `benchmarks/localise.md` (`python benchmarks/localise.py`); the same test "
             "figures are in the `make run` report's P6 section.",
+        ),
+        *markdown_section(
+            ROOT / "benchmarks" / "load.md",
+            "The service under load (issue 7)",
+            "From `benchmarks/load.md` (`python benchmarks/load.py`): `facecheck serve` on "
+            "loopback, 1, 4 and 16 concurrent clients uploading real images.",
         ),
         *speed_section(),
     ]

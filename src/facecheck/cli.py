@@ -333,7 +333,8 @@ def _service_parsers(sub) -> None:
         "--max-batch",
         type=int,
         default=None,
-        help="score up to this many waiting uploads in one model call (default 16; 1: off)",
+        help="score up to this many waiting uploads in one model call (default 1: off; "
+        "see benchmarks/load.md)",
     )
     p.add_argument("--secure-cookies", action="store_true", help="when served over HTTPS")
     _store_options(p)

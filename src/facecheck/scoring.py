@@ -1,9 +1,10 @@
 """Scoring uploads for the service: content sniffing, the review band, request batching.
 
-The detector runs in one worker thread (PyTorch already uses every core for one batch), fed
-by :class:`BatchScorer`: whatever requests are waiting when the worker becomes free are scored
-as one batch, so a busy server amortises the per-call overhead while a single request waits
-for nothing (there is no batching window).
+The detector runs in one worker thread (PyTorch already uses every core for one image), fed
+by :class:`BatchScorer`: with ``max_batch > 1``, whatever requests are waiting when the worker
+becomes free are scored as one batch (there is no batching window, so a lone request never
+waits). On the 2-core CPU this bought nothing (benchmarks/load.md), so the service's default
+is 1; the option is there for GPU hosts.
 """
 
 from __future__ import annotations

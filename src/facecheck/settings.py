@@ -38,9 +38,10 @@ class ServiceSettings:
     # How long a reviewer holds a case they opened before another may take it.
     lease_seconds: int = 600
     session_hours: float = 8.0
-    # Requests waiting when the model thread is free are scored together, up to this many
-    # (1: one at a time). See benchmarks/load.md for what it buys.
-    max_batch: int = 16
+    # Requests waiting when the model thread is free are scored together, up to this many.
+    # 1 (one at a time) by default: on the 2-core CPU batching bought no throughput
+    # (benchmarks/load.md); on a GPU it may pay.
+    max_batch: int = 1
     # Mark cookies Secure (set this when the service is behind HTTPS).
     secure_cookies: bool = False
 
