@@ -139,3 +139,38 @@ def test_rff_difficulty_from_name(shared_data):
     assert Record(Path("rff/fake/easy_88_1101.jpg"), "fake").difficulty == "easy"
     assert Record(Path("rff/fake/hard_3_111.jpg"), "fake").difficulty == "hard"
     assert Record(Path("rff/real/real_00001.jpg"), "real").difficulty is None
+
+
+def test_p7_never_trains_on_the_held_out_source(full_dataset):
+    from dataclasses import replace
+
+    from facecheck.protocols import expand
+
+    names = expand(["P1", "P7"])
+    assert names[0] == "P1" and len(names) == 6
+    held = {
+        "P7-TPDNE": lambda r: r.source == "tpdne",
+        "P7-FAKEFACES": lambda r: r.source == "fakefaces",
+        "P7-HARD": lambda r: r.difficulty == "hard",
+        "P7-UTKFACE": lambda r: r.source == "utkface",
+        "P7-RFF": lambda r: r.source == "rff" and r.label == "real",
+    }
+    for name, is_held in held.items():
+        p = build(name, full_dataset, 0)
+        train_val = p.split.train.records + p.split.val.records
+        assert not any(is_held(r) for r in train_val), name
+        out, inside = p.test_sets["out-of-source"], p.test_sets["in-source"]
+        assert p.headline == "out-of-source" and inside is p.split.test
+        # Every held-out image is tested, beside the in-source test images of the other class.
+        assert sum(is_held(r) for r in out) == sum(is_held(r) for r in full_dataset), name
+        assert set(out.y) == {0, 1} and not any(is_held(r) for r in inside)
+        assert {r.path for r in out if not is_held(r)} <= {r.path for r in inside}
+        assert (name == "P7-HARD") == (not p.source_biased)
+    # A held-out image whose bytes also sit in the training pool is refused, not tested.
+    recs = [replace(r, sha256=str(r.path)) for r in full_dataset.records]
+    tpdne = next(r for r in recs if r.source == "tpdne")
+    twin = replace(next(r for r in recs if r.source == "fakefaces"), sha256=tpdne.sha256)
+    doubled = full_dataset.subset([*recs, twin])
+    with pytest.raises(AssertionError, match="held-out images are in train/val"):
+        for seed in range(20):  # the twin lands in train or val for most seeds
+            build("P7-TPDNE", doubled, seed)

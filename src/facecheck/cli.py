@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocols",
         default="P1,P2,P3,P3-212,P4",
-        help="comma-separated: P1, P2, P3, P3-212, P4, ALL, and P6 (localisation, on P1's split)",
+        help="comma-separated: P1, P2, P3, P3-212, P4, ALL, P6 (localisation, on P1's split) "
+        "and P7 (leave one source out: P7-TPDNE, P7-FAKEFACES, P7-HARD, P7-UTKFACE, P7-RFF)",
     )
     p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v2")
     p.add_argument(
@@ -612,14 +613,14 @@ def cmd_evaluate(args) -> int:
     )
     from .faces import FaceStage
     from .features import FeatureExtractor, load_backbone, resolve_name
-    from .protocols import build
+    from .protocols import build, expand
     from .report import git_commit, machine_description, write_report
 
     t0 = time.perf_counter()
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / run
     ds = load_dataset(args.data)
-    names = _names(args.protocols, upper=True)
+    names = expand(_names(args.protocols, upper=True))
     # P6 (localisation) is measured on P1's split with the first backbone and head.
     p6 = "P6" in names
     protocols = [build(p, ds, args.seed) for p in names if p != "P6"]

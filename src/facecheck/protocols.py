@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .data import Dataset, Split, draw, split_by_hash
+from .data import Dataset, Record, Split, draw, split_by_hash
 
 # The source of the Photoshop-edited images; every other fake source is a generator (GAN).
 EDITED_SOURCE = "rff"
@@ -172,6 +172,86 @@ def all_sources(ds: Dataset, seed: int = 0) -> Protocol:
     )
 
 
+def _leave_one_out(
+    ds: Dataset,
+    seed: int,
+    *,
+    name: str,
+    title: str,
+    pool: list[Record],
+    held_out: list[Record],
+    same_source: bool,
+) -> Protocol:
+    """Split ``pool`` by hash as usual; test on the split's test part (in-source) and on the
+    held-out records joined with the test part's other class (out-of-source)."""
+    split = split_by_hash(ds.subset(pool), seed=seed)
+    seen = {r.sha256 or str(r.path) for part in (split.train, split.val) for r in part}
+    leaked = [r for r in held_out if (r.sha256 or str(r.path)) in seen]
+    if leaked:  # by construction this cannot happen; a duplicate across sources could
+        raise AssertionError(f"{name}: {len(leaked)} held-out images are in train/val")
+    label = held_out[0].label
+    other = [r for r in split.test if r.label != label]
+    sets = {"out-of-source": ds.subset(held_out + other), "in-source": split.test}
+    return Protocol(
+        name,
+        title,
+        split,
+        sets,
+        "out-of-source",
+        source_biased=set() if same_source else set(sets),
+        seed=seed,
+    )
+
+
+def _source(ds: Dataset, source: str, label: str) -> list[Record]:
+    return ds.where(label=label, source=source).records
+
+
+def p7_gan(held: str, kept: str) -> Callable[[Dataset, int], Protocol]:
+    def build_(ds: Dataset, seed: int = 0) -> Protocol:
+        return _leave_one_out(
+            ds,
+            seed,
+            name=f"P7-{held.upper()}",
+            title=f"generated faces: trained on {kept}, tested on unseen {held} (all reals)",
+            pool=ds.where(label="real").records + _source(ds, kept, "fake"),
+            held_out=_source(ds, held, "fake"),
+            same_source=False,
+        )
+
+    return build_
+
+
+def p7_hard(ds: Dataset, seed: int = 0) -> Protocol:
+    """Photoshop edits: trained on easy + mid, tested on the unseen hard ones (rff reals)."""
+    real, fake = _rff(ds)
+    return _leave_one_out(
+        ds,
+        seed,
+        name="P7-HARD",
+        title="Photoshop edits: trained on easy+mid, tested on unseen hard (rff reals)",
+        pool=real.records + [r for r in fake if r.difficulty in ("easy", "mid")],
+        held_out=[r for r in fake if r.difficulty == "hard"],
+        same_source=True,
+    )
+
+
+def p7_real(held: str, kept: str) -> Callable[[Dataset, int], Protocol]:
+    def build_(ds: Dataset, seed: int = 0) -> Protocol:
+        return _leave_one_out(
+            ds,
+            seed,
+            name=f"P7-{held.upper()}",
+            title=f"real faces: trained on {kept} reals, tested on unseen {held} reals "
+            "(generated fakes)",
+            pool=_source(ds, kept, "real") + generated(ds).records,
+            held_out=_source(ds, held, "real"),
+            same_source=False,
+        )
+
+    return build_
+
+
 PROTOCOLS: dict[str, Callable[[Dataset, int], Protocol]] = {
     "P1": p1,
     "P2": p2,
@@ -179,7 +259,25 @@ PROTOCOLS: dict[str, Callable[[Dataset, int], Protocol]] = {
     "P3-212": p3_212,
     "P4": p4,
     "ALL": all_sources,
+    # P7, leave one source out: the held-out source is never in train or val.
+    "P7-TPDNE": p7_gan("tpdne", "fakefaces"),
+    "P7-FAKEFACES": p7_gan("fakefaces", "tpdne"),
+    "P7-HARD": p7_hard,
+    "P7-UTKFACE": p7_real("utkface", "rff"),
+    "P7-RFF": p7_real("rff", "utkface"),
 }
+# Names that stand for several protocols.
+GROUPS = {"P7": [k for k in PROTOCOLS if k.startswith("P7-")]}
+
+
+def expand(names: list[str]) -> list[str]:
+    """Protocol names with groups (P7) replaced by their members, order kept."""
+    out: list[str] = []
+    for n in names:
+        for m in GROUPS.get(n.upper(), [n]):
+            if m not in out:
+                out.append(m)
+    return out
 
 
 def build(name: str, ds: Dataset, seed: int = 0) -> Protocol:
