@@ -203,7 +203,7 @@ def test_evaluate_p7_scores_the_held_out_source(small_manifest, cache_dir, tmp_p
     hard = sum(r.difficulty == "hard" for r in load_dataset(small_manifest))
     assert hard > 0
     args = ["evaluate", "--data", str(small_manifest), "--protocols", "P7-HARD,P7-TPDNE"]
-    args += ["--backbones", "lite0", "--heads", "logreg", "--n-boot", "50", "--quiet"]
+    args += ["--backbones", "lite0,lite0+mnv2", "--heads", "logreg", "--n-boot", "50", "--quiet"]
     args += ["--cache-dir", str(cache_dir), "--scores-csv", str(tmp_path / "s.csv")]
     assert main([*args, "--out", str(tmp_path / "p7")]) == 0
     rows = [
@@ -211,8 +211,25 @@ def test_evaluate_p7_scores_the_held_out_source(small_manifest, cache_dir, tmp_p
         for r in csv.DictReader((tmp_path / "p7" / "metrics.csv").open())
         if r["threshold_kind"] == "val:youden"
     ]
-    out = {r["protocol"]: r for r in rows if r["test_set"] == "out-of-source"}
+    assert {r["backbone"] for r in rows} == {
+        "efficientnet_lite0",
+        "efficientnet_lite0+mobilenet_v2",  # features concatenated
+    }
+    out = {
+        r["protocol"]: r
+        for r in rows
+        if r["test_set"] == "out-of-source" and r["backbone"] == "efficientnet_lite0"
+    }
     # Every held-out image is scored: all hard edits, all tpdne faces of the subset.
     assert int(out["P7-HARD"]["n_fake"]) == hard
     assert int(out["P7-TPDNE"]["n_fake"]) == 20
     assert all(0.0 <= float(r["roc_auc"]) <= 1.0 for r in rows)
+    report = (tmp_path / "p7" / "report.md").read_text()
+    assert "## Generalisation to unseen sources (P7)" in report
+    assert "## Source-bias audit" in report
+    audit = json.loads((tmp_path / "p7" / "audit.json").read_text())
+    # Within rff (P7-HARD) the uniform re-encoding leaves no JPEG-quality shortcut; the
+    # GAN-vs-real sets mix UTKFace's q75 files with q95 ones.
+    assert audit["tests"]["P7-HARD/out-of-source"]["shortcut_auc"]["jpeg_quality"] == 0.5
+    assert audit["tests"]["P7-TPDNE/out-of-source"]["shortcut_auc"]["jpeg_quality"] > 0.6
+    assert audit["real_source_probe"]["rff vs utkface"]["roc_auc"] > 0.9

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone, resolve_name
 from facecheck.imageio import load_image
@@ -82,3 +83,19 @@ def test_bytes_and_paths_agree(lite0, face_paths):
     b = ex.extract([face_paths[2].read_bytes()])
     assert a.hashes == b.hashes
     np.testing.assert_allclose(a.features, b.features, atol=1e-6)
+
+
+def test_reencoding_at_load_changes_pixels_and_the_cache_key(face_paths):
+    from dataclasses import replace
+
+    from facecheck.features import Preprocessing
+
+    plain = Preprocessing(224)
+    q50 = replace(plain, jpeg_quality=50)
+    img = Image.open(face_paths[0])
+    a, b = plain.pixels(img), q50.pixels(img)
+    assert a.shape == b.shape and 0 < np.abs(a.astype(int) - b.astype(int)).mean() < 10
+    assert q50.key() == plain.key() + "-jpeg50"
+    assert Preprocessing.from_dict(q50.to_dict()) == q50
+    old = {k: v for k, v in plain.to_dict().items() if k != "jpeg_quality"}
+    assert Preprocessing.from_dict(old) == plain  # bundles written before the option

@@ -129,3 +129,54 @@ def source_probe(F_a: np.ndarray, F_b: np.ndarray, *, folds: int = 5, seed: int 
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     p = cross_val_predict(probe, X, y, cv=cv, method="predict_proba")[:, 1]
     return float(roc_auc_score(y, p))
+
+
+def run_audit(
+    protocols: Sequence,
+    feats: dict[str, np.ndarray],
+    *,
+    seed: int = 0,
+    max_per_source: int = 1000,
+) -> dict[str, object]:
+    """The audit of an evaluation run: shortcut AUCs of file facts on every test set, and a
+    probe telling the real sources apart on the first backbone's features."""
+    facts: dict[Path, FileFacts] = {}
+
+    def of(records) -> list[FileFacts]:
+        for r in records:
+            if r.path not in facts:
+                facts[r.path] = file_facts(r.path)
+        return [facts[r.path] for r in records]
+
+    tests = {}
+    for p in protocols:
+        for name, ds in p.test_sets.items():
+            recs = ds.records
+            f = of(recs)
+            y = [r.y for r in recs]
+            tests[f"{p.name}/{name}"] = {
+                "source_biased": name in p.source_biased,
+                "shortcut_auc": shortcut_aucs(y, f),
+                "classes": class_summary(y, f),
+            }
+    reals: dict[str, list[np.ndarray]] = {}
+    seen: set[str] = set()
+    for p in protocols:
+        for part in (p.split.train, p.split.val, p.split.test, *p.test_sets.values()):
+            for r in part:
+                if r.label == "real" and r.sha256 in feats and r.sha256 not in seen:
+                    seen.add(r.sha256)
+                    reals.setdefault(r.source, []).append(feats[r.sha256])
+    rng = np.random.default_rng(seed)
+    probes = {}
+    names = sorted(s for s, v in reals.items() if len(v) >= 20)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            A, B = (np.stack(reals[s]) for s in (a, b))
+            A = A[rng.permutation(len(A))[:max_per_source]]
+            B = B[rng.permutation(len(B))[:max_per_source]]
+            probes[f"{a} vs {b}"] = {
+                "roc_auc": source_probe(A, B, seed=seed),
+                "n": [len(A), len(B)],
+            }
+    return {"tests": tests, "real_source_probe": probes}

@@ -244,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="protocols whose test sets get the perturbed copies (default P1,P4)",
     )
     p.add_argument(
+        "--reencode",
+        type=int,
+        default=None,
+        metavar="Q",
+        help="re-encode every picture as JPEG quality Q before the backbone (removes "
+        "compression differences between sources; see the report's source-bias audit)",
+    )
+    p.add_argument(
         "--train-augment",
         default="",
         metavar="NAME",
@@ -603,7 +611,19 @@ def _fit_regions(det, train) -> dict[str, int] | None:
     return {"images": int(ok.sum()), "fakes": int(labelled.y[ok].sum())}
 
 
+def _reencoded(backbone, quality: int | None):
+    """The backbone with every picture re-encoded as JPEG ``quality`` first (None: as is)."""
+    if not quality:
+        return backbone
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--reencode takes a JPEG quality 1-100, not {quality}")
+    prep = dataclasses.replace(backbone.preprocessing, jpeg_quality=quality)
+    return dataclasses.replace(backbone, preprocessing=prep)
+
+
 def cmd_evaluate(args) -> int:
+    import numpy as np
+
     from . import __version__
     from .data import load_dataset
     from .evaluate import (
@@ -626,7 +646,8 @@ def cmd_evaluate(args) -> int:
     p6 = "P6" in names
     protocols = [build(p, ds, args.seed) for p in names if p != "P6"]
     heads = _names(args.heads)
-    backbones = [resolve_name(b) for b in _names(args.backbones)]
+    # "a+b" concatenates the backbones' features (each extracted and cached on its own).
+    backbones = ["+".join(resolve_name(m) for m in b.split("+")) for b in _names(args.backbones)]
     extra = [build("P1", ds, args.seed)] if p6 else []
     used = _records_of(ds, protocols + extra, ("train", "val", "test"))
     localisation = []
@@ -637,16 +658,32 @@ def cmd_evaluate(args) -> int:
     p5_tests = _records_of(ds, protocols, ("test",), only=p5_on)
     p5_train = _records_of(ds, protocols, ("train",), only=p5_on)
     results, errors, extract_s = [], {}, {}
+    audit_feats = None
     for bb in backbones:
         t = time.perf_counter()
-        ex = FeatureExtractor(
-            load_backbone(bb),
-            cache,
-            tta=args.tta,
-            progress=not args.quiet,
-            face_stage=FaceStage(mode=args.face_stage),
-        )
-        feats, errs = extract_all(used, ex)
+        members = bb.split("+")
+        if len(members) > 1 and (perturbations or args.train_augment or p6):
+            raise ValueError("concatenated backbones (a+b) take no --perturb, --train-augment, P6")
+        extractors = [
+            FeatureExtractor(
+                _reencoded(load_backbone(m), args.reencode),
+                cache,
+                tta=args.tta,
+                progress=not args.quiet,
+                face_stage=FaceStage(mode=args.face_stage),
+            )
+            for m in members
+        ]
+        parts = [extract_all(used, e) for e in extractors]
+        ex = extractors[0]
+        feats = {
+            h: np.concatenate([f[h] for f, _ in parts])
+            for h in parts[0][0]
+            if all(h in f for f, _ in parts)
+        }
+        errs = {k: v for _, e in parts for k, v in e.items()}
+        if audit_feats is None:
+            audit_feats = feats
         extract_s[bb] = round(time.perf_counter() - t, 1)
         errors.update(errs)
         perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
@@ -709,6 +746,7 @@ def cmd_evaluate(args) -> int:
         "face_stage": args.face_stage,
         "P5 perturbations": ", ".join(perturbations) or "none",
         "training augmentation": args.train_augment or "none",
+        "re-encoded at load": f"JPEG q{args.reencode}" if args.reencode else "no",
         "machine": machine_description(),
         "feature extraction seconds (cache lookups included)": extract_s,
         "wall seconds": round(time.perf_counter() - t0, 1),
@@ -719,8 +757,17 @@ def cmd_evaluate(args) -> int:
             code = message.split(":", 1)[0]
             codes[code] = codes.get(code, 0) + 1
         info["images left out"] = ", ".join(f"{n} {c}" for c, n in sorted(codes.items()))
+    from .audit import run_audit
+
+    audit = run_audit(protocols, audit_feats or {}, seed=args.seed)
     path = write_report(
-        out, protocols, results, info, scores_csv=args.scores_csv, localisation=localisation
+        out,
+        protocols,
+        results,
+        info,
+        scores_csv=args.scores_csv,
+        localisation=localisation,
+        audit=audit,
     )
     print(f"report: {path}")
     return 0

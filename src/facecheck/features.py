@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import os
 import sqlite3
 import threading
@@ -44,11 +45,15 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     resample: str = "bilinear"
+    # Re-encode every picture as a JPEG of this quality before resizing, so that no class
+    # keeps its own compression history (a source shortcut; see facecheck.audit). None: off.
+    jpeg_quality: int | None = None
 
     def key(self) -> str:
         return (
             f"{self.size}px-{self.resample}-m{','.join(f'{v:.3f}' for v in self.mean)}"
             f"-s{','.join(f'{v:.3f}' for v in self.std)}"
+            + (f"-jpeg{self.jpeg_quality}" if self.jpeg_quality else "")
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -56,12 +61,23 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, d: dict) -> Preprocessing:
-        return cls(int(d["size"]), tuple(d["mean"]), tuple(d["std"]), str(d["resample"]))
+        return cls(
+            int(d["size"]),
+            tuple(d["mean"]),
+            tuple(d["std"]),
+            str(d["resample"]),
+            d.get("jpeg_quality"),
+        )
 
     def pixels(self, image: Image.Image) -> np.ndarray:
         """The resized picture as uint8, channels first (3, size, size)."""
         resample = getattr(Image.Resampling, self.resample.upper())
-        img = image.convert("RGB").resize((self.size, self.size), resample)
+        img = image.convert("RGB")
+        if self.jpeg_quality:
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=self.jpeg_quality)
+            img = Image.open(buf).convert("RGB")
+        img = img.resize((self.size, self.size), resample)
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy()
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:

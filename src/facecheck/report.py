@@ -4,6 +4,7 @@ and ``model_scores.csv`` rows that accumulate across runs (the notebook seed's c
 from __future__ import annotations
 
 import csv
+import json
 import math
 import platform
 import subprocess
@@ -243,6 +244,7 @@ def write_report(
     *,
     scores_csv: Path | None = None,
     localisation: Sequence[LocalisationResult] = (),
+    audit: dict | None = None,
 ) -> Path:
     """Write ``report.md``, ``metrics.csv`` and plots into ``out_dir``; append to the
     cumulative ``scores_csv``. Returns the Markdown path."""
@@ -349,9 +351,88 @@ def write_report(
             ]
     for loc in localisation:
         lines += localisation_section(out_dir, loc, int(info["seed"]))
+    lines += generalisation_section(protocols, results)
+    if audit is not None:
+        lines += audit_section(audit)
+        (out_dir / "audit.json").write_text(json.dumps(audit, indent=2, default=str))
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def generalisation_section(
+    protocols: Sequence[Protocol], results: Sequence[ModelResult]
+) -> list[str]:
+    """P7: in-source against out-of-source ROC-AUC and recall, per protocol and model."""
+    p7 = [p for p in protocols if {"in-source", "out-of-source"} <= set(p.test_sets)]
+    if not p7:
+        return []
+    lines = [
+        "## Generalisation to unseen sources (P7)",
+        "",
+        "Each P7 protocol holds one source out of training and validation entirely; "
+        "*in-source* is the usual test split, *out-of-source* the held-out source against "
+        "the same test images of the other class. Recall is at the validation threshold.",
+        "",
+        "| protocol | held out | model | ROC-AUC in | ROC-AUC out | gap | recall in | recall out "
+        "| FPR out |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for p in p7:
+        for r in (r for r in results if r.protocol == p.name):
+            i, o = r.tests["in-source"].at_val, r.tests["out-of-source"].at_val
+            lines.append(
+                f"| {p.name} | {p.title.split(':')[0]} | {r.label} | {_f(i['roc_auc'])} "
+                f"| {_f(o['roc_auc'])} | {_f(i['roc_auc'] - o['roc_auc'])} "
+                f"| {_f(i['recall'])} | {_f(o['recall'])} | {_f(o['fpr'])} |"
+            )
+    return [*lines, ""]
+
+
+def audit_section(audit: dict) -> list[str]:
+    """Source-bias audit: shortcuts that are not the manipulation (see facecheck.audit)."""
+    lines = [
+        "## Source-bias audit",
+        "",
+        "ROC-AUC of one file fact alone as a fake-vs-real score on each test set (folded: "
+        "0.5 = no shortcut, 1.0 = the fact alone separates the classes), and the JPEG "
+        "qualities / sizes each class has. A detector can learn any of these instead of the "
+        "edit; re-encoding every image the same way at load time removes the JPEG ones "
+        "(the shared data are already re-encoded uniformly, except UTKFace's own bytes). "
+        "Scores on re-encoded inputs: protocol P5 (`--perturb jpeg70`).",
+        "",
+        "| test set | source-biased | bytes | width | height | JPEG quality | real: quality "
+        "(count), size | fake: quality (count), size |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def cls(c: dict | None) -> str:
+        if not c:
+            return "–"
+        q = ", ".join(f"q{k} ({v})" for k, v in c["jpeg_quality"].items())
+        return f"{q}; {', '.join(c['sizes'])}"
+
+    for name, t in audit["tests"].items():
+        a = t["shortcut_auc"]
+        lines.append(
+            f"| {name} | {'yes' if t['source_biased'] else 'no'} | {_f(a['bytes'])} "
+            f"| {_f(a['width'])} | {_f(a['height'])} | {_f(a['jpeg_quality'])} "
+            f"| {cls(t['classes'].get('real'))} | {cls(t['classes'].get('fake'))} |"
+        )
+    lines.append("")
+    probes = audit.get("real_source_probe") or {}
+    if probes:
+        lines += [
+            "Telling the *real* sources apart (logistic probe on the first backbone's "
+            "features, 5-fold CV ROC-AUC; 1.0 means any figure that puts these sources in "
+            "different classes can be met by recognising the source): "
+            + "; ".join(
+                f"{k} {v['roc_auc']:.3f} (n={v['n'][0]}+{v['n'][1]})" for k, v in probes.items()
+            )
+            + ".",
+            "",
+        ]
+    return lines
 
 
 _SHORT = {"left_eye": "LE", "right_eye": "RE", "nose": "N", "mouth": "M"}
@@ -364,8 +445,6 @@ def _hit_text(h: dict) -> str:
 
 def localisation_section(out_dir: Path, loc: LocalisationResult, seed: int) -> list[str]:
     """P6: region scores against the rff file-name bits, and a grid of test fakes."""
-    import json
-
     m, hm = loc.metrics, loc.heat_metrics
     (out_dir / "P6_metrics.json").write_text(
         json.dumps({"region_scores": m, "heatmap": hm}, indent=2, default=float)
