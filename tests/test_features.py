@@ -99,3 +99,19 @@ def test_reencoding_at_load_changes_pixels_and_the_cache_key(face_paths):
     assert Preprocessing.from_dict(q50.to_dict()) == q50
     old = {k: v for k, v in plain.to_dict().items() if k != "jpeg_quality"}
     assert Preprocessing.from_dict(old) == plain  # bundles written before the option
+
+
+def test_a_run_knows_how_much_extraction_is_left(face_paths, lite0, tmp_path, capsys):
+    from facecheck.data import Dataset, Record, with_hashes
+    from facecheck.evaluate import extract_all, extraction_estimate
+    from facecheck.features import FeatureCache, FeatureExtractor, seconds_per_image
+
+    ds = with_hashes(Dataset([Record(p, "real") for p in face_paths[:4]]))
+    ex = FeatureExtractor(lite0, FeatureCache(tmp_path), progress=False)
+    todo, seconds = extraction_estimate(ds, ex)
+    assert todo == 4 and seconds == 4 * seconds_per_image("efficientnet_lite0")
+    extract_all(ds, ex)
+    assert extraction_estimate(ds, ex) == (0, 0.0)
+    # CLIP is the slow one: 13,286 images would take over an hour on the CPU, a GPU less.
+    assert 13_286 * seconds_per_image("clip_vit_b16_layers") > 3600
+    assert seconds_per_image("clip_vit_b16", "cuda") < seconds_per_image("clip_vit_b16")

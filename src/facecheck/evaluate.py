@@ -7,6 +7,7 @@ costs one extraction per backbone over the union of images.
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import Dataset, Record
-from .features import FeatureExtractor
+from .features import FeatureExtractor, seconds_per_image
 from .imageio import ImageError
 from .metrics import (
     binary_metrics,
@@ -75,8 +76,27 @@ class ModelResult:
         )
 
 
+def extraction_estimate(ds: Dataset, ex: FeatureExtractor) -> tuple[int, float]:
+    """(images not in the cache yet, about how many seconds extracting them will take)."""
+    unique = list(dict.fromkeys(ds.hashes))
+    cached = ex.cache.get_many(ex.key, unique) if ex.cache is not None else {}
+    todo = len(unique) - len(cached)
+    return todo, todo * seconds_per_image(ex.backbone.name, ex.device.type)
+
+
 def extract_all(ds: Dataset, ex: FeatureExtractor) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Features for every record, by content hash, plus the errors of unreadable files."""
+    """Features for every record, by content hash, plus the errors of unreadable files.
+
+    If the uncached images will take more than a minute, says so (with the estimate) first.
+    """
+    todo, seconds = extraction_estimate(ds, ex)
+    if seconds > 60:
+        print(
+            f"facecheck: {todo} images to extract with {ex.backbone.name} on "
+            f"{ex.device.type}, about {seconds / 60:.0f} min (cached and resumable)",
+            file=sys.stderr,
+            flush=True,
+        )
     result = ex.extract(ds.paths, ds.hashes, desc=f"features {ex.backbone.name}")
     feats = {h: result.features[i] for i, h in enumerate(result.hashes) if i not in result.errors}
     # "code: message", so reports can tell refusals by the face stage from broken files.

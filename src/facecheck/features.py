@@ -243,6 +243,17 @@ def _register_clip() -> None:
     )
 
 
+# Measured extraction cost per image on the 2-core CI machine (decode included): what a run
+# that needs uncached features announces before it starts.
+_CPU_SECONDS = {"efficientnet_lite0": 0.025, "mobilenet_v2": 0.015, "clip_vit_b16": 0.45}
+
+
+def seconds_per_image(name: str, device: str = "cpu") -> float:
+    """About how long one image takes to extract with backbone ``name`` on ``device``."""
+    cpu = _CPU_SECONDS.get(name.removesuffix("_layers"), 0.05)
+    return cpu if device == "cpu" else cpu / 20
+
+
 # The intermediate layers whose class tokens clip_vit_b16_layers concatenates (1-based).
 CLIP_LAYERS = (8, 12)
 _register_clip()
