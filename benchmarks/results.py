@@ -39,6 +39,13 @@ P5_RUNS = [
 # Further runs of `facecheck evaluate` reported beside make-run's: (metrics.csv, what, command).
 EXTRA_RUNS = [
     (
+        ROOT / "reports" / "clip-p1" / "metrics.csv",
+        "P1 and P7-HARD with frozen CLIP ViT-B/16 features (issues 8 and 9)",
+        "python benchmarks/clip_features.py && facecheck evaluate --protocols P1,P7-HARD "
+        "--backbones clip_vit_b16,clip_vit_b16_layers,efficientnet_lite0+clip_vit_b16 --heads "
+        "logreg,mlp --cv 5 --cv-protocols P1 --run-name clip-p1 --out reports/clip-p1",
+    ),
+    (
         ROOT / "reports" / "p1-tta" / "metrics.csv",
         "P1 with horizontal-flip test-time augmentation",
         "facecheck evaluate --protocols P1 --tta --cv 5 --run-name p1-tta --out reports/p1-tta",
@@ -139,13 +146,15 @@ def extra_section() -> list[str]:
             "",
             f"`{command}` (seed {rows[0]['seed']}):",
             "",
-            "| test set | model | ROC-AUC | 5-fold ROC-AUC (train+val) | accuracy | recall | FPR |",
-            "|---|---|---|---|---|---|---|",
+            "| protocol | test set | model | ROC-AUC | 5-fold ROC-AUC (train+val) | accuracy "
+            "| recall | FPR | recall@10%FPR |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             lines.append(
-                f"| {r['test_set']} | {r['model']} | {_ci(r, 'roc_auc')} | {_cv(r)} "
-                f"| {_ci(r, 'accuracy')} | {_ci(r, 'recall')} | {_ci(r, 'fpr')} |"
+                f"| {r['protocol']} | {r['test_set']} | {r['model']} | {_ci(r, 'roc_auc')} "
+                f"| {_cv(r)} | {_ci(r, 'accuracy')} | {_ci(r, 'recall')} | {_ci(r, 'fpr')} "
+                f"| {_f(r['recall_at_10fpr'])} |"
             )
         lines.append("")
     return lines
