@@ -2,8 +2,8 @@
 
     python benchmarks/clip_features.py [--data ../shared/data] [--limit N]
 
-CLIP costs 0.35-0.6 s per image on the 2-core CPU (about 1.5 hours for the 13,286 images;
-a GPU is used when there is one), so this runs once, ahead of `facecheck evaluate
+CLIP costs about 0.3 s per image on the 2-core CPU (3.6 images/s: about an hour for the
+13,286 images; a GPU is used when there is one), so this runs once, ahead of `facecheck evaluate
 --backbones clip_vit_b16,...`, which then finds every vector in the cache. It says how long
 it will take before it starts, commits every batch (a killed run resumes where it stopped)
 and goes source by source, smallest first (gan, rff, utkface), so a partial run already
@@ -40,6 +40,7 @@ from facecheck.features import (  # noqa: E402
     FeatureCache,
     FeatureExtractor,
     load_backbone,
+    seconds_per_image,
 )
 
 ORDER = ("gan", "rff", "utkface")  # folders, smallest first
@@ -75,7 +76,7 @@ def main() -> None:
 
     todo = [r for r in records if r.sha256 not in cache.get_many(ex_layers.key, [r.sha256])]
     dev = ex_layers.device
-    per_image = 0.45 if dev.type == "cpu" else 0.01
+    per_image = seconds_per_image("clip_vit_b16", dev.type)
     print(
         f"CLIP features: {len(records)} images, {len(records) - len(todo)} already cached, "
         f"{len(todo)} to extract on {dev.type} (about {len(todo) * per_image / 60:.0f} min)",
