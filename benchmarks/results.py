@@ -99,7 +99,7 @@ def _cv(row: dict) -> str:
 def metrics_section() -> list[str]:
     if not METRICS.exists():
         return ["No `reports/make-run/metrics.csv` yet: run `make run`.", ""]
-    rows = [r for r in csv.DictReader(METRICS.open()) if r["threshold_kind"].startswith("val")]
+    rows = _val_rows(METRICS)
     lines = [
         "## Detection metrics (test split, threshold chosen on validation)",
         "",
@@ -140,7 +140,7 @@ def extra_section() -> list[str]:
     for path, what, command in EXTRA_RUNS:
         if not path.exists():
             continue
-        rows = [r for r in csv.DictReader(path.open()) if r["threshold_kind"].startswith("val")]
+        rows = _val_rows(path)
         lines += [
             f"### {what}",
             "",
@@ -187,7 +187,7 @@ def p7_section() -> list[str]:
 def _p7_table(path: Path, command: str, first: bool) -> list[str]:
     if not path.exists():
         return []
-    rows = [r for r in csv.DictReader(path.open()) if r["threshold_kind"].startswith("val")]
+    rows = _val_rows(path)
     by = {(r["protocol"], r["model"], r["test_set"]): r for r in rows}
     head = ["## P7: leave one source out (issue 8)", ""] if first else []
     lines = [
@@ -218,8 +218,8 @@ def p4_backbones_section() -> list[str]:
         r
         for path, _ in (P7_RUN, CLIP_P7_RUN)
         if path.exists()
-        for r in csv.DictReader(path.open())
-        if r["threshold_kind"].startswith("val") and r["protocol"] == "P4"
+        for r in _val_rows(path)
+        if r["protocol"] == "P4"
     ]
     if not rows:
         return []
@@ -256,11 +256,7 @@ def reencode_section() -> list[str]:
         return []
 
     def load(p: Path) -> dict:
-        return {
-            (r["protocol"], r["test_set"], r["model"]): r
-            for r in csv.DictReader(p.open())
-            if r["threshold_kind"].startswith("val")
-        }
+        return {(r["protocol"], r["test_set"], r["model"]): r for r in _val_rows(p)}
 
     plain = {k: v for p in plain_paths for k, v in load(p).items()}
     lines = [
@@ -290,12 +286,7 @@ def p5_section() -> list[str]:
     runs = [(path, command) for path, command in P5_RUNS if path.exists()]
     if not runs:
         return []
-    rows = [
-        r
-        for path, _ in runs
-        for r in csv.DictReader(path.open())
-        if r["threshold_kind"].startswith("val")
-    ]
+    rows = [r for path, _ in runs for r in _val_rows(path)]
     by = {(r["protocol"], r["test_set"], r["model"]): r for r in rows}
     perts = sorted({r["test_set"].split("+", 1)[1] for r in rows if "+" in r["test_set"]})
     lines = [
@@ -337,6 +328,11 @@ def p5_section() -> list[str]:
 
 THESIS_DIR = ROOT / "reports" / "thesis-method"
 FINETUNE_DIR = ROOT / "reports" / "finetune"
+
+
+def _val_rows(path: Path) -> list[dict]:
+    """The rows of a metrics.csv at the validation-chosen threshold (not at 0.5)."""
+    return [r for r in csv.DictReader(path.open()) if r["threshold_kind"].startswith("val")]
 
 
 def _csv_rows(path: Path) -> list[dict]:
