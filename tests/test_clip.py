@@ -49,8 +49,6 @@ def test_clip_backbones_in_the_registry(face_paths):
     embed, layers = load_backbone("clip"), load_backbone("clip_vit_b16_layers")
     assert (embed.dim, layers.dim) == (512, 2 * WIDTH)
     assert embed.weights_id == layers.weights_id and "bicubic" in embed.cache_key(False)
-    with pytest.raises(NotImplementedError):  # no convolutional map: no heatmaps
-        embed.feature_map(torch.zeros(1, 3, 224, 224))
     paths = face_paths[:2]
     E = FeatureExtractor(embed, None, progress=False).extract(paths).features
     L = FeatureExtractor(layers, None, progress=False).extract(paths).features
@@ -59,3 +57,20 @@ def test_clip_backbones_in_the_registry(face_paths):
     # benchmarks/clip_features.py relies on to run the model once for both).
     proj = embed.model.visual_projection.weight.detach().numpy()
     assert np.allclose(L[:, -WIDTH:] @ proj.T, E, atol=1e-4 * np.abs(E).max())
+
+
+def test_patch_token_maps_share_the_features_space(face_paths):
+    """The map heatmaps and pooled region features read: patch tokens of the same layers,
+    through the same layer norm (and projection), from the same pass as the class token."""
+    x = torch.from_numpy(_pixels(face_paths[:2]))
+    for name, dim in (("clip", 512), ("clip_vit_b16_layers", 2 * WIDTH)):
+        bb = load_backbone(name)
+        with torch.no_grad():
+            fmap = bb.feature_map(x)
+            every = bb.model._tokens(x, class_only=False)
+            cls = bb.model(x)
+        assert fmap.shape == (2, dim, 14, 14)
+        assert torch.allclose(every[:, 0], cls, atol=1e-4)
+        assert torch.allclose(every[:, 1:].transpose(1, 2).reshape(2, dim, 14, 14), fmap)
+        # Patch tokens are not copies of the class token.
+        assert not torch.allclose(fmap.mean((2, 3)), cls, atol=1e-2)

@@ -13,10 +13,18 @@ from PIL import Image
 from facecheck.cli import main
 from facecheck.data import Record
 from facecheck.faces import FaceStage, scored_keypoints
+from facecheck.features import FeatureExtractor, load_backbone
 from facecheck.localise import region_targets
 from facecheck.metrics import localisation_metrics, pattern_name, wilson_interval
 from facecheck.pipeline import BundleError, Detector
-from facecheck.regions import REGIONS, RegionView, region_crops
+from facecheck.regions import (
+    REGIONS,
+    PooledRegionView,
+    RegionView,
+    box_weights,
+    region_boxes,
+    region_crops,
+)
 
 
 def test_region_bits_for_all_sixteen_patterns_and_the_three_bit_name(full_dataset):
@@ -104,6 +112,50 @@ def test_region_view_crops_land_on_the_face_and_mirror_the_right_eye(face_paths)
     assert RegionView(112).key != RegionView(112, 1.5).key
 
 
+def test_box_weights_cover_each_box_and_sum_to_one():
+    boxes = {
+        "left_eye": (0, 0, 16, 16),  # exactly the first cell of a 14 x 14 grid on 224 px
+        "right_eye": (16, 0, 48, 8),  # two cells' width, half a cell high
+        "nose": (100, 100, 101, 101),  # smaller than a cell: the cell it lies in
+        "mouth": (0, 0, 224, 224),  # the whole picture: a plain mean
+    }
+    W = box_weights(boxes, (224, 224), (14, 14))
+    assert W.shape == (4, 14, 14) and np.allclose(W.sum((1, 2)), 1)
+    assert W[0, 0, 0] == 1
+    assert np.allclose(W[1, 0, 1:3], 0.5) and W[1].sum() == pytest.approx(W[1, 0, 1:3].sum())
+    assert W[2, 6, 6] == 1  # pixel 100 lies in cell 6 (96..112)
+    assert np.allclose(W[3], 1 / 196)
+
+
+def test_pooled_region_features_average_the_map_inside_the_boxes(face_paths):
+    """Pooled region features are the backbone's map averaged inside each region box: for
+    Lite0, whose features are the map's mean, a box over the whole picture gives them back."""
+
+    class Whole(PooledRegionView):
+        def weights(self, picture, keypoints, grid):
+            return np.full((4, *grid), 1 / (grid[0] * grid[1]), np.float32)
+
+    bb = load_backbone("efficientnet_lite0")
+    image = FeatureExtractor(bb, None, progress=False).extract(face_paths[:2]).features
+    whole = FeatureExtractor(bb, None, progress=False, view=Whole()).extract(face_paths[:2])
+    assert whole.features.shape == (2, 4 * bb.dim)
+    for k in range(4):
+        assert np.allclose(whole.features[:, k * bb.dim : (k + 1) * bb.dim], image, atol=1e-4)
+    # The real view: each region's weights lie on its own box, and the regions differ.
+    picture = Image.open(face_paths[0]).convert("RGB")
+    stage = FaceStage()
+    kps = scored_keypoints(picture, stage.analyse(picture), stage)
+    W = PooledRegionView().weights(picture, kps, (7, 7))
+    side = picture.size[0] / 7
+    for k, (x0, y0, x1, y1) in enumerate(region_boxes(kps, picture.size).values()):
+        rows, cols = np.nonzero(W[k])
+        assert cols.min() * side < x1 and (cols.max() + 1) * side > x0
+        assert rows.min() * side < y1 and (rows.max() + 1) * side > y0
+    F = FeatureExtractor(bb, None, progress=False, view=PooledRegionView()).extract(face_paths[:1])
+    blocks = F.features[0].reshape(4, bb.dim)
+    assert not np.allclose(blocks[0], blocks[3])
+
+
 def test_keypoints_follow_an_aligned_crop(face_paths):
     """Keypoints mapped into the aligned crop (through the crop's affine map) sit where
     BlazeFace finds them when it looks at that crop."""
@@ -164,6 +216,27 @@ def test_bundle_with_other_region_crops_is_refused(p1_bundle, tmp_path):
     (copy / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="region scores"):
         Detector.load(copy)
+
+
+def test_bundle_with_pooled_region_features_round_trips(
+    small_manifest, cache_dir, face_paths, tmp_path
+):
+    out = tmp_path / "pooled"
+    args = ["train", "--data", str(small_manifest), "--protocol", "P1", "--out", str(out)]
+    args += ["--region-view", "pooled", "--cache-dir", str(cache_dir), "--quiet"]
+    assert main(args) == 0
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["regions"]["view"] == PooledRegionView().key
+    det = Detector.load(out)
+    assert det.region_view == "pooled"
+    assert isinstance(det.region_extractor.view, PooledRegionView)
+    verdicts = det.check(face_paths[:3], regions="all")
+    for v in verdicts:
+        assert set(v.regions) == set(REGIONS)
+    again = Detector.load(det.save(tmp_path / "again"))
+    assert [v.regions for v in again.check(face_paths[:3], regions="all")] == [
+        v.regions for v in verdicts
+    ]
 
 
 def test_explain_writes_pngs_of_the_inputs_size(p1_bundle, face_paths, tmp_path, capsys):

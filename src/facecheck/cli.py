@@ -192,6 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the region scores (left eye, right eye, nose, mouth; trained on the "
         "rff fakes' file-name bits, so only when the training data have them)",
     )
+    p.add_argument(
+        "--region-view",
+        choices=["crops", "pooled"],
+        default="crops",
+        help="region features from four crops through the backbone (default), or the "
+        "backbone's map pooled inside the region boxes (one pass; what a ViT backbone such "
+        "as CLIP does best, see benchmarks/localise.md)",
+    )
     _face_stage_option(p)
     _common(p)
 
@@ -519,6 +527,7 @@ def cmd_train(args) -> int:
         head_params={"seed": args.seed},
         progress=not args.quiet,
         face_stage=args.face_stage,
+        region_view=args.region_view,
     )
     train, val = proto.split.train, proto.split.val
     added = _added_training(args.add_manifest, proto) if args.add_manifest else None

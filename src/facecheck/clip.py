@@ -120,22 +120,36 @@ class ClipVision(nn.Module):
     def dim(self) -> int:
         return EMBED if not self.layers else WIDTH * len(self.layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _tokens(self, x: torch.Tensor, class_only: bool) -> torch.Tensor:
+        """Tokens of the picked layers after the final layer norm, concatenated along
+        channels (projected for the embedding): (n, dim) for the class token alone, else
+        (n, 1 + 196, dim) with the class token first."""
         vm = self.vision_model
         emb = vm.embeddings
         tokens = emb.patch_embedding(x).flatten(2).transpose(1, 2)
         cls = emb.class_embedding.expand(tokens.shape[0], 1, WIDTH)
         h = torch.cat([cls, tokens], dim=1) + emb.position_embedding.weight
         h = vm.pre_layrnorm(h)
+        layers = self.layers or (LAYERS,)
         picked = []
-        last = max(self.layers) if self.layers else LAYERS
-        for k, block in enumerate(vm.encoder.layers[:last], 1):
+        for k, block in enumerate(vm.encoder.layers[: max(layers)], 1):
             h = block(h)
-            if self.layers and k in self.layers:
-                picked.append(vm.post_layernorm(h[:, 0]))
-        if self.layers:
-            return torch.cat(picked, dim=1)
-        return self.visual_projection(vm.post_layernorm(h[:, 0]))
+            if k in layers:  # only the tokens read are normalised
+                picked.append(vm.post_layernorm(h[:, 0] if class_only else h))
+        out = torch.cat(picked, dim=-1)
+        return out if self.layers else self.visual_projection(out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._tokens(x, class_only=True)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The patch tokens as a map (n, dim, 14, 14), in the same space as the features
+        (same layers, same layer norm, same projection): what heatmaps and region pooling
+        read. Unlike a CNN's map, the features are not this map's mean: the class token
+        attends to the patches."""
+        patches = self._tokens(x, class_only=False)[:, 1:]
+        side = round(patches.shape[1] ** 0.5)
+        return patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
 
 
 def load_clip(path: str | Path, layers: Sequence[int] | None = None) -> ClipVision:

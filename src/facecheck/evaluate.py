@@ -267,6 +267,7 @@ def evaluate_localisation(
     rule: str = "youden",
     seed: int = 0,
     progress: bool = False,
+    region_view: str = "crops",
 ) -> LocalisationResult:
     """P6 on P1's split: the image head and region scores are fitted on train, the image
     threshold chosen on val, and the test split's rff images scored once."""
@@ -276,7 +277,13 @@ def evaluate_localisation(
     from .protocols import p1
 
     proto = p1(ds, seed)
-    det = Detector(ex.backbone.name, head, cache=ex.cache, face_stage=ex.face_stage or "off")
+    det = Detector(
+        ex.backbone.name,
+        head,
+        cache=ex.cache,
+        face_stage=ex.face_stage or "off",
+        region_view=region_view,
+    )
     det._extractor = ex  # the backbone is loaded already
     Xtr, ytr, _ = xy(proto.split.train, feats)
     Xva, yva, _ = xy(proto.split.val, feats)

@@ -90,6 +90,9 @@ class Preprocessing:
         return self.normalize(torch.from_numpy(self.pixels(image)))
 
 
+# Named facial points in a picture's pixels (the face stage's keypoints).
+Keypoints = dict[str, tuple[float, float]]
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -109,8 +112,9 @@ class Backbone:
         return f"{self.name}@{self.weights_id}|{self.preprocessing.key()}|tta={int(tta)}"
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """The last convolutional map (n, dim, h, w), before pooling: the features are its
-        spatial mean, which is what makes per-cell head scores (heatmaps) meaningful."""
+        """The map the features are read from (n, dim, h, w): a CNN's last convolutional
+        cells before pooling (the features are their mean, which is what makes per-cell head
+        scores a class activation map), or a ViT's patch tokens (``forward_features``)."""
         if isinstance(self.model, _Pooled):
             return self.model.trunk(x)
         forward = getattr(self.model, "forward_features", None)
@@ -507,6 +511,24 @@ class FeatureExtractor:
         return self._runner
 
     @torch.inference_mode()
+    def embed_pooled(
+        self, images: Sequence[Image.Image], keypoints: Sequence[Keypoints | None]
+    ) -> np.ndarray:
+        """Features of a pooled view (no cache): the backbone's map averaged with the view's
+        weights, (n, view.n * dim)."""
+        if not images:
+            return np.zeros((0, self.dim), np.float32)
+        prep = self.backbone.preprocessing
+        x = torch.stack([prep(im) for im in images]).to(self.device)
+        fmap = self.backbone.feature_map(x).float()  # (n, dim, rows, cols)
+        grid = (fmap.shape[2], fmap.shape[3])
+        w = np.stack(
+            [self.view.weights(im, k, grid) for im, k in zip(images, keypoints, strict=True)]  # type: ignore[union-attr]
+        )
+        pooled = torch.einsum("ndhw,nrhw->nrd", fmap, torch.from_numpy(w).to(fmap))
+        return pooled.reshape(len(images), -1).cpu().numpy()
+
+    @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Features for decoded pictures (no cache): the one place the network runs."""
         if not images:
@@ -588,8 +610,11 @@ class FeatureExtractor:
         computed = 0
         # A view embeds several pictures per input: keep the network's batch about the same.
         per_batch = max(1, self.batch_size // (self.view.n if self.view else 1))
+        pooled = getattr(self.view, "pooled", False)
+        if pooled:
+            per_batch = self.batch_size
         for chunk in _chunks(todo, per_batch):
-            pics, ok_idx = [], []
+            pics, kps, ok_idx = [], [], []
             for i in chunk:
                 try:
                     pic = pictures.pop(i, None)
@@ -597,11 +622,16 @@ class FeatureExtractor:
                         pic = self._decode(sources[i], raw.pop(i, None))
                     if i in faces:
                         pic = self.face_stage.crop(pic, faces[i])  # type: ignore[union-attr]
-                    pics.extend(self._views(pic, faces.get(i)))
+                    if pooled:
+                        pics.append(pic)
+                        kps.append(scored_keypoints(pic, faces.get(i), self.face_stage))
+                    else:
+                        pics.extend(self._views(pic, faces.get(i)))
                     ok_idx.append(i)
                 except ImageError as exc:
                     errors[i] = exc
-            feats = self.embed(pics).reshape(len(ok_idx), self.dim)
+            feats = self.embed_pooled(pics, kps) if pooled else self.embed(pics)
+            feats = feats.reshape(len(ok_idx), self.dim)
             for i, f in zip(ok_idx, feats, strict=True):
                 out[i] = f
             if self.cache and ok_idx:

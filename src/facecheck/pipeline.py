@@ -33,7 +33,7 @@ from .localise import RegionScorer
 from .metrics import choose_threshold
 from .models import HEADS, Head, make_head, split_head_spec
 from .policy import Calibrator
-from .regions import REGIONS, RegionView
+from .regions import REGIONS, PooledRegionView, RegionView, region_view_kind
 
 BUNDLE_FORMAT = "facecheck.detector"
 BUNDLE_VERSION = 1
@@ -91,8 +91,14 @@ class Detector:
         batch_size: int | None = None,
         progress: bool = False,
         face_stage: FaceStage | str = "auto",
+        region_view: str = "crops",
     ):
+        if region_view not in ("crops", "pooled"):
+            raise ValueError(f"region_view must be 'crops' or 'pooled', got {region_view!r}")
         self.backbone_name = resolve_name(backbone)
+        # Region scores from four crops through the backbone, or from its map pooled inside
+        # the region boxes (one pass; see regions.PooledRegionView).
+        self.region_view = region_view
         self.face_stage = (
             face_stage if isinstance(face_stage, FaceStage) else FaceStage(mode=face_stage)
         )
@@ -131,16 +137,17 @@ class Detector:
 
     @property
     def region_extractor(self) -> FeatureExtractor:
-        """Features of the four region crops (same backbone, same face stage)."""
+        """Features of the four regions (same backbone, same face stage)."""
         if self._region_extractor is None:
             ex = self.extractor
+            size = ex.backbone.preprocessing.size
             self._region_extractor = FeatureExtractor(
                 ex.backbone,
                 self.cache,
                 batch_size=self.batch_size,
                 progress=self.progress,
                 face_stage=self.face_stage,
-                view=RegionView(ex.backbone.preprocessing.size),
+                view=PooledRegionView() if self.region_view == "pooled" else RegionView(size),
             )
         return self._region_extractor
 
@@ -418,6 +425,7 @@ class Detector:
             cache=cache,
             progress=progress,
             face_stage=face_stage,
+            region_view=region_view_kind((meta.get("regions") or {}).get("view", "")),
         )
         det.threshold_rule = meta.get("threshold_rule", "default")
         det.head = Head.from_file(head_meta["kind"], head_meta["params"], head_file)
@@ -452,7 +460,7 @@ class Detector:
             raise BundleError(f"{directory}: preprocessing differs from {bb.name}'s")
         if det.regions is not None and meta["regions"].get("view") != det.region_extractor.view.key:  # type: ignore[union-attr]
             raise BundleError(
-                f"{directory}: region scores were trained on crops "
+                f"{directory}: region scores were trained on region features "
                 f"{meta['regions'].get('view')}, this facecheck makes "
                 f"{det.region_extractor.view.key}"  # type: ignore[union-attr]
             )

@@ -130,5 +130,56 @@ class RegionView:
         return [Image.fromarray(c) for c in crops]
 
 
+def box_weights(
+    boxes: Mapping[str, tuple[int, ...]], size: tuple[int, int], grid: tuple[int, int]
+) -> np.ndarray:
+    """How much of each cell of a ``grid`` (rows, cols) laid over a picture of ``size``
+    (w, h) each region box covers, as pooling weights (4, rows, cols) summing to 1 per
+    region (a box smaller than a cell still gets the cell it lies in)."""
+    (w, h), (rows, cols) = size, grid
+    ys, xs = np.linspace(0, h, rows + 1), np.linspace(0, w, cols + 1)
+    out = np.zeros((len(REGIONS), rows, cols), np.float64)
+    for k, region in enumerate(REGIONS):
+        x0, y0, x1, y1 = boxes[region]
+        over_x = np.clip(np.minimum(xs[1:], x1) - np.maximum(xs[:-1], x0), 0, None)
+        over_y = np.clip(np.minimum(ys[1:], y1) - np.maximum(ys[:-1], y0), 0, None)
+        out[k] = np.outer(over_y, over_x)
+        if out[k].sum() <= 0:
+            cy = min(rows - 1, int((y0 + y1) / 2 / h * rows))
+            cx = min(cols - 1, int((x0 + x1) / 2 / w * cols))
+            out[k, cy, cx] = 1.0
+        out[k] /= out[k].sum()
+    return out.astype(np.float32)
+
+
+class PooledRegionView:
+    """Region features from one pass over the whole face: the backbone's map (a CNN's last
+    convolutional cells, a ViT's patch tokens) averaged inside each region box, weighted by
+    how much of each cell the box covers. A quarter of :class:`RegionView`'s cost (one
+    picture instead of four crops), at the map's coarser resolution."""
+
+    n = len(REGIONS)
+    needs_keypoints = True
+    pooled = True
+
+    @property
+    def key(self) -> str:
+        return f"pooled{VIEW_VERSION}"
+
+    def __call__(self, picture: Image.Image, keypoints: Keypoints | None) -> list[Image.Image]:
+        return [picture]
+
+    def weights(
+        self, picture: Image.Image, keypoints: Keypoints | None, grid: tuple[int, int]
+    ) -> np.ndarray:
+        kps = keypoints if keypoints else typical_keypoints(picture.size)
+        return box_weights(region_boxes(kps, picture.size), picture.size, grid)
+
+
+def region_view_kind(key: str) -> str:
+    """``"pooled"`` or ``"crops"``: which view a bundle's ``regions.view`` key names."""
+    return "pooled" if key.startswith("pooled") else "crops"
+
+
 # Bumped when region boxes or crops change, so cached region features are never reused.
 VIEW_VERSION = 1

@@ -1,0 +1,303 @@
+"""P1 variants on frozen CLIP features (issue 9): training data, self-blended fakes, regions.
+
+    python benchmarks/clip_p1.py [--data ../shared/data] [--seed 0] [--folds 5] [--utk 1000]
+
+Every variant is a logistic head (``facecheck.models.LogisticHead``, C by inner CV) on frozen
+features, compared by 5-fold CV over P1's train + val (stratified, grouped by content hash,
+seeded); the best is then fitted on all of train + val and P1's test split scored once.
+
+Variants differ in backbone and in what the head trains on:
+
+- ``rff``: P1's own rff reals and rff fakes;
+- ``+utk``: plus UTKFace reals (a second real source; in training only, never tested);
+- ``+sbi``: plus one self-blended fake (``facecheck.blend``) per training real, from both real
+  sources in their own shares: an eye, the nose or the mouth pasted from another real face of
+  the same source and the same fold (or a jittered copy of the face itself) through a
+  feathered mask, then saved as JPEG at its source's quality (rff 95, UTKFace 75) so that
+  format says nothing about the label;
+- ``sbi only``: reals of both sources against self-blended fakes, no rff fakes at all;
+- ``+ regions``: the class tokens concatenated with CLIP's patch tokens pooled inside the four
+  region boxes (``regions.PooledRegionView``): a region-aware detector in one pass.
+
+A self-blended fake is used only in folds where its target and its donor are training images.
+Figures: CV ROC-AUC and recall at 10% FPR (mean ± sd over folds); from the pooled out-of-fold
+scores, ROC-AUC per difficulty (easy/mid/hard fakes against all reals) and recall per replaced
+region at the threshold that gives 10% FPR; the test split with a bootstrap CI.
+
+Writes benchmarks/clip_p1.md and .json. Features are cached (FACECHECK_CACHE); uncached, the
+self-blended fakes cost about 10 minutes of CLIP on a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
+
+from facecheck.blend import SelfBlender
+from facecheck.data import load_dataset
+from facecheck.faces import FaceStage
+from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
+from facecheck.imageio import content_hash
+from facecheck.localise import region_targets
+from facecheck.metrics import bootstrap_ci, recall_at_fpr
+from facecheck.models import make_head
+from facecheck.protocols import p1
+from facecheck.regions import REGIONS, PooledRegionView, typical_keypoints
+from facecheck.report import git_commit, machine_description
+
+HERE = Path(__file__).resolve().parent
+QUALITY = {"rff": 95, "utkface": 75}  # each real source's JPEG quality (see the audit)
+# name -> (features, training reals, training fakes)
+VARIANTS = {
+    "Lite0 · rff": ("lite0", "rff", "rff"),
+    "CLIP embed · rff": ("embed", "rff", "rff"),
+    "CLIP layers · rff": ("layers", "rff", "rff"),
+    "CLIP layers · rff+utk": ("layers", "rff+utk", "rff"),
+    "CLIP layers · rff+utk+sbi": ("layers", "rff+utk", "rff+sbi"),
+    "CLIP layers · sbi only": ("layers", "rff+utk", "sbi"),
+    "CLIP layers + regions · rff": ("layers+regions", "rff", "rff"),
+}
+
+
+def synthetic_fakes(reals, folds, stage, seed: int) -> list[dict]:
+    """One self-blended fake per real: JPEG bytes, its hash, source, fold and region bits.
+    Donors come from the same source and the same fold (so a fake never carries pixels of
+    a picture it is tested against)."""
+    blender = SelfBlender()
+    pics, kps = [], []
+    for r in reals:
+        pic = Image.open(r.path).convert("RGB")
+        face = stage.analyse(pic).face
+        pics.append(np.asarray(pic))
+        kps.append(dict(face.keypoints) if face and face.keypoints else typical_keypoints(pic.size))
+    by_group: dict[tuple[str, int], list[int]] = {}
+    for i, r in enumerate(reals):
+        by_group.setdefault((r.source, folds[i]), []).append(i)
+    out = []
+    for i, r in enumerate(reals):
+        rng = np.random.default_rng([seed, i])
+        group = by_group[(r.source, folds[i])]
+        j = group[int(rng.integers(len(group)))]
+        donor = pics[j]
+        if donor.shape != pics[i].shape:  # sizes vary within a source: scale the donor
+            donor = np.asarray(Image.fromarray(donor).resize(pics[i].shape[1::-1]))
+            scale = (pics[i].shape[1] / pics[j].shape[1], pics[i].shape[0] / pics[j].shape[0])
+            dkp = {k: (x * scale[0], y * scale[1]) for k, (x, y) in kps[j].items()}
+        else:
+            dkp = kps[j]
+        res = blender.blend(pics[i], kps[i], rng, donor=donor, donor_keypoints=dkp)
+        buf = io.BytesIO()
+        Image.fromarray(res.image).save(buf, "JPEG", quality=QUALITY[r.source])
+        data = buf.getvalue()
+        out.append(
+            {
+                "bytes": data,
+                "sha256": content_hash(data),
+                "source": r.source,
+                "fold": folds[i],
+                "regions": res.regions,
+            }
+        )
+    return out
+
+
+def fold_of(records, y, k: int, seed: int) -> np.ndarray:
+    folds = np.empty(len(records), int)
+    cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    for f, (_, te) in enumerate(cv.split(np.zeros(len(y)), y, [r.sha256 for r in records])):
+        folds[te] = f
+    return folds
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--utk", type=int, default=1000, help="UTKFace reals added in training")
+    ap.add_argument("--out", type=Path, default=HERE / "clip_p1.md")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+
+    ds = load_dataset(args.data)
+    proto = p1(ds, args.seed)
+    pool = [*proto.split.train, *proto.split.val]
+    test = list(proto.split.test)
+    y = np.array([r.y for r in pool])
+    folds = fold_of(pool, y, args.folds, args.seed)
+    utk_all = [r for r in ds if r.source == "utkface" and r.label == "real"]
+    utk = random.Random(args.seed).sample(utk_all, min(args.utk, len(utk_all)))
+    # UTKFace reals are never tested (P1's test is rff only): they may train every fold, and
+    # their self-blended fakes draw donors from UTKFace reals of a random fold label.
+    utk_folds = np.random.default_rng(args.seed).integers(args.folds, size=len(utk))
+
+    cache, stage = FeatureCache(), FaceStage()
+    ex = {
+        "lite0": FeatureExtractor(load_backbone("lite0"), cache, face_stage=stage),
+        "layers": FeatureExtractor(load_backbone("clip_vit_b16_layers"), cache, face_stage=stage),
+        "embed": FeatureExtractor(load_backbone("clip"), cache, face_stage=stage),
+    }
+    ex["regions"] = FeatureExtractor(
+        ex["layers"].backbone, cache, face_stage=stage, view=PooledRegionView()
+    )
+
+    def feats(kind: str, records) -> np.ndarray:
+        parts = kind.split("+")
+        return np.hstack(
+            [
+                ex[p].extract([r.path for r in records], [r.sha256 for r in records]).features
+                for p in parts
+            ]
+        )
+
+    reals = [r for r in pool if r.y == 0] + utk
+    real_folds = np.concatenate([folds[y == 0], utk_folds])
+    sbi = synthetic_fakes(reals, real_folds, stage, args.seed)
+    S = ex["layers"].extract([s["bytes"] for s in sbi], [s["sha256"] for s in sbi]).features
+    sbi_ok = ~np.isnan(S).any(axis=1)
+    sbi_src = np.array([s["source"] for s in sbi])
+    sbi_fold = np.array([s["fold"] for s in sbi])
+    print(f"self-blended fakes: {int(sbi_ok.sum())} of {len(sbi)} scorable", flush=True)
+
+    difficulty = np.array([r.difficulty or "" for r in pool], dtype=object)
+    Yreg, known = region_targets(pool)
+    results: dict[str, dict] = {}
+    for variant, (kind, real_set, fake_set) in VARIANTS.items():
+        Fp, Fu = feats(kind, pool), feats(kind, utk) if "utk" in real_set else None
+        Ft = feats(kind, test)
+
+        def training(keep, real_set=real_set, fake_set=fake_set, Fp=Fp, Fu=Fu):
+            """Rows and labels a head trains on: pool rows in ``keep`` (by fake_set), UTKFace
+            reals, self-blended fakes whose fold is kept."""
+            rows, labels = [], []
+            use = keep & ((y == 0) | ("rff" in fake_set.split("+")))
+            rows.append(Fp[use])
+            labels.append(y[use])
+            if Fu is not None:
+                rows.append(Fu)
+                labels.append(np.zeros(len(Fu), int))
+            if "sbi" in fake_set:
+                kept_folds = set(np.unique(folds[keep]))
+                m = sbi_ok & np.isin(sbi_fold, list(kept_folds))
+                if "utk" not in real_set:
+                    m &= sbi_src == "rff"
+                rows.append(S[m])
+                labels.append(np.ones(int(m.sum()), int))
+            X, t = np.vstack(rows), np.concatenate(labels)
+            ok = ~np.isnan(X).any(axis=1)
+            return X[ok], t[ok]
+
+        oof = np.full(len(pool), np.nan)
+        aucs, r10 = [], []
+        for f in range(args.folds):
+            te = folds == f
+            X, t = training(~te)
+            head = make_head("logreg", seed=args.seed).fit(X, t)
+            ok = te & ~np.isnan(Fp).any(axis=1)
+            oof[ok] = head.predict_proba(Fp[ok])[:, 1]
+            aucs.append(roc_auc_score(y[ok], oof[ok]))
+            r10.append(recall_at_fpr(y[ok], oof[ok], 0.10))
+        X, t = training(np.ones(len(pool), bool))
+        head = make_head("logreg", seed=args.seed).fit(X, t)
+        okt = ~np.isnan(Ft).any(axis=1)
+        yt = np.array([r.y for r in test])[okt]
+        st = head.predict_proba(Ft[okt])[:, 1]
+        ci = bootstrap_ci(yt, st, 0.5, metrics=("roc_auc",), seed=args.seed)["roc_auc"]
+        ok = ~np.isnan(oof)
+        thr = np.quantile(oof[ok & (y == 0)], 0.90)
+        per_difficulty = {
+            d: float(roc_auc_score(y[m], oof[m]))
+            for d in ("easy", "mid", "hard")
+            if (m := ok & ((y == 0) | (difficulty == d))).any()
+        }
+        per_region = {}
+        for k, region in enumerate(REGIONS):
+            m = ok & (y == 1) & known & (Yreg[:, k] == 1)
+            per_region[region] = {"recall": float((oof[m] >= thr).mean()), "n": int(m.sum())}
+        results[variant] = {
+            "cv_auc": [float(np.mean(aucs)), float(np.std(aucs))],
+            "cv_recall_at_10fpr": [float(np.mean(r10)), float(np.std(r10))],
+            "per_difficulty_auc": per_difficulty,
+            "per_region_recall_at_10fpr": per_region,
+            "test_auc": float(roc_auc_score(yt, st)),
+            "test_auc_ci": [float(ci[0]), float(ci[1])],
+            "test_recall_at_10fpr": recall_at_fpr(yt, st, 0.10),
+            "train_rows_final": {"real": int((t == 0).sum()), "fake": int((t == 1).sum())},
+        }
+        print(variant, {k: results[variant][k] for k in ("cv_auc", "test_auc")}, flush=True)
+
+    result = {
+        "seed": args.seed,
+        "folds": args.folds,
+        "utk_reals": len(utk),
+        "self_blended": {"made": len(sbi), "scorable": int(sbi_ok.sum())},
+        "commit": git_commit(),
+        "machine": machine_description(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "variants": results,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.write_text(render(result))
+    print(f"wrote {args.out}")
+
+
+def render(r: dict) -> str:
+    def pm(v: list[float]) -> str:
+        return f"{v[0]:.3f} ± {v[1]:.3f}"
+
+    lines = [
+        "# P1 variants on frozen CLIP features (issue 9)",
+        "",
+        f"`python benchmarks/clip_p1.py` (seed {r['seed']}; {r['folds']}-fold CV over P1 train "
+        f"+ val, grouped by content hash; commit {r['commit']}; {r['machine']}; "
+        f"{r['seconds'] / 60:.0f} min with a warm feature cache). Heads: logistic regression, "
+        f"C by inner CV. UTKFace reals added in training: {r['utk_reals']}. Self-blended "
+        f"fakes: {r['self_blended']['made']} made (one per training real of either source), "
+        f"{r['self_blended']['scorable']} with one face. See the script's docstring for the "
+        "variants. Test: P1's test split, the head refitted on all of train + val, scored "
+        "once per variant (95% bootstrap CI).",
+        "",
+        "| variant | CV ROC-AUC | CV recall @ 10% FPR | test ROC-AUC [95% CI] "
+        "| test recall @ 10% FPR | final training real/fake |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, v in r["variants"].items():
+        ci = v["test_auc_ci"]
+        n = v["train_rows_final"]
+        lines.append(
+            f"| {name} | {pm(v['cv_auc'])} | {pm(v['cv_recall_at_10fpr'])} "
+            f"| {v['test_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+            f"| {v['test_recall_at_10fpr']:.3f} | {n['real']}/{n['fake']} |"
+        )
+    lines += [
+        "",
+        "Pooled out-of-fold scores: ROC-AUC of each difficulty's fakes against all reals, and "
+        "recall per replaced region at the threshold giving 10% FPR on the pooled reals (a "
+        "fake counts for every region its file name marks).",
+        "",
+        "| variant | easy | mid | hard | " + " | ".join(REGIONS) + " |",
+        "|---|---|---|---|" + "---|" * len(REGIONS),
+    ]
+    for name, v in r["variants"].items():
+        d, g = v["per_difficulty_auc"], v["per_region_recall_at_10fpr"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(f"{d.get(k, float('nan')):.3f}" for k in ("easy", "mid", "hard"))
+            + " | "
+            + " | ".join(f"{g[k]['recall']:.3f} (n={g[k]['n']})" for k in REGIONS)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
