@@ -72,5 +72,8 @@ def test_patch_token_maps_share_the_features_space(face_paths):
         assert fmap.shape == (2, dim, 14, 14)
         assert torch.allclose(every[:, 0], cls, atol=1e-4)
         assert torch.allclose(every[:, 1:].transpose(1, 2).reshape(2, dim, 14, 14), fmap)
+        with torch.no_grad():
+            feats, same_map = bb.features_and_map(x)  # one pass for region-aware heads
+        assert torch.allclose(feats, cls, atol=1e-4) and torch.allclose(same_map, fmap)
         # Patch tokens are not copies of the class token.
         assert not torch.allclose(fmap.mean((2, 3)), cls, atol=1e-2)

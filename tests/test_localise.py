@@ -12,6 +12,7 @@ from PIL import Image
 
 from facecheck.cli import main
 from facecheck.data import Record
+from facecheck.explain import explain
 from facecheck.faces import FaceStage, scored_keypoints
 from facecheck.features import FeatureExtractor, load_backbone
 from facecheck.localise import region_targets
@@ -218,25 +219,43 @@ def test_bundle_with_other_region_crops_is_refused(p1_bundle, tmp_path):
         Detector.load(copy)
 
 
+@pytest.mark.parametrize("head_input", ["image", "image+regions"])
 def test_bundle_with_pooled_region_features_round_trips(
-    small_manifest, cache_dir, face_paths, tmp_path
+    small_manifest, cache_dir, face_paths, tmp_path, head_input
 ):
     out = tmp_path / "pooled"
     args = ["train", "--data", str(small_manifest), "--protocol", "P1", "--out", str(out)]
-    args += ["--region-view", "pooled", "--cache-dir", str(cache_dir), "--quiet"]
-    assert main(args) == 0
+    args += ["--region-view", "pooled", "--head-input", head_input]
+    assert main([*args, "--cache-dir", str(cache_dir), "--quiet"]) == 0
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["regions"]["view"] == PooledRegionView().key
+    assert meta["head_input"] == head_input
     det = Detector.load(out)
-    assert det.region_view == "pooled"
+    assert det.region_view == "pooled" and det.head_input == head_input
     assert isinstance(det.region_extractor.view, PooledRegionView)
+    dim = det.backbone.dim
+    assert det.head.n_features_in == (5 * dim if head_input == "image+regions" else dim)
     verdicts = det.check(face_paths[:3], regions="all")
     for v in verdicts:
         assert set(v.regions) == set(REGIONS)
+    if head_input == "image+regions":
+        # One pass gives both: the head's input is the image's features, then the regions'
+        # (what the region scores read on their own), and the version says so.
+        both = det.features(face_paths[:3])
+        alone = det.extractor.backbone
+        image = FeatureExtractor(alone, None, progress=False).extract(face_paths[:3]).features
+        regions = det.region_extractor.extract(face_paths[:3]).features
+        assert np.allclose(both[:, :dim], image, atol=1e-4)
+        assert np.allclose(both[:, dim:], regions, atol=1e-4)
+        assert "+regions-" in det.version
+        exp = explain(det, face_paths[0])
+        assert exp.cells is not None and exp.cells.shape == (7, 7)
     again = Detector.load(det.save(tmp_path / "again"))
     assert [v.regions for v in again.check(face_paths[:3], regions="all")] == [
         v.regions for v in verdicts
     ]
+    with pytest.raises(ValueError, match="pooled"):
+        Detector(head_input="image+regions", region_view="crops")
 
 
 def test_explain_writes_pngs_of_the_inputs_size(p1_bundle, face_paths, tmp_path, capsys):

@@ -194,11 +194,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--region-view",
-        choices=["crops", "pooled"],
-        default="crops",
-        help="region features from four crops through the backbone (default), or the "
-        "backbone's map pooled inside the region boxes (one pass; what a ViT backbone such "
-        "as CLIP does best, see benchmarks/localise.md)",
+        choices=["auto", "crops", "pooled"],
+        default="auto",
+        help="region features from four crops through the backbone, or the backbone's map "
+        "pooled inside the region boxes (one pass); auto (default): pooled for CLIP, crops "
+        "for CNNs (see benchmarks/localise.md)",
+    )
+    p.add_argument(
+        "--head-input",
+        choices=["image", "image+regions"],
+        default="image",
+        help="what the head reads: the picture's features (default), or those and the four "
+        "regions' pooled features from the same pass (region-aware; the shipped CLIP "
+        "detector's choice, see benchmarks/clip_p1.md)",
     )
     _face_stage_option(p)
     _common(p)
@@ -528,6 +536,7 @@ def cmd_train(args) -> int:
         progress=not args.quiet,
         face_stage=args.face_stage,
         region_view=args.region_view,
+        head_input=args.head_input,
     )
     train, val = proto.split.train, proto.split.val
     added = _added_training(args.add_manifest, proto) if args.add_manifest else None

@@ -142,14 +142,22 @@ class ClipVision(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._tokens(x, class_only=True)
 
+    def features_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features (class tokens) and the patch-token map from one pass."""
+        tokens = self._tokens(x, class_only=False)
+        return tokens[:, 0], self._as_map(tokens[:, 1:])
+
+    @staticmethod
+    def _as_map(patches: torch.Tensor) -> torch.Tensor:
+        side = round(patches.shape[1] ** 0.5)
+        return patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The patch tokens as a map (n, dim, 14, 14), in the same space as the features
         (same layers, same layer norm, same projection): what heatmaps and region pooling
         read. Unlike a CNN's map, the features are not this map's mean: the class token
         attends to the patches."""
-        patches = self._tokens(x, class_only=False)[:, 1:]
-        side = round(patches.shape[1] ** 0.5)
-        return patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
+        return self._as_map(self._tokens(x, class_only=False)[:, 1:])
 
 
 def load_clip(path: str | Path, layers: Sequence[int] | None = None) -> ClipVision:

@@ -267,7 +267,7 @@ def evaluate_localisation(
     rule: str = "youden",
     seed: int = 0,
     progress: bool = False,
-    region_view: str = "crops",
+    region_view: str = "auto",
 ) -> LocalisationResult:
     """P6 on P1's split: the image head and region scores are fitted on train, the image
     threshold chosen on val, and the test split's rff images scored once."""

@@ -74,6 +74,10 @@ def cell_logits(detector: Detector, picture: Image.Image) -> np.ndarray:
         fmap = bb.feature_map(x.to(next(bb.model.parameters()).device))[0].float().cpu().numpy()
     dim, rows, cols = fmap.shape
     cells = fmap.reshape(dim, -1).T
+    if detector.with_regions:
+        # A region-aware head reads the picture and four regions: each cell is scored as if
+        # it were all five (for a linear head: the five weight blocks summed).
+        cells = np.tile(cells, (1, detector.extractor.dim // dim))
     p = detector.head.predict_proba(cells)[:, 1]  # type: ignore[union-attr]
     return logit(p).reshape(rows, cols)
 

@@ -123,6 +123,16 @@ class Backbone:
             raise NotImplementedError(f"{self.name}: no convolutional feature map for heatmaps")
         return out
 
+    def features_and_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The features and the map from one pass: (n, dim) and (n, dim, h, w)."""
+        both = getattr(self.model, "features_and_map", None)
+        if both is not None:  # CLIP: class token and patch tokens of the same pass
+            return both(x)
+        fmap = self.feature_map(x)
+        if isinstance(self.model, _Pooled):  # the features are the map's mean
+            return fmap.mean(dim=(2, 3)), fmap
+        return self.model(x), fmap
+
 
 @dataclass(frozen=True)
 class BackboneEntry:
@@ -520,13 +530,21 @@ class FeatureExtractor:
             return np.zeros((0, self.dim), np.float32)
         prep = self.backbone.preprocessing
         x = torch.stack([prep(im) for im in images]).to(self.device)
-        fmap = self.backbone.feature_map(x).float()  # (n, dim, rows, cols)
+        with_image = getattr(self.view, "with_image", False)
+        if with_image:
+            feats, fmap = self.backbone.features_and_map(x)
+        else:
+            fmap = self.backbone.feature_map(x)
+        fmap = fmap.float()  # (n, dim, rows, cols)
         grid = (fmap.shape[2], fmap.shape[3])
         w = np.stack(
             [self.view.weights(im, k, grid) for im, k in zip(images, keypoints, strict=True)]  # type: ignore[union-attr]
         )
         pooled = torch.einsum("ndhw,nrhw->nrd", fmap, torch.from_numpy(w).to(fmap))
-        return pooled.reshape(len(images), -1).cpu().numpy()
+        pooled = pooled.reshape(len(images), -1)
+        if with_image:
+            pooled = torch.cat([feats.float(), pooled], dim=1)
+        return pooled.cpu().numpy()
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:

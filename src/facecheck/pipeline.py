@@ -91,13 +91,26 @@ class Detector:
         batch_size: int | None = None,
         progress: bool = False,
         face_stage: FaceStage | str = "auto",
-        region_view: str = "crops",
+        region_view: str = "auto",
+        head_input: str = "image",
     ):
-        if region_view not in ("crops", "pooled"):
-            raise ValueError(f"region_view must be 'crops' or 'pooled', got {region_view!r}")
+        if region_view not in ("auto", "crops", "pooled"):
+            raise ValueError(f"region_view must be auto, crops or pooled, got {region_view!r}")
         self.backbone_name = resolve_name(backbone)
         # Region scores from four crops through the backbone, or from its map pooled inside
-        # the region boxes (one pass; see regions.PooledRegionView).
+        # the region boxes (one pass; see regions.PooledRegionView). "auto": pooled for CLIP
+        # (a ViT's 14 x 14 patch tokens localise better than its crops cost), crops for CNNs
+        # (their 7 x 7 map is too coarse; benchmarks/localise.md).
+        if region_view == "auto":
+            region_view = "pooled" if self.backbone_name.startswith("clip") else "crops"
+        # What the head reads: the picture's features, or those followed by the four
+        # regions' pooled features from the same pass (a region-aware head; P1 0.956 against
+        # 0.933 by CV with CLIP, benchmarks/clip_p1.md). Its region scores then reuse them.
+        if head_input not in ("image", "image+regions"):
+            raise ValueError(f"head_input must be image or image+regions, got {head_input!r}")
+        if head_input == "image+regions" and region_view != "pooled":
+            raise ValueError("head_input image+regions reads pooled region features")
+        self.head_input = head_input
         self.region_view = region_view
         self.face_stage = (
             face_stage if isinstance(face_stage, FaceStage) else FaceStage(mode=face_stage)
@@ -132,6 +145,7 @@ class Detector:
                 tta=self.tta,
                 progress=self.progress,
                 face_stage=self.face_stage,
+                view=PooledRegionView(with_image=True) if self.with_regions else None,
             )
         return self._extractor
 
@@ -150,6 +164,11 @@ class Detector:
                 view=PooledRegionView() if self.region_view == "pooled" else RegionView(size),
             )
         return self._region_extractor
+
+    @property
+    def with_regions(self) -> bool:
+        """Whether the head reads the regions' features after the picture's."""
+        return self.head_input == "image+regions"
 
     @property
     def backbone(self) -> Backbone:
@@ -184,6 +203,9 @@ class Detector:
     ) -> np.ndarray:
         """Region-crop feature rows (n, 4 * dim); NaN rows for pictures that cannot be scored.
         ``faces``: the face stage's decisions already made for these inputs, by index."""
+        if self.with_regions:  # the image pass has them, after the picture's own features
+            ex = self.extractor.extract(X, hashes, faces=faces)
+            return ex.features[:, self.backbone.dim :]
         ex = self.region_extractor.extract(X, hashes, desc="region features", faces=faces)
         return ex.features
 
@@ -278,12 +300,15 @@ class Detector:
             wanted = ok if regions == "all" else ok & (np.nan_to_num(probs) >= self.threshold)
             if regions != "none" and self.regions is not None and wanted.any():
                 idx = np.flatnonzero(wanted)
-                # The image pass has made the face stage's decisions: not made again.
-                F = self.region_features(
-                    [X[i] for i in idx],
-                    [ex.hashes[i] for i in idx],
-                    {j: ex.faces[i] for j, i in enumerate(idx) if i in ex.faces},
-                )
+                if self.with_regions:  # the image pass computed them
+                    F = ex.features[idx, self.backbone.dim :]
+                else:
+                    # The image pass has made the face stage's decisions: not made again.
+                    F = self.region_features(
+                        [X[i] for i in idx],
+                        [ex.hashes[i] for i in idx],
+                        {j: ex.faces[i] for j, i in enumerate(idx) if i in ex.faces},
+                    )
                 region_p[idx] = self.regions.predict_proba(F)
         out = []
         for i, name in enumerate(names):
@@ -344,7 +369,8 @@ class Detector:
         self.metadata = {
             **self.metadata,
             **metadata,
-            "model_version": f"{bb.name}-{self.head_kind}-{digest[:10]}",
+            "model_version": f"{bb.name}{'+regions' if self.with_regions else ''}-"
+            f"{self.head_kind}-{digest[:10]}",
         }
         bundle = {
             "format": BUNDLE_FORMAT,
@@ -360,6 +386,7 @@ class Detector:
             "preprocessing": bb.preprocessing.to_dict(),
             "tta": self.tta,
             "face_stage": self.face_stage.to_dict(),
+            "head_input": self.head_input,
             "head": {
                 "kind": self.head_kind,
                 "params": head.get_params(),
@@ -426,6 +453,7 @@ class Detector:
             progress=progress,
             face_stage=face_stage,
             region_view=region_view_kind((meta.get("regions") or {}).get("view", "")),
+            head_input=meta.get("head_input", "image"),
         )
         det.threshold_rule = meta.get("threshold_rule", "default")
         det.head = Head.from_file(head_meta["kind"], head_meta["params"], head_file)
@@ -443,6 +471,7 @@ class Detector:
             "preprocessing",
             "tta",
             "face_stage",
+            "head_input",
             "head",
             "threshold",
             "threshold_rule",
@@ -464,10 +493,10 @@ class Detector:
                 f"{meta['regions'].get('view')}, this facecheck makes "
                 f"{det.region_extractor.view.key}"  # type: ignore[union-attr]
             )
-        if det.head.n_features_in != bb.dim:
+        if det.head.n_features_in != det.extractor.dim:
             raise BundleError(
                 f"{directory}: head takes {det.head.n_features_in} features, "
-                f"{bb.name} gives {bb.dim}"
+                f"{bb.name} ({det.head_input}) gives {det.extractor.dim}"
             )
         return det
 

@@ -156,15 +156,21 @@ class PooledRegionView:
     """Region features from one pass over the whole face: the backbone's map (a CNN's last
     convolutional cells, a ViT's patch tokens) averaged inside each region box, weighted by
     how much of each cell the box covers. A quarter of :class:`RegionView`'s cost (one
-    picture instead of four crops), at the map's coarser resolution."""
+    picture instead of four crops), at the map's coarser resolution. ``with_image`` puts the
+    backbone's features of the picture first (one pass gives both)."""
 
-    n = len(REGIONS)
     needs_keypoints = True
     pooled = True
 
+    def __init__(self, with_image: bool = False):
+        # with_image: the backbone's own features first (same pass), then the four regions:
+        # the input of a region-aware image head.
+        self.with_image = with_image
+        self.n = len(REGIONS) + with_image
+
     @property
     def key(self) -> str:
-        return f"pooled{VIEW_VERSION}"
+        return f"pooled{VIEW_VERSION}" + ("+image" if self.with_image else "")
 
     def __call__(self, picture: Image.Image, keypoints: Keypoints | None) -> list[Image.Image]:
         return [picture]

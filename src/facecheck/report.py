@@ -567,6 +567,17 @@ def _counts_text(counts: dict | None) -> str:
     return ", ".join(f"{v:,} {k}" for k, v in (counts or {}).items()) or "counts not recorded"
 
 
+# What a model card says a backbone cannot do (measured: benchmarks/results.md).
+_LIMITS = {
+    "default": "frozen ImageNet features barely separate Photoshop edits from real photos of "
+    "the same source (rff same-source ROC-AUC is far below the GAN figures).",
+    "clip_vit_b16_layers": "Photoshop edits of the same source are caught far better than by "
+    "ImageNet features (P1 ROC-AUC 0.93 by CV) but not all; the threshold chosen on "
+    "validation does not transfer to a generator or a real source it has not seen (P7: an "
+    "unseen real source is flagged at about 40%). About 0.3 s per image on a 2-core CPU.",
+}
+
+
 def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
     """MODEL_CARD.md beside a bundle: what it was trained on, under which terms, how it did."""
     from .data import KNOWN_SOURCES
@@ -605,9 +616,14 @@ def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
         "- **Region scores**: "
         + (
             "P(replaced) for the left eye, right eye, nose and mouth, from the same backbone's "
-            "features of a crop around each (placed by the face stage's keypoints; the eyes "
-            "share one logistic head, the right eye mirrored), trained on the file-name bits "
-            "of the rff fakes in the training split "
+            + (
+                "map (patch tokens / last cells) averaged inside a box around each (placed by "
+                "the face stage's keypoints; the eyes share one logistic head)"
+                if det.region_view == "pooled"
+                else "features of a crop around each (placed by the face stage's keypoints; "
+                "the eyes share one logistic head, the right eye mirrored)"
+            )
+            + ", trained on the file-name bits of the rff fakes in the training split "
             f"({_counts_text(training.get('region_training'))}); "
             "`check` gives them for images judged fake, `explain` for any image, with a "
             "heatmap. How well they localise: P6 in `benchmarks/localise.md`."
@@ -622,12 +638,12 @@ def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
             f"{k} {val[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr") if k in val
         )
         + ".",
-        "- **Test figures**: `benchmarks/results.md` (protocol ALL, same backbone and head), "
-        "reproduced by `make run`.",
-        "- **Known limits**: frozen ImageNet features barely separate Photoshop edits from "
-        "real photos of the same source (rff same-source ROC-AUC is far below the GAN "
-        "figures); figures that mix sources between classes partly measure the source. Not "
-        "for automatic rejection: every `fake` verdict goes to a person.",
+        f"- **Test figures**: `facecheck evaluate --protocols {training.get('protocol')} "
+        f"--backbones {bb.name} --heads {det.head_kind}` (the same recipe with the test split "
+        "scored once; figures in `benchmarks/results.md`).",
+        f"- **Known limits**: {_LIMITS.get(bb.name, _LIMITS['default'])} Figures that mix "
+        "sources between classes partly measure the source. Not for automatic rejection: "
+        "every `fake` verdict goes to a person.",
     ]
     path = Path(bundle_dir) / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
