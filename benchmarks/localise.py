@@ -119,9 +119,9 @@ def main() -> None:
             cv[label] = cross_validate(F, Y, y, groups, shared_eyes=shared, k=args.folds, seed=0)
             cv[label]["config"] = [name, view, ctx, shared]
             print(label, cv[label], flush=True)
-            # Each backbone's best configuration by CV (the score: top-region hits) is the
-            # one scored on the test split.
-            if name not in best or cv[label]["top_hit"][0] > best[name][1]:
+            # Each backbone's best view by CV (the score: top-region hits) is the one scored
+            # on the test split, with the eyes sharing a head as the detector's scorer does.
+            if shared and (name not in best or cv[label]["top_hit"][0] > best[name][1]):
                 best[name] = (label, cv[label]["top_hit"][0], view)
 
     test, lat = {}, {}

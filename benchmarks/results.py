@@ -46,6 +46,12 @@ EXTRA_RUNS = [
         "logreg,mlp --cv 5 --cv-protocols P1 --run-name clip-p1 --out reports/clip-p1",
     ),
     (
+        ROOT / "reports" / "clip-all" / "metrics.csv",
+        "ALL, P3 and P2 with the shipped detector's recipe (CLIP layers 8 + 12 + LR)",
+        "facecheck evaluate --protocols ALL,P3,P2 --backbones clip_vit_b16_layers --heads "
+        "logreg --run-name clip-all --out reports/clip-all",
+    ),
+    (
         ROOT / "reports" / "p1-tta" / "metrics.csv",
         "P1 with horizontal-flip test-time augmentation",
         "facecheck evaluate --protocols P1 --tta --cv 5 --run-name p1-tta --out reports/p1-tta",
@@ -510,6 +516,13 @@ def main() -> None:
             "Fine-tuning with self-blended fakes and region crops, P1 (issue 9, in progress)",
             "From `benchmarks/self_blend.md` (GPU runs; the goal is P1 ROC-AUC >= 0.90 by "
             "5-fold CV).",
+        ),
+        *markdown_section(
+            ROOT / "benchmarks" / "clip_p1.md",
+            "P1 variants on frozen CLIP features: training data, self-blended fakes, regions "
+            "(issue 9)",
+            "From `benchmarks/clip_p1.md` (`python benchmarks/clip_p1.py`; 5-fold CV, then "
+            "P1's test split once).",
         ),
         *markdown_section(
             ROOT / "benchmarks" / "localise.md",

@@ -157,6 +157,35 @@ def test_pooled_region_features_average_the_map_inside_the_boxes(face_paths):
     assert not np.allclose(blocks[0], blocks[3])
 
 
+def test_region_cell_logits_average_to_the_region_scores(face_paths):
+    """With pooled region features, a region's logit is the box-weighted mean of its cells'
+    logits under that region's head (the heads are affine in the features): what makes the
+    region heads' map of cells a heatmap that agrees with the region scores."""
+    import torch
+
+    from facecheck.localise import RegionScorer
+    from facecheck.metrics import logit
+
+    bb = load_backbone("efficientnet_lite0")
+    paths = face_paths[:12]
+    F = FeatureExtractor(bb, None, progress=False, view=PooledRegionView()).extract(paths)
+    Y = np.tile([[1, 0, 1, 0], [0, 1, 0, 1]], (6, 1))
+    scorer = RegionScorer(head="logreg:none").fit(F.features, Y)
+    picture = Image.open(paths[0]).convert("RGB")
+    kps = scored_keypoints(picture, None, None)
+    with torch.inference_mode():
+        fmap = bb.feature_map(bb.preprocessing(picture)[None])[0].numpy()
+    cells = fmap.reshape(fmap.shape[0], -1).T
+    W = PooledRegionView().weights(picture, kps, fmap.shape[1:])
+    scores = scorer.predict_proba(F.features[:1])[0]
+    groups = {k: name for name, cols in scorer._groups.items() for k in cols}
+    for k in range(4):
+        per_cell = logit(scorer.heads_[groups[k]].predict_proba(cells)[:, 1])
+        assert (W[k].ravel() * per_cell).sum() == pytest.approx(logit(scores[k]), abs=1e-3)
+    best = np.max([logit(h.predict_proba(cells)[:, 1]) for h in scorer.heads_.values()], axis=0)
+    assert np.allclose(scorer.cell_logits(cells), best)
+
+
 def test_keypoints_follow_an_aligned_crop(face_paths):
     """Keypoints mapped into the aligned crop (through the crop's affine map) sit where
     BlazeFace finds them when it looks at that crop."""

@@ -67,13 +67,18 @@ class Explanation:
 
 
 def cell_logits(detector: Detector, picture: Image.Image) -> np.ndarray:
-    """The head's logit for each cell of the backbone's last map (rows, cols)."""
+    """A logit for each cell of the backbone's map (rows, cols): the region heads' highest
+    when the region scores are pooled from that map (a ViT's patch tokens: its class token
+    is no mean of them, so the image head says little about single patches; P6 measures
+    both), else the image head's (a CNN's class activation map)."""
     bb = detector.backbone
     x = bb.preprocessing(picture)[None]
     with torch.inference_mode():
         fmap = bb.feature_map(x.to(next(bb.model.parameters()).device))[0].float().cpu().numpy()
     dim, rows, cols = fmap.shape
     cells = fmap.reshape(dim, -1).T
+    if detector.regions is not None and detector.region_view == "pooled":
+        return detector.regions.cell_logits(cells).reshape(rows, cols)
     if detector.with_regions:
         # A region-aware head reads the picture and four regions: each cell is scored as if
         # it were all five (for a linear head: the five weight blocks summed).

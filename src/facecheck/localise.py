@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import Record
+from .metrics import logit
 from .models import HEADS, Head, make_head
 from .regions import REGIONS
 
@@ -94,6 +95,16 @@ class RegionScorer:
             for k in cols:
                 P[:, k] = self.heads_[name].predict_proba(R[:, k])[:, 1]
         return P
+
+    def cell_logits(self, cells: np.ndarray) -> np.ndarray:
+        """For each cell of a backbone's map (n_cells, dim), the highest logit any region
+        head gives it: how replaced the cell looks to the scorer. Meaningful for pooled
+        region features, which are weighted means of such cells (for a linear head, a
+        region's logit is the pooled mean of its cells' logits)."""
+        if not self.heads_:
+            raise RuntimeError("this region scorer is not fitted")
+        cells = np.asarray(cells, dtype=np.float32)
+        return np.max([logit(h.predict_proba(cells)[:, 1]) for h in self.heads_.values()], axis=0)
 
     # -- persistence (a folder inside the detector bundle)
     def save(self, directory: str | Path) -> dict[str, object]:
