@@ -152,7 +152,7 @@ def explain_latency(loc, backbone, stage) -> dict[str, dict[str, float]]:
     det = loc.detector
     det.cache = None
     det._extractor = FeatureExtractor(backbone, None, face_stage=stage, progress=False)
-    det._region_extractor = None
+    det._region_extractor = det._joint_extractor = None
     tight = [Image.open(r.path).convert("RGB") for r in loc.records[:20]]
     canvases = []
     for pic in tight[:10]:

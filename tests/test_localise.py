@@ -267,6 +267,11 @@ def test_bundle_with_pooled_region_features_round_trips(
     verdicts = det.check(face_paths[:3], regions="all")
     for v in verdicts:
         assert set(v.regions) == set(REGIONS)
+    # check reads image and regions from one pass; the plain image pass scores the same.
+    plain = det.predict_proba(face_paths[:3])[:, 1]
+    assert np.allclose([v.fake_probability for v in verdicts], plain, atol=1e-4)
+    regions_alone = det.regions.predict_proba(det.region_features(face_paths[:3]))
+    assert np.allclose([list(v.regions.values()) for v in verdicts], regions_alone, atol=1e-3)
     if head_input == "image+regions":
         # One pass gives both: the head's input is the image's features, then the regions'
         # (what the region scores read on their own), and the version says so.

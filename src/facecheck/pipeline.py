@@ -132,6 +132,7 @@ class Detector:
         self.regions: RegionScorer | None = None
         self._extractor: FeatureExtractor | None = None
         self._region_extractor: FeatureExtractor | None = None
+        self._joint_extractor: FeatureExtractor | None = None
 
     # -- features
     @property
@@ -164,6 +165,24 @@ class Detector:
                 view=PooledRegionView() if self.region_view == "pooled" else RegionView(size),
             )
         return self._region_extractor
+
+    @property
+    def joint_extractor(self) -> FeatureExtractor:
+        """The picture's features followed by the four regions' pooled features, one pass
+        (the main extractor itself for a region-aware head)."""
+        if self.with_regions:
+            return self.extractor
+        if self._joint_extractor is None:
+            ex = self.extractor
+            self._joint_extractor = FeatureExtractor(
+                ex.backbone,
+                self.cache,
+                batch_size=self.batch_size,
+                progress=self.progress,
+                face_stage=self.face_stage,
+                view=PooledRegionView(with_image=True),
+            )
+        return self._joint_extractor
 
     @property
     def with_regions(self) -> bool:
@@ -291,17 +310,23 @@ class Detector:
             raise ValueError(f"regions must be flagged, all or none, not {regions!r}")
         self._require_head()
         names = list(names) if names else [_name(x) for x in X]
-        ex = self.extractor.extract(X)
+        # Pooled region features come from the image's own pass (image + regions in one):
+        # flagged images then cost no second pass.
+        joint = self.regions is not None and self.region_view == "pooled" and regions != "none"
+        joint = joint and not self.tta
+        ex = (self.joint_extractor if joint else self.extractor).extract(X)
+        dim = self.backbone.dim
+        image = ex.features[:, :dim] if joint and not self.with_regions else ex.features
         ok = ex.ok
         probs = np.full(len(X), np.nan)
         region_p = np.full((len(X), len(REGIONS)), np.nan)
         if ok.any():
-            probs[ok] = self.score_features(ex.features[ok])
+            probs[ok] = self.score_features(image[ok])
             wanted = ok if regions == "all" else ok & (np.nan_to_num(probs) >= self.threshold)
             if regions != "none" and self.regions is not None and wanted.any():
                 idx = np.flatnonzero(wanted)
-                if self.with_regions:  # the image pass computed them
-                    F = ex.features[idx, self.backbone.dim :]
+                if joint or self.with_regions:  # the image pass computed them
+                    F = ex.features[idx, dim:]
                 else:
                     # The image pass has made the face stage's decisions: not made again.
                     F = self.region_features(
