@@ -206,7 +206,8 @@ def markdown(r: dict) -> str:
         "",
         "Verdicts returned at 1 client (batching on): "
         + ", ".join(f"{k} {v}" for k, v in verdicts.items())
-        + ". Flagged images (review/fake) also get the four region crops scored.",
+        + ". Flagged images (review/fake) also get region scores (the shipped CLIP detector "
+        "reads them from the same pass; crop-based bundles score four crops).",
         "",
         *_batching_verdict(r["runs"]),
         "",
