@@ -52,6 +52,13 @@ EXTRA_RUNS = [
         "logreg --run-name clip-all --out reports/clip-all",
     ),
     (
+        ROOT / "reports" / "srm-p1" / "metrics.csv",
+        "P1 with the noise-residual stream (SRM filters), alone and beside CLIP (issue 9)",
+        "facecheck evaluate --protocols P1 --backbones srm,clip_vit_b16_layers,"
+        "clip_vit_b16_layers+srm --heads logreg --cv 5 --cv-protocols P1 --run-name srm-p1 "
+        "--out reports/srm-p1",
+    ),
+    (
         ROOT / "reports" / "p1-tta" / "metrics.csv",
         "P1 with horizontal-flip test-time augmentation",
         "facecheck evaluate --protocols P1 --tta --cv 5 --run-name p1-tta --out reports/p1-tta",

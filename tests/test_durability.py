@@ -66,7 +66,7 @@ def test_sigkill_mid_review_keeps_every_committed_decision_and_pending_case(tmp_
         key = re.search(r"API key 'default' \(shown once\): (\S+)", text).group(1)
         password = re.search(r"reviewer 'admin' with password \(shown once\): (\S+)", text).group(1)
         uploads = [
-            (shared_data / "rff" / "real" / f"real_0000{i}.jpg").read_bytes() for i in (1, 3)
+            (shared_data / "rff" / "real" / f"real_0000{i}.jpg").read_bytes() for i in (1, 6)
         ]
         checks = []
         for n in range(16):

@@ -257,9 +257,38 @@ def _register_clip() -> None:
     )
 
 
+def _register_noise() -> None:
+    from . import noise
+
+    register_backbone(
+        "srm",
+        BackboneEntry(
+            builder=noise.NoiseResiduals,
+            # No weights: the filters are the module's constants, so its file names them.
+            default_weights=lambda: Path(noise.__file__),
+            preprocessing=Preprocessing(256, (0.0, 0.0, 0.0), (1 / 255,) * 3, "bilinear"),
+            dim=noise.DIM,
+            licence="no weights (fixed SRM high-pass filters)",
+            install_hint="part of facecheck",
+            description="noise residuals: 4 fixed SRM high-pass filters, histograms and "
+            "co-occurrences of the truncated residuals (220-d), 256 px; a second stream to "
+            "concatenate (`clip_vit_b16_layers+srm`)",
+            loader=lambda path: noise.NoiseResiduals(),
+        ),
+    )
+
+
+_register_noise()
+
+
 # Measured extraction cost per image on the 2-core CI machine (decode included): what a run
 # that needs uncached features announces before it starts.
-_CPU_SECONDS = {"efficientnet_lite0": 0.025, "mobilenet_v2": 0.015, "clip_vit_b16": 0.3}
+_CPU_SECONDS = {
+    "efficientnet_lite0": 0.025,
+    "mobilenet_v2": 0.015,
+    "clip_vit_b16": 0.3,
+    "srm": 0.02,
+}
 
 
 def seconds_per_image(name: str, device: str = "cpu") -> float:
