@@ -154,15 +154,9 @@ class Detector:
     def region_extractor(self) -> FeatureExtractor:
         """Features of the four regions (same backbone, same face stage)."""
         if self._region_extractor is None:
-            ex = self.extractor
-            size = ex.backbone.preprocessing.size
-            self._region_extractor = FeatureExtractor(
-                ex.backbone,
-                self.cache,
-                batch_size=self.batch_size,
-                progress=self.progress,
-                face_stage=self.face_stage,
-                view=PooledRegionView() if self.region_view == "pooled" else RegionView(size),
+            size = self.backbone.preprocessing.size
+            self._region_extractor = self._viewing(
+                PooledRegionView() if self.region_view == "pooled" else RegionView(size)
             )
         return self._region_extractor
 
@@ -173,16 +167,19 @@ class Detector:
         if self.with_regions:
             return self.extractor
         if self._joint_extractor is None:
-            ex = self.extractor
-            self._joint_extractor = FeatureExtractor(
-                ex.backbone,
-                self.cache,
-                batch_size=self.batch_size,
-                progress=self.progress,
-                face_stage=self.face_stage,
-                view=PooledRegionView(with_image=True),
-            )
+            self._joint_extractor = self._viewing(PooledRegionView(with_image=True))
         return self._joint_extractor
+
+    def _viewing(self, view: RegionView | PooledRegionView) -> FeatureExtractor:
+        """An extractor of ``view`` on the loaded backbone, with this detector's settings."""
+        return FeatureExtractor(
+            self.backbone,
+            self.cache,
+            batch_size=self.batch_size,
+            progress=self.progress,
+            face_stage=self.face_stage,
+            view=view,
+        )
 
     @property
     def with_regions(self) -> bool:
@@ -220,7 +217,7 @@ class Detector:
         hashes: Sequence[str] | None = None,
         faces: dict[int, FaceAnalysis] | None = None,
     ) -> np.ndarray:
-        """Region-crop feature rows (n, 4 * dim); NaN rows for pictures that cannot be scored.
+        """Region feature rows (n, 4 * dim); NaN rows for pictures that cannot be scored.
         ``faces``: the face stage's decisions already made for these inputs, by index."""
         if self.with_regions:  # the image pass has them, after the picture's own features
             ex = self.extractor.extract(X, hashes, faces=faces)
