@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import random
 import time
 from pathlib import Path
 
@@ -54,6 +53,7 @@ from facecheck.models import make_head
 from facecheck.protocols import p1
 from facecheck.regions import REGIONS, PooledRegionView, typical_keypoints
 from facecheck.report import git_commit, machine_description
+from self_blend import utk_subset
 
 HERE = Path(__file__).resolve().parent
 QUALITY = {"rff": 95, "utkface": 75}  # each real source's JPEG quality (see the audit)
@@ -175,8 +175,7 @@ def main() -> None:
     test = list(proto.split.test)
     y = np.array([r.y for r in pool])
     folds = fold_of(pool, y, args.folds, args.seed)
-    utk_all = [r for r in ds if r.source == "utkface" and r.label == "real"]
-    utk = random.Random(args.seed).sample(utk_all, min(args.utk, len(utk_all)))
+    utk = utk_subset(ds, args.utk, args.seed)  # the same draw as self_blend.py's
     # UTKFace reals are never tested (P1's test is rff only): they may train every fold, and
     # their self-blended fakes draw donors from UTKFace reals of a random fold label.
     utk_folds = np.random.default_rng(args.seed).integers(args.folds, size=len(utk))
@@ -191,14 +190,17 @@ def main() -> None:
         ex["layers"].backbone, cache, face_stage=stage, view=PooledRegionView()
     )
 
-    def feats(kind: str, records) -> np.ndarray:
-        parts = kind.split("+")
-        return np.hstack(
-            [
-                ex[p].extract([r.path for r in records], [r.sha256 for r in records]).features
-                for p in parts
-            ]
-        )
+    sets = {"pool": pool, "utk": utk, "test": test}
+    extracted: dict[tuple[str, str], np.ndarray] = {}
+
+    def feats(kind: str, name: str) -> np.ndarray:
+        """Features of one record set, each backbone part extracted once for all variants."""
+        for p in kind.split("+"):
+            if (p, name) not in extracted:
+                records = sets[name]
+                paths, hashes = [r.path for r in records], [r.sha256 for r in records]
+                extracted[p, name] = ex[p].extract(paths, hashes).features
+        return np.hstack([extracted[p, name] for p in kind.split("+")])
 
     reals = [r for r in pool if r.y == 0] + utk
     real_folds = np.concatenate([folds[y == 0], utk_folds])
@@ -214,8 +216,8 @@ def main() -> None:
     results: dict[str, dict] = {}
     scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # out-of-fold, test
     for variant, (kind, real_set, fake_set) in VARIANTS.items():
-        Fp, Fu = feats(kind, pool), feats(kind, utk) if "utk" in real_set else None
-        Ft = feats(kind, test)
+        Fp, Fu = feats(kind, "pool"), feats(kind, "utk") if "utk" in real_set else None
+        Ft = feats(kind, "test")
 
         def training(keep, real_set=real_set, fake_set=fake_set, Fp=Fp, Fu=Fu):
             """Rows and labels a head trains on: pool rows in ``keep`` (by fake_set), UTKFace

@@ -655,11 +655,12 @@ class FeatureExtractor:
             leave=False,
         )
         computed = 0
-        # A view embeds several pictures per input: keep the network's batch about the same.
-        per_batch = max(1, self.batch_size // (self.view.n if self.view else 1))
+        # A view of several pictures per input (crops) keeps the network's batch about the
+        # same; a pooled view runs the network on the picture alone.
         pooled = getattr(self.view, "pooled", False)
-        if pooled:
-            per_batch = self.batch_size
+        per_batch = self.batch_size
+        if self.view is not None and not pooled:
+            per_batch = max(1, self.batch_size // self.view.n)
         for chunk in _chunks(todo, per_batch):
             pics, kps, ok_idx = [], [], []
             for i in chunk:
