@@ -12,9 +12,9 @@ from PIL import Image
 
 from facecheck.cli import main
 from facecheck.data import Record
-from facecheck.explain import explain
+from facecheck.explain import cell_logits, explain
 from facecheck.faces import FaceStage, scored_keypoints
-from facecheck.features import FeatureExtractor, load_backbone
+from facecheck.features import Backbone, FeatureExtractor, load_backbone
 from facecheck.localise import region_targets
 from facecheck.metrics import localisation_metrics, pattern_name, wilson_interval
 from facecheck.pipeline import BundleError, Detector
@@ -250,7 +250,7 @@ def test_bundle_with_other_region_crops_is_refused(p1_bundle, tmp_path):
 
 @pytest.mark.parametrize("head_input", ["image", "image+regions"])
 def test_bundle_with_pooled_region_features_round_trips(
-    small_manifest, cache_dir, face_paths, tmp_path, head_input
+    small_manifest, cache_dir, face_paths, tmp_path, head_input, monkeypatch
 ):
     out = tmp_path / "pooled"
     args = ["train", "--data", str(small_manifest), "--protocol", "P1", "--out", str(out)]
@@ -282,8 +282,21 @@ def test_bundle_with_pooled_region_features_round_trips(
         assert np.allclose(both[:, :dim], image, atol=1e-4)
         assert np.allclose(both[:, dim:], regions, atol=1e-4)
         assert "+regions-" in det.version
-        exp = explain(det, face_paths[0])
-        assert exp.cells is not None and exp.cells.shape == (7, 7)
+    # explain draws the heatmap from the verdict's own pass (the map it pooled the regions
+    # from) and reuses its face decision: one backbone pass, the same cells as a second.
+    passes: list[int] = []
+    real_map = Backbone.feature_map
+    monkeypatch.setattr(
+        Backbone, "feature_map", lambda self, x: passes.append(len(x)) or real_map(self, x)
+    )
+    exp = explain(det, face_paths[0])
+    assert passes == [1]
+    assert exp.cells is not None and exp.cells.shape == (7, 7)
+    _, ex = det.check_with_extraction(face_paths[:1], regions="all")
+    stage = det.face_stage
+    picture = Image.open(face_paths[0]).convert("RGB")
+    scored = stage.crop(picture, ex.faces[0]) if stage.active else picture
+    assert np.allclose(exp.cells, cell_logits(det, scored), atol=1e-3)
     again = Detector.load(det.save(tmp_path / "again"))
     assert [v.regions for v in again.check(face_paths[:3], regions="all")] == [
         v.regions for v in verdicts

@@ -66,15 +66,19 @@ class Explanation:
         }
 
 
-def cell_logits(detector: Detector, picture: Image.Image) -> np.ndarray:
+def cell_logits(
+    detector: Detector, picture: Image.Image, fmap: np.ndarray | None = None
+) -> np.ndarray:
     """A logit for each cell of the backbone's map (rows, cols): the region heads' highest
     when the region scores are pooled from that map (a ViT's patch tokens: its class token
     is no mean of them, so the image head says little about single patches; P6 measures
-    both), else the image head's (a CNN's class activation map)."""
-    bb = detector.backbone
-    x = bb.preprocessing(picture)[None]
-    with torch.inference_mode():
-        fmap = bb.feature_map(x.to(next(bb.model.parameters()).device))[0].float().cpu().numpy()
+    both), else the image head's (a CNN's class activation map). ``fmap`` is the picture's
+    map, (dim, rows, cols), if a pass already computed it."""
+    if fmap is None:
+        bb = detector.backbone
+        x = bb.preprocessing(picture)[None].to(next(bb.model.parameters()).device)
+        with torch.inference_mode():
+            fmap = bb.feature_map(x)[0].float().cpu().numpy()
     dim, rows, cols = fmap.shape
     cells = fmap.reshape(dim, -1).T
     if detector.regions is not None and detector.region_view == "pooled":
@@ -109,15 +113,21 @@ def explain(
     """
     decoded = source if isinstance(source, DecodedImage) else load_image(source)
     name = name or (str(source) if isinstance(source, str | Path) else "image")
-    verdict = detector.check([decoded], [name], regions="all")[0]
+    # One pass when region scores are pooled from the backbone's map: the verdict's pass
+    # keeps the map, and the face stage's decision is reused rather than made again.
+    pooled = detector.regions is not None and detector.region_view == "pooled"
+    verdicts, ex = detector.check_with_extraction(
+        [decoded], [name], regions="all", keep_maps=pooled and not detector.tta
+    )
+    verdict = verdicts[0]
     picture = decoded.image
     out = Explanation(verdict, picture.size)
     if verdict.fake_probability is None:  # unreadable, no face, several faces
         return out
     stage: FaceStage = detector.face_stage
-    analysis = stage.analyse(picture) if stage.active else None
+    analysis = ex.faces.get(0) if stage.active else None
     scored = stage.crop(picture, analysis) if analysis is not None else picture
-    out.cells = cell_logits(detector, scored)
+    out.cells = cell_logits(detector, scored, ex.maps.get(0))
     heat = heat_from_cells(out.cells, scored.size)
     kps = scored_keypoints(scored, analysis, stage if stage.active else None)
     if kps is not None:

@@ -471,6 +471,8 @@ class Extraction:
     n_computed: int = 0
     # What the face stage decided for each input it looked at (none when it is off).
     faces: dict[int, FaceAnalysis] = field(default_factory=dict)
+    # The backbone's map (dim, rows, cols) of each input, when asked for (``keep_maps``).
+    maps: dict[int, np.ndarray] = field(default_factory=dict)
 
     @property
     def ok(self) -> np.ndarray:
@@ -552,11 +554,11 @@ class FeatureExtractor:
     @torch.inference_mode()
     def embed_pooled(
         self, images: Sequence[Image.Image], keypoints: Sequence[Keypoints | None]
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Features of a pooled view (no cache): the backbone's map averaged with the view's
-        weights, (n, view.n * dim)."""
+        weights, (n, view.n * dim), and the map itself, (n, dim, rows, cols)."""
         if not images:
-            return np.zeros((0, self.dim), np.float32)
+            return np.zeros((0, self.dim), np.float32), np.zeros((0, self.backbone.dim, 0, 0))
         prep = self.backbone.preprocessing
         x = torch.stack([prep(im) for im in images]).to(self.device)
         with_image = getattr(self.view, "with_image", False)
@@ -573,7 +575,7 @@ class FeatureExtractor:
         pooled = pooled.reshape(len(images), -1)
         if with_image:
             pooled = torch.cat([feats.float(), pooled], dim=1)
-        return pooled.cpu().numpy()
+        return pooled.cpu().numpy(), fmap.cpu().numpy()
 
     @torch.inference_mode()
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -604,14 +606,20 @@ class FeatureExtractor:
         *,
         desc: str = "",
         faces: Mapping[int, FaceAnalysis] | None = None,
+        keep_maps: bool = False,
     ) -> Extraction:
         """Features for paths, bytes or decoded images, cached by content hash.
 
         ``hashes`` (e.g. from a dataset's records) skips re-hashing; ``faces`` (by input
         index, e.g. another extraction's) skips the face stage for those inputs. A file that
         cannot be decoded, or (with a face stage) holds no face or several, gets a NaN row
-        and an entry in ``errors``; the others are still extracted.
+        and an entry in ``errors``; the others are still extracted. ``keep_maps`` (pooled
+        views only: their pass computes the map anyway) also returns each input's backbone
+        map, so a heatmap needs no second pass; the cache is then not read.
         """
+        pooled = getattr(self.view, "pooled", False)
+        if keep_maps and not pooled:
+            raise ValueError("keep_maps needs a pooled view (its pass computes the map)")
         n = len(sources)
         out = np.full((n, self.dim), np.nan, dtype=np.float32)
         digests: list[str] = [""] * n
@@ -639,7 +647,7 @@ class FeatureExtractor:
         # are cached under their own key.
         keys = {i: self._feature_key(faces.get(i)) for i in first_of.values() if i not in errors}
         cached: dict[int, np.ndarray] = {}
-        if self.cache:
+        if self.cache and not keep_maps:
             for key in set(keys.values()):
                 wanted = [i for i, k in keys.items() if k == key]
                 found = self.cache.get_many(key, [digests[i] for i in wanted])
@@ -655,9 +663,9 @@ class FeatureExtractor:
             leave=False,
         )
         computed = 0
+        maps: dict[int, np.ndarray] = {}
         # A view of several pictures per input (crops) keeps the network's batch about the
         # same; a pooled view runs the network on the picture alone.
-        pooled = getattr(self.view, "pooled", False)
         per_batch = self.batch_size
         if self.view is not None and not pooled:
             per_batch = max(1, self.batch_size // self.view.n)
@@ -678,7 +686,12 @@ class FeatureExtractor:
                     ok_idx.append(i)
                 except ImageError as exc:
                     errors[i] = exc
-            feats = self.embed_pooled(pics, kps) if pooled else self.embed(pics)
+            if pooled:
+                feats, fmaps = self.embed_pooled(pics, kps)
+                if keep_maps:
+                    maps.update(zip(ok_idx, fmaps, strict=True))
+            else:
+                feats = self.embed(pics)
             feats = feats.reshape(len(ok_idx), self.dim)
             for i, f in zip(ok_idx, feats, strict=True):
                 out[i] = f
@@ -697,7 +710,9 @@ class FeatureExtractor:
                     out[i] = out[first]
                 if first in faces:
                     faces[i] = faces[first]
-        return Extraction(out, digests, errors, computed, faces)
+                if first in maps:
+                    maps[i] = maps[first]
+        return Extraction(out, digests, errors, computed, faces, maps)
 
     def _views(self, picture: Image.Image, analysis: FaceAnalysis | None) -> list[Image.Image]:
         if self.view is None:

@@ -21,6 +21,7 @@ from . import __version__
 from .faces import FaceAnalysis, FaceError, FaceStage
 from .features import (
     Backbone,
+    Extraction,
     FeatureCache,
     FeatureExtractor,
     Preprocessing,
@@ -303,6 +304,19 @@ class Detector:
         reviewer looks at; the four region crops cost about three times the image's own
         features), ``"all"`` or ``"none"``.
         """
+        return self.check_with_extraction(X, names, regions=regions)[0]
+
+    def check_with_extraction(
+        self,
+        X: Sequence[Source],
+        names: Sequence[str] | None = None,
+        *,
+        regions: str = "flagged",
+        keep_maps: bool = False,
+    ) -> tuple[list[Verdict], Extraction]:
+        """:meth:`check`, also returning the extraction behind the verdicts (the face
+        stage's decisions and, with ``keep_maps`` and pooled region scores, the backbone's
+        maps from the same pass): what an explanation is drawn from."""
         if regions not in ("flagged", "all", "none"):
             raise ValueError(f"regions must be flagged, all or none, not {regions!r}")
         self._require_head()
@@ -311,7 +325,10 @@ class Detector:
         # flagged images then cost no second pass.
         joint = self.regions is not None and self.region_view == "pooled" and regions != "none"
         joint = joint and not self.tta
-        ex = (self.joint_extractor if joint else self.extractor).extract(X)
+        if joint:
+            ex = self.joint_extractor.extract(X, keep_maps=keep_maps)
+        else:
+            ex = self.extractor.extract(X)
         dim = self.backbone.dim
         image = ex.features[:, :dim] if joint and not self.with_regions else ex.features
         ok = ex.ok
@@ -367,7 +384,7 @@ class Detector:
                         },
                     )
                 )
-        return out
+        return out, ex
 
     def _require_head(self) -> Head:
         if self.head is None:
