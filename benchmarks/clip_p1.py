@@ -39,10 +39,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import StratifiedGroupKFold
 
 from facecheck.blend import SelfBlender
-from facecheck.data import load_dataset
+from facecheck.data import grouped_folds, load_dataset
 from facecheck.ensemble import VotingClassifier
 from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
@@ -153,8 +152,7 @@ def vote(members, scores, y, y_test) -> dict:
 
 def fold_of(records, y, k: int, seed: int) -> np.ndarray:
     folds = np.empty(len(records), int)
-    cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
-    for f, (_, te) in enumerate(cv.split(np.zeros(len(y)), y, [r.sha256 for r in records])):
+    for f, (_, te) in enumerate(grouped_folds(records, y, k, seed)):
         folds[te] = f
     return folds
 

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from sklearn.model_selection import StratifiedGroupKFold
 
-from facecheck.data import load_dataset
+from facecheck.data import grouped_folds, load_dataset
 from facecheck.evaluate import evaluate_localisation, extract_all
 from facecheck.explain import explain
 from facecheck.faces import FaceStage
@@ -43,8 +42,8 @@ from facecheck.report import machine_description
 HERE = Path(__file__).resolve().parent
 
 
-def cross_validate(F, Y, y, groups, *, shared_eyes: bool, k: int, seed: int) -> dict:
-    folds = StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(F, y, groups)
+def cross_validate(F, Y, y, records, *, shared_eyes: bool, k: int, seed: int) -> dict:
+    folds = grouped_folds(records, y, k, seed)
     hits, aucs, aucs_f = [], [], []
     for tr, te in folds:
         P = RegionScorer(shared_eyes=shared_eyes, seed=seed).fit(F[tr], Y[tr]).predict_proba(F[te])
@@ -116,7 +115,7 @@ def main() -> None:
         for shared in (True, False):
             label = config_name(name, view, ctx)
             label += ", eyes share a head" if shared else ", a head per region"
-            cv[label] = cross_validate(F, Y, y, groups, shared_eyes=shared, k=args.folds, seed=0)
+            cv[label] = cross_validate(F, Y, y, pool, shared_eyes=shared, k=args.folds, seed=0)
             cv[label]["config"] = [name, view, ctx, shared]
             print(label, cv[label], flush=True)
             # Each backbone's best view by CV (the score: top-region hits) is the one scored

@@ -204,9 +204,9 @@ def _job(spec: tuple[str, str, list[int], list[int], list[int]]) -> dict:
 
 
 def run(args) -> None:
-    from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+    from sklearn.model_selection import train_test_split
 
-    from facecheck.data import load_dataset
+    from facecheck.data import grouped_folds, load_dataset
     from facecheck.protocols import build
 
     ds = load_dataset(args.data)
@@ -237,9 +237,7 @@ def run(args) -> None:
     )
     n_pool = len(pool)
     y_pool = G["y"][:n_pool]
-    folds = StratifiedGroupKFold(args.folds, shuffle=True, random_state=args.seed).split(
-        np.zeros(n_pool), y_pool, [r.sha256 for r in pool]
-    )
+    folds = grouped_folds(pool, y_pool, args.folds, args.seed)
     specs = []
     for k, (tr, te) in enumerate(folds):
         fit, stop = train_test_split(

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
-from facecheck.data import SPLITS, Record, load_dataset, split_by_hash
+from facecheck.data import SPLITS, Record, grouped_folds, load_dataset, split_by_hash
 from facecheck.protocols import P2_FAKES, P3_RATIO, build
 
 
@@ -89,6 +90,26 @@ def test_split_does_not_depend_on_file_order(full_dataset):
     p1 = build("P1", full_dataset)
     shuffled = full_dataset.subset(reversed(full_dataset.records))
     assert _split_hashes(build("P1", shuffled).split) == _split_hashes(p1.split)
+
+
+def test_grouped_folds_keep_copies_together_and_follow_the_seed(full_dataset):
+    p1 = build("P1", full_dataset)
+    pool = list(p1.split.train)
+    # A copy of every tenth image (same content hash) must land in its original's fold.
+    records = pool + pool[::10]
+    y = np.array([r.y for r in records])
+    folds = grouped_folds(records, y, k=5, seed=0)
+    assert len(folds) == 5
+    seen = np.zeros(len(records), int)
+    for train, test in folds:
+        seen[test] += 1
+        assert not {records[i].sha256 for i in train} & {records[i].sha256 for i in test}
+        assert abs(y[test].mean() - y.mean()) < 0.03  # stratified
+    assert (seen == 1).all()
+    again = grouped_folds(records, y, k=5, seed=0)
+    other = grouped_folds(records, y, k=5, seed=1)
+    assert all((a[1] == b[1]).all() for a, b in zip(folds, again, strict=True))
+    assert any(set(a[1]) != set(b[1]) for a, b in zip(folds, other, strict=True))
 
 
 def test_duplicates_follow_their_hash(tmp_path, shared_data):

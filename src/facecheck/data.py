@@ -256,6 +256,19 @@ def split_by_hash(
     return Split(*(ds.subset(parts[s]) for s in SPLITS))
 
 
+def grouped_folds(
+    records: Sequence[Record], y: Sequence[int] | np.ndarray, k: int = 5, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """k seeded, stratified (train, test) index folds over ``records`` in which every copy
+    of an image (same content hash) falls in one fold: the cross-validation twin of
+    :func:`split_by_hash`, for comparing models on a pool whose test split is kept aside."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    y = np.asarray(y)
+    cv = StratifiedGroupKFold(k, shuffle=True, random_state=seed)
+    return list(cv.split(np.zeros(len(y)), y, [r.sha256 for r in records]))
+
+
 def draw(records: Sequence[Record], n: int, *, seed: int) -> list[Record]:
     """A seeded draw of ``n`` records without replacement.
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm.auto import tqdm
 
-from .data import Dataset, Record
+from .data import Dataset, Record, grouped_folds
 from .features import FeatureExtractor, seconds_per_image
 from .imageio import ImageError
 from .metrics import (
@@ -224,12 +224,10 @@ def cross_validate(
     models are compared on these means, and the test figure is kept for the report.
     """
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedGroupKFold
 
     pool = protocol.split.train.subset([*protocol.split.train, *protocol.split.val])
     X, y, _ = xy(pool, feats)
-    groups = [r.sha256 for r in pool if r.sha256 in feats]
-    folds = list(StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(X, y, groups))
+    folds = grouped_folds([r for r in pool if r.sha256 in feats], y, k, seed)
     out = {}
     for head_kind in heads:
         aucs = []
