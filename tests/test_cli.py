@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from facecheck.cli import main
@@ -177,6 +178,26 @@ def test_finetune_one_epoch_with_policy_and_evaluation(small_manifest, tmp_path)
     assert (out / "model.pt").is_file() and (out / "checkpoints" / "last.pt").is_file()
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [r["epoch"] for r in rows] == ["1"]
+
+
+def test_train_max_fpr_holds_each_real_source_on_validation(small_manifest, cache_dir, tmp_path):
+    from facecheck.data import load_dataset
+    from facecheck.protocols import build
+
+    out = tmp_path / "fpr"
+    args = ["train", "--data", str(small_manifest), "--protocol", "P4", "--out", str(out)]
+    assert main([*args, "--max-fpr", "0.1", "--cache-dir", str(cache_dir), "--quiet"]) == 0
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["threshold_rule"] == "fpr:0.1"
+    det = Detector.load(out)
+    val = build("P4", load_dataset(small_manifest)).split.val
+    reals = [r for r in val if r.label == "real"]
+    scores = det.predict_proba([r.path for r in reals])[:, 1]
+    sources = {r.source for r in reals}
+    assert len(sources) == 2  # rff and UTKFace: each is held to the rate, not their mix
+    for src in sources:
+        mine = np.array([r.source == src for r in reals])
+        assert (scores[mine] >= det.threshold).mean() <= 0.1 + 1e-9
 
 
 def test_policy_options_are_exclusive(small_manifest, tmp_path, capsys):

@@ -6,8 +6,14 @@ import numpy as np
 import pytest
 
 from facecheck.ensemble import StackingClassifier, VotingClassifier
-from facecheck.metrics import FAKE, REAL, REVIEW, review_matrix, review_metrics
-from facecheck.policy import Calibrator, Policy, threshold_for_budget, threshold_for_recall
+from facecheck.metrics import FAKE, REAL, REVIEW, choose_threshold, review_matrix, review_metrics
+from facecheck.policy import (
+    Calibrator,
+    Policy,
+    threshold_for_budget,
+    threshold_for_fpr,
+    threshold_for_recall,
+)
 
 
 def test_unanimous_vote_on_a_constructed_example():
@@ -71,6 +77,33 @@ def test_review_budget_is_respected_at_the_stated_fake_rate():
         assert share <= budget + 1e-12
     # A smaller budget never gives a lower threshold.
     assert threshold_for_budget(y, s, 0.01) >= threshold_for_budget(y, s, 0.05)
+
+
+def test_fpr_rule_holds_every_real_source_to_the_rate_and_ignores_fakes():
+    S, y = _scores(seed=4)
+    s = S[:, 0].copy()
+    # Two real sources: the second's photos score higher (as rff's do beside UTKFace's).
+    groups = np.where(np.arange(len(y)) % 3 == 0, "b", "a")
+    s[(groups == "b") & (y == 0)] += 0.15
+    for rate in (0.01, 0.05, 0.1, 0.3):
+        t = threshold_for_fpr(y, s, rate, groups)
+        shares = {g: (s[(y == 0) & (groups == g)] >= t).mean() for g in ("a", "b")}
+        assert max(shares.values()) <= rate + 1e-12
+        # The lowest such threshold: one real score lower breaks the rate for some source.
+        below = np.sort(s[y == 0][s[y == 0] < t])
+        if below.size:
+            lower = below[-1]
+            assert any((s[(y == 0) & (groups == g)] >= lower).mean() > rate for g in ("a", "b"))
+        pooled = threshold_for_fpr(y, s, rate)
+        assert (s[y == 0] >= pooled).mean() <= rate + 1e-12 and pooled <= t
+        # The fakes play no part.
+        moved = np.where(y == 1, s * 0.5, s)
+        assert threshold_for_fpr(y, moved, rate, groups) == t
+    assert Policy.parse("fpr:0.05").threshold(y, s, groups) == threshold_for_fpr(y, s, 0.05, groups)
+    assert choose_threshold(y, s, "fpr:0.05", groups) == threshold_for_fpr(y, s, 0.05, groups)
+    assert threshold_for_fpr(y, s, 1.0) == 0.0  # flag everything
+    with pytest.raises(ValueError, match="rate"):
+        threshold_for_fpr(y, s, 1.5)
 
 
 def test_vote_policy_reaches_target_on_validation():

@@ -53,7 +53,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--threshold-rule",
         default="youden",
         help="how the validation split picks the threshold: youden (default), f1, "
-        "recall:0.97 or budget:0.015",
+        "recall:0.97, budget:0.015 or fpr:0.1 (at most 10%% of each real source's "
+        "validation reals flagged)",
+    )
+    rule.add_argument(
+        "--max-fpr",
+        type=float,
+        metavar="F",
+        help="policy: flag at most F of each real source's validation reals, the fakes "
+        "playing no part (same as --threshold-rule fpr:F)",
     )
     rule.add_argument(
         "--target-recall",
@@ -400,6 +408,8 @@ def _rule(args) -> str:
         return f"recall:{args.target_recall:g}"
     if getattr(args, "review_budget", None) is not None:
         return f"budget:{args.review_budget:g}"
+    if getattr(args, "max_fpr", None) is not None:
+        return f"fpr:{args.max_fpr:g}"
     return args.threshold_rule
 
 
@@ -549,12 +559,12 @@ def cmd_train(args) -> int:
     Fv = det.features(val.paths, val.hashes, skip_faceless=True)
     keep_t, keep_v = ~np.isnan(Ft).any(axis=1), ~np.isnan(Fv).any(axis=1)
     Ft, yt, Fv = Ft[keep_t], train.y[keep_t], Fv[keep_v]
-    val_y = val.y[keep_v]
+    val_y, val_sources = val.y[keep_v], val.sources[keep_v]
     det.fit_features(Ft, yt)
     region_counts = _fit_regions(det, train) if not args.no_regions else None
     if args.calibrate:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
-    thr = det.set_threshold_from(Fv, val_y, rule=_rule(args), features=True)
+    thr = det.set_threshold_from(Fv, val_y, rule=_rule(args), features=True, groups=val_sources)
     val_metrics = binary_metrics(val_y, det.score_features(Fv), thr)
     det.save(
         args.out,
@@ -826,7 +836,7 @@ def cmd_finetune(args) -> int:
     )
     seconds = time.perf_counter() - t0
     sv = ft.predict_proba(val.paths)[:, 1]
-    thr = ft.set_threshold_from(val.y, sv, rule=_rule(args))
+    thr = ft.set_threshold_from(val.y, sv, rule=_rule(args), groups=val.sources)
     ft.save(args.out / "model.pt")
     write_csv(args.out / "history.csv", ft.history, fields=None)
     summary = {

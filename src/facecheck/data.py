@@ -94,6 +94,10 @@ class Dataset:
     def hashes(self) -> list[str]:
         return [r.sha256 for r in self.records]
 
+    @property
+    def sources(self) -> np.ndarray:
+        return np.array([r.source for r in self.records])
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = defaultdict(int)
         for r in self.records:

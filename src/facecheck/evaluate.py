@@ -130,6 +130,11 @@ def xy(ds: Dataset, feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
     return X, np.array([r.y for r in keep], dtype=np.int64), len(ds) - len(keep)
 
 
+def sources_of(ds: Dataset, feats: dict[str, np.ndarray]) -> np.ndarray:
+    """The source of each row :func:`xy` returns (for rules that hold each source to a rate)."""
+    return np.array([r.source for r in ds.records if r.sha256 in feats])
+
+
 def evaluate_protocol(
     protocol: Protocol,
     feats: dict[str, np.ndarray],
@@ -170,7 +175,7 @@ def evaluate_protocol(
         head = make_head(head_kind, seed=seed).fit(Xtr, ytr)
         fit_s = time.perf_counter() - t0
         s_val = head.predict_proba(Xva)[:, 1]
-        thr = choose_threshold(yva, s_val, rule)
+        thr = choose_threshold(yva, s_val, rule, groups=sources_of(protocol.split.val, feats))
         out = {}
         for name, (base, pert, (X, y, _)) in tests.items():
             s = head.predict_proba(X)[:, 1]
@@ -286,7 +291,9 @@ def evaluate_localisation(
     Xtr, ytr, _ = xy(proto.split.train, feats)
     Xva, yva, _ = xy(proto.split.val, feats)
     det.fit_features(Xtr, ytr)
-    det.set_threshold_from(Xva, yva, rule=rule, features=True)
+    det.set_threshold_from(
+        Xva, yva, rule=rule, features=True, groups=sources_of(proto.split.val, feats)
+    )
 
     def labelled(split: Dataset) -> tuple[list[Record], np.ndarray]:
         Y, known = region_targets(split.records)

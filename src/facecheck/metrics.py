@@ -104,13 +104,16 @@ def recall_at_fpr(y: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
     return float(tpr[ok].max()) if ok.any() else 0.0
 
 
-def choose_threshold(y: np.ndarray, score: np.ndarray, rule: str = "youden") -> float:
+def choose_threshold(
+    y: np.ndarray, score: np.ndarray, rule: str = "youden", groups: np.ndarray | None = None
+) -> float:
     """Pick a threshold on *validation* outputs.
 
     Rules: ``youden`` (max recall - FPR), ``f1`` (max F1), ``recall:0.95`` (the highest
-    threshold whose recall reaches the target, i.e. the fewest false alarms that do) and
-    ``budget:0.015`` (the best recall flagging at most 1.5% of a 1:1000 stream); the last
-    two are :mod:`facecheck.policy`'s.
+    threshold whose recall reaches the target, i.e. the fewest false alarms that do),
+    ``budget:0.015`` (the best recall flagging at most 1.5% of a 1:1000 stream) and
+    ``fpr:0.05`` (flag at most 5% of the reals of each group in ``groups``, e.g. each real
+    source); the last three are :mod:`facecheck.policy`'s.
     """
     y = np.asarray(y, dtype=np.int64)
     score = np.asarray(score, dtype=np.float64)
@@ -124,12 +127,13 @@ def choose_threshold(y: np.ndarray, score: np.ndarray, rule: str = "youden") -> 
         prec, rec, thr = precision_recall_curve(y, score)
         f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
         return float(thr[int(np.argmax(f1[:-1]))])
-    if rule.startswith(("recall:", "budget:")):
+    if rule.startswith(("recall:", "budget:", "fpr:")):
         from .policy import Policy  # the operating-point policies live there
 
-        return Policy.parse(rule).threshold(y, score)
+        return Policy.parse(rule).threshold(y, score, groups)
     raise ValueError(
-        f"unknown threshold rule {rule!r}: use youden, f1, recall:<target> or budget:<share>"
+        f"unknown threshold rule {rule!r}: use youden, f1, recall:<target>, budget:<share> "
+        "or fpr:<rate>"
     )
 
 

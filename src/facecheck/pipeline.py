@@ -260,10 +260,13 @@ class Detector:
         *,
         rule: str = "youden",
         features: bool = False,
+        groups: Sequence[str] | np.ndarray | None = None,
     ) -> float:
-        """Choose the operating threshold on *validation* images (or their features)."""
+        """Choose the operating threshold on *validation* images (or their features);
+        ``groups`` (each image's source) let the ``fpr`` rule hold every real source to it."""
         F = np.asarray(X) if features else self.features(X)
-        self.threshold = choose_threshold(np.asarray(y), self.score_features(F), rule)
+        scores = self.score_features(F)
+        self.threshold = choose_threshold(np.asarray(y), scores, rule, groups=groups)
         self.threshold_rule = rule
         return self.threshold
 

@@ -9,6 +9,14 @@ questions instead, and each is answered on the validation split, then reported o
   fit (:func:`threshold_for_budget`). The share is taken at a stated fake rate (1:1000 for the
   bank), not at the validation split's own ratio, which is far richer in fakes.
 
+A third, ``fpr``, is fitted on the validation *reals* alone (:func:`threshold_for_fpr`): flag
+at most this share of genuine photos, of each real source. It is the one that transfers: a
+threshold tuned to the known fakes' scores sits wherever those fakes happen to score (near 1
+for a generator seen in training, so an unseen generator's fakes fall under it; P7), and a
+threshold tuned on a mix of real sources sits where the largest source puts it (the shipped
+detector's ALL threshold flagged 48% of rff-like photos). The reals of a deployment are
+plentiful and their false-alarm rate is what a bank pays for; recall follows from the ranking.
+
 :class:`Calibrator` maps scores to probabilities (temperature scaling or isotonic regression
 on validation), with an optional prior shift to the deployed fake rate, so a score of 0.3
 means about a 30% chance the image is fake at that rate.
@@ -70,28 +78,61 @@ def threshold_for_budget(
     return float(min(thr[ok[-1]], 1.0 + 1e-9)) if ok.size else float("inf")
 
 
+def threshold_for_fpr(
+    y: np.ndarray, score: np.ndarray, target: float, groups: np.ndarray | None = None
+) -> float:
+    """The lowest threshold that flags at most ``target`` of the reals (y == 0), of every
+    group (e.g. real source) when ``groups`` is given: the highest of the groups' thresholds.
+    Fakes play no part."""
+    if not 0 <= target <= 1:
+        raise ValueError(f"target false-positive rate must be in [0, 1], got {target}")
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    reals = y == 0
+    if not reals.any():
+        raise ValueError("a false-positive-rate threshold needs reals in the validation outputs")
+    groups = np.zeros(len(y), int) if groups is None else np.asarray(groups)
+    best = -np.inf
+    for g in np.unique(groups[reals]):
+        s = np.sort(score[reals & (groups == g)])[::-1]  # highest first
+        allowed = int(np.floor(target * len(s) + 1e-9))  # reals that may score above
+        if allowed < len(s):
+            # Just above the first real that must not be flagged (scores >= t are flagged).
+            best = max(best, float(np.nextafter(s[allowed], np.inf)))
+    return best if np.isfinite(best) else 0.0
+
+
 @dataclass(frozen=True)
 class Policy:
-    """A parsed policy: ``recall:0.97``, ``budget:0.015`` or a plain threshold rule."""
+    """A parsed policy: ``recall:0.97``, ``budget:0.015``, ``fpr:0.05`` or a plain rule."""
 
-    kind: str  # "recall", "budget" or a metrics.choose_threshold rule (youden, f1)
+    kind: str  # "recall", "budget", "fpr" or a metrics.choose_threshold rule (youden, f1)
     value: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> Policy:
         if ":" in text:
             kind, value = text.split(":", 1)
-            if kind not in ("recall", "budget"):
-                raise ValueError(f"unknown policy {text!r}: use recall:<r>, budget:<share>")
+            if kind not in ("recall", "budget", "fpr"):
+                raise ValueError(
+                    f"unknown policy {text!r}: use recall:<r>, budget:<share>, fpr:<rate>"
+                )
             return cls(kind, float(value))
         if text not in ("youden", "f1"):
-            raise ValueError(f"unknown policy {text!r}: use youden, f1, recall:<r>, budget:<s>")
+            raise ValueError(
+                f"unknown policy {text!r}: use youden, f1, recall:<r>, budget:<s>, fpr:<rate>"
+            )
         return cls(text)
 
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
 
-    def threshold(self, y: np.ndarray, score: np.ndarray) -> float:
+    def threshold(
+        self, y: np.ndarray, score: np.ndarray, groups: np.ndarray | None = None
+    ) -> float:
+        """The threshold on validation outputs; ``groups`` (each image's source) matter to
+        ``fpr`` only, which holds every real source to the rate."""
+        if self.kind == "fpr":
+            return threshold_for_fpr(y, score, float(self.value), groups)
         if self.kind == "recall":
             return threshold_for_recall(y, score, float(self.value))
         if self.kind == "budget":

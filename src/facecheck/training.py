@@ -262,11 +262,18 @@ class FineTuner:
         p = sigmoid(self._logits(self.net, self._pixels(X, progress)))
         return np.stack([1 - p, p], axis=1)
 
-    def set_threshold_from(self, y_val: Sequence[int], score_val: np.ndarray, rule: str) -> float:
+    def set_threshold_from(
+        self,
+        y_val: Sequence[int],
+        score_val: np.ndarray,
+        rule: str,
+        groups: Sequence[str] | np.ndarray | None = None,
+    ) -> float:
         """The operating threshold from *validation* scores (see metrics.choose_threshold)."""
         from .metrics import choose_threshold
 
-        self.threshold = choose_threshold(np.asarray(y_val), np.asarray(score_val), rule)
+        y, s = np.asarray(y_val), np.asarray(score_val)
+        self.threshold = choose_threshold(y, s, rule, groups=groups)
         self.threshold_rule = rule
         return self.threshold
 
