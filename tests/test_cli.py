@@ -200,6 +200,41 @@ def test_train_max_fpr_holds_each_real_source_on_validation(small_manifest, cach
         assert (scores[mine] >= det.threshold).mean() <= 0.1 + 1e-9
 
 
+def test_calibrate_sets_the_threshold_from_a_deployments_photos(
+    trained, shared_data, cache_dir, tmp_path, capsys
+):
+    import shutil
+
+    photos = tmp_path / "ours"
+    photos.mkdir()
+    for p in sorted((shared_data / "utkface" / "real").glob("*.jpg"))[:40]:
+        shutil.copy(p, photos / p.name)
+    (photos / "broken.jpg").write_bytes(b"not a jpeg")
+    before = json.loads((trained / "bundle.json").read_text())
+    out = tmp_path / "calibrated"
+    args = ["calibrate", "--model", str(trained), "--max-fpr", "0.1", "--out", str(out)]
+    assert main([*args, "--cache-dir", str(cache_dir), str(photos)]) == 0
+    printed = capsys.readouterr()
+    assert "1 left out" in printed.out and "fewer than about 100" in printed.err
+    meta = json.loads((out / "bundle.json").read_text())
+    record = meta["deployment_calibration"]
+    assert record["n_photos"] == 40 and record["n_left_out"] == 1
+    assert record["previous_threshold"] == before["threshold"]
+    assert meta["threshold_rule"] == "fpr:0.1 on 40 deployment photos"
+    assert json.loads((trained / "bundle.json").read_text()) == before  # the source is kept
+    det = Detector.load(out)
+    assert det.threshold == meta["threshold"] and det.version == before["model_version"]
+    scores = det.predict_proba(sorted(photos.glob("*.jpg"))[:40])[:, 1]
+    assert (scores >= det.threshold).mean() <= 0.1  # at most 4 of the 40 flagged
+    # The lowest such threshold: the highest-scoring photo left unflagged sits just below.
+    assert (scores >= np.max(scores[scores < det.threshold])).mean() > 0.1
+    assert "facecheck calibrate" in (out / "MODEL_CARD.md").read_text()
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"nothing")
+    assert main([*args[:-2], "--out", str(tmp_path / "x"), str(tmp_path / "junk")]) == 2
+    assert "could be scored" in capsys.readouterr().err
+
+
 def test_policy_options_are_exclusive(small_manifest, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(

@@ -19,13 +19,15 @@ examples:
   facecheck check selfie.jpg id_photo.png          score images with the shipped detector
   facecheck check --json *.jpg                     one JSON object per image, for machines
   facecheck train --data ../shared/data --protocol P1 --out models/p1
+  facecheck calibrate --max-fpr 0.05 --out models/ours our_photos/   threshold for your photos
   facecheck evaluate --data ../shared/data --protocols P1,P2,P3,P3-212,P4
   facecheck backbones                              list the feature extractors
   facecheck serve                                  scoring API + review queue on :8000
   facecheck feedback export --out fb/              reviewed cases as training data
 
-Fake is the positive class. Thresholds are chosen on the validation split only; the test
-split is scored once, by `evaluate`. See README.md for the protocols (P1-P4)."""
+Fake is the positive class. Thresholds are chosen on the validation split only (or on a
+deployment's own photos, by `calibrate`); the test split is scored once, by `evaluate`.
+See README.md for the protocols (P1-P7)."""
 
 
 def _face_stage_option(p: argparse.ArgumentParser) -> None:
@@ -148,6 +150,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     p.add_argument("--out", type=Path, required=True, help="folder for the PNG and JSON files")
+    _model_options(p)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="set a bundle's threshold from your own photos (at most F of them flagged)",
+        description="Score a sample of the photos this deployment receives (unlabelled: at "
+        "1 fake in 1,000 they are genuine for this purpose) and write a copy of the bundle "
+        "whose threshold flags at most --max-fpr of them. A threshold chosen on the training "
+        "data's validation split does not transfer to a camera or source the detector never "
+        "saw (benchmarks/thresholds.md); a few hundred of your own photos fix that. Photos "
+        "that cannot be scored are left out and counted.",
+    )
+    p.add_argument(
+        "images", nargs="+", type=Path, metavar="PHOTOS", help="image files or folders of images"
+    )
+    p.add_argument(
+        "--max-fpr",
+        type=float,
+        required=True,
+        metavar="F",
+        help="share of the photos the new threshold may flag, e.g. 0.05",
+    )
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     _model_options(p)
 
     p = sub.add_parser(
@@ -494,6 +519,40 @@ def cmd_check(args) -> int:
     return 1 if any(v.error for v in verdicts) else 0
 
 
+def cmd_calibrate(args) -> int:
+    import shutil
+
+    from .pipeline import default_bundle_path
+    from .report import write_model_card
+
+    det, files = _detector_and_files(args)
+    if det is None or not files:
+        return 2
+    if len(files) < 100:
+        print(
+            f"facecheck: {len(files)} photos: with fewer than about 100 the rate "
+            f"{args.max_fpr:g} is only roughly kept",
+            file=sys.stderr,
+        )
+    try:
+        record = det.calibrate_threshold(files, args.max_fpr)
+    except ValueError as exc:
+        print(f"facecheck: {exc}", file=sys.stderr)
+        return 2
+    origin = args.model or default_bundle_path()
+    if args.out.resolve() != origin.resolve():
+        shutil.copytree(origin, args.out, dirs_exist_ok=True)  # region heads, card, etc.
+    det.save(args.out)
+    write_model_card(args.out, det)
+    print(
+        f"saved {args.out} ({det.version}): threshold {det.threshold:.4f} flags "
+        f"{record['flagged_share']:.1%} of {record['n_photos']} photos (was "
+        f"{record['previous_threshold']:.4f}, {record['previous_rule']}); "
+        f"{record['n_left_out']} left out (unreadable, no face or several)"
+    )
+    return 0
+
+
 def cmd_explain(args) -> int:
     from .explain import explain_to
     from .imageio import ImageError
@@ -588,7 +647,7 @@ def cmd_train(args) -> int:
         },
         metrics_val=val_metrics,
     )
-    write_model_card(args.out, det, proto)
+    write_model_card(args.out, det)
     print(
         f"saved {args.out} ({det.version}); threshold {thr:.3f} chosen on validation "
         f"({_rule(args)})"
@@ -988,6 +1047,7 @@ def main(argv: list[str] | None = None) -> int:
     handler = {
         "check": cmd_check,
         "explain": cmd_explain,
+        "calibrate": cmd_calibrate,
         "train": cmd_train,
         "evaluate": cmd_evaluate,
         "finetune": cmd_finetune,

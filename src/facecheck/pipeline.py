@@ -293,6 +293,39 @@ class Detector:
         self.calibration = cal
         return cal
 
+    def calibrate_threshold(self, photos: Sequence[Source], max_fpr: float) -> dict[str, object]:
+        """Set the threshold from a deployment's own photos: the lowest that flags at most
+        ``max_fpr`` of them (:func:`facecheck.policy.threshold_for_fpr`).
+
+        The photos are unlabelled; at a fake rate of 1 in 1,000 a sample of them is reals for
+        this purpose. No rule fitted on validation can know where a real source the detector
+        never saw scores (P7: 40-100% of an unseen source flagged); its own photos can.
+        Pictures that cannot be scored (unreadable, no face, several) are left out and
+        counted. Returns what is also recorded in the bundle's metadata.
+        """
+        from .policy import threshold_for_fpr
+
+        verdicts = self.check(photos, regions="none")
+        scores = np.array([v.fake_probability for v in verdicts if v.fake_probability is not None])
+        if len(scores) == 0:
+            raise ValueError("none of the photos could be scored: nothing to calibrate on")
+        digests = sorted(str(v.sha256) for v in verdicts if v.fake_probability is not None)
+        before, rule = self.threshold, self.threshold_rule
+        self.threshold = threshold_for_fpr(np.zeros(len(scores)), scores, max_fpr)
+        self.threshold_rule = f"fpr:{max_fpr:g} on {len(scores)} deployment photos"
+        record = {
+            "max_fpr": max_fpr,
+            "n_photos": len(scores),
+            "n_left_out": len(verdicts) - len(scores),
+            "flagged_share": round(float((scores >= self.threshold).mean()), 4),
+            "photos_fingerprint": hashlib.sha256("".join(digests).encode()).hexdigest()[:16],
+            "previous_threshold": before,
+            "previous_rule": rule,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        self.metadata["deployment_calibration"] = record
+        return record
+
     def check(
         self,
         X: Sequence[Source],

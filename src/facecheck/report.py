@@ -578,11 +578,12 @@ _LIMITS = {
 }
 
 
-def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
+def write_model_card(bundle_dir: Path, det) -> Path:
     """MODEL_CARD.md beside a bundle: what it was trained on, under which terms, how it did."""
     from .data import KNOWN_SOURCES
 
     meta = det.metadata
+    deployed = meta.get("deployment_calibration")
     training = meta.get("training", {})
     val = meta.get("metrics_val", {})
     sources = sorted({k.split("/")[0] for k in training.get("train_counts", {})})
@@ -591,8 +592,15 @@ def write_model_card(bundle_dir: Path, det, proto: Protocol) -> Path:
         f"# Model card: {det.version}",
         "",
         f"- **What it does**: scores a face image's probability of being fake (edited or "
-        f"generated); verdict `fake` at or above the threshold {det.threshold:.3f} (chosen on "
-        f"the validation split by rule `{det.threshold_rule}`).",
+        f"generated); verdict `fake` at or above the threshold {det.threshold:.3f} "
+        + (
+            f"(rule `{det.threshold_rule}`, set by `facecheck calibrate` on "
+            f"{deployed['created'][:10]}: it flags {deployed['flagged_share']:.1%} of those "
+            f"photos, fingerprint `{deployed['photos_fingerprint']}`; the validation threshold "
+            f"was {deployed['previous_threshold']:.3f}, rule `{deployed['previous_rule']}`)."
+            if deployed
+            else f"(chosen on the validation split by rule `{det.threshold_rule}`)."
+        ),
         f"- **Architecture**: frozen {bb.name} features ({bb.dim}-d, "
         f"{bb.preprocessing.size} px, weights `{bb.weights_id}`, {bb.licence}) -> "
         f"`{det.head_kind}` head (imbalance strategy "
