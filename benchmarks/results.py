@@ -52,6 +52,13 @@ EXTRA_RUNS = [
         "logreg --run-name clip-all --out reports/clip-all",
     ),
     (
+        ROOT / "reports" / "clip-fpr01" / "metrics.csv",
+        "P4, P7 and ALL with the shipped recipe, threshold rule fpr:0.01 (at most 1% of each "
+        "real source's validation reals flagged; issue 8)",
+        "facecheck evaluate --protocols P4,P7,ALL --backbones clip_vit_b16_layers --heads "
+        "logreg --max-fpr 0.01 --run-name clip-fpr01 --out reports/clip-fpr01",
+    ),
+    (
         ROOT / "reports" / "srm-p1" / "metrics.csv",
         "P1 with the noise-residual stream (SRM filters), alone and beside CLIP (issue 9)",
         "facecheck evaluate --protocols P1 --backbones srm,clip_vit_b16_layers,"
@@ -530,6 +537,11 @@ def main() -> None:
             "(issue 9)",
             "From `benchmarks/clip_p1.md` (`python benchmarks/clip_p1.py`; 5-fold CV, then "
             "P1's test split once).",
+        ),
+        *markdown_section(
+            ROOT / "benchmarks" / "thresholds.md",
+            "Threshold rules in and out of source (issues 8 and 9)",
+            "From `benchmarks/thresholds.md` (`python benchmarks/thresholds.py`).",
         ),
         *markdown_section(
             ROOT / "benchmarks" / "localise.md",

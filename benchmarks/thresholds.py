@@ -119,7 +119,7 @@ def markdown(results: dict, meta: dict) -> str:
     for name, r in results.items():
         sets = list(r["roc_auc"])
         lines += [
-            f"## {name}",
+            f"### {name}",
             "",
             "Validation reals from: "
             + ", ".join(r["val_sources"])
