@@ -97,6 +97,29 @@ def test_evaluate_writes_report_and_accumulates_scores(small_manifest, cache_dir
     assert r1 == r2
 
 
+def test_evaluate_region_aware_head_input(small_manifest, cache_dir, tmp_path, capsys):
+    from facecheck.data import load_dataset
+    from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
+    from facecheck.regions import PooledRegionView
+
+    out = tmp_path / "regions"
+    args = ["evaluate", "--data", str(small_manifest), "--protocols", "P1", "--backbones"]
+    args += ["lite0", "--heads", "logreg", "--head-input", "image+regions", "--n-boot", "50"]
+    args += ["--cache-dir", str(cache_dir), "--scores-csv", str(tmp_path / "s.csv")]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["model"] for r in rows} == {"efficientnet_lite0+regions+logreg"}
+    # The head read the picture's features and the four regions' (5 x 1280), as cached.
+    ds = load_dataset(small_manifest)
+    ex = FeatureExtractor(
+        load_backbone("lite0"), FeatureCache(cache_dir), view=PooledRegionView(with_image=True)
+    )
+    assert ex.dim == 5 * 1280
+    assert FeatureCache(cache_dir).count(ex.key) >= len(ds.where(source="rff"))
+    assert main([*args[:4], "P1,P6", *args[5:], "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "takes no P6" in capsys.readouterr().err
+
+
 def test_check_scores_good_files_and_reports_bad_ones(trained, face_paths, tmp_path, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(face_paths[0].read_bytes()[:500])

@@ -30,6 +30,17 @@ deployment's own photos, by `calibrate`); the test split is scored once, by `eva
 See README.md for the protocols (P1-P7)."""
 
 
+def _head_input_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--head-input",
+        choices=["image", "image+regions"],
+        default="image",
+        help="what the head reads: the picture's features (default), or those and the four "
+        "regions' pooled features from the same pass (region-aware; the shipped CLIP "
+        "detector's choice, see benchmarks/clip_p1.md)",
+    )
+
+
 def _face_stage_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--face-stage",
@@ -233,14 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         "pooled inside the region boxes (one pass); auto (default): pooled for CLIP, crops "
         "for CNNs (see benchmarks/localise.md)",
     )
-    p.add_argument(
-        "--head-input",
-        choices=["image", "image+regions"],
-        default="image",
-        help="what the head reads: the picture's features (default), or those and the four "
-        "regions' pooled features from the same pass (region-aware; the shipped CLIP "
-        "detector's choice, see benchmarks/clip_p1.md)",
-    )
+    _head_input_option(p)
     _face_stage_option(p)
     _common(p)
 
@@ -307,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add one perturbed copy of every training image of the --perturb-protocols "
         "(degrade: random rescale 0.4-1x and JPEG q50-95, seeded per image)",
     )
+    _head_input_option(p)
     _face_stage_option(p)
     _common(p)
 
@@ -722,6 +727,7 @@ def cmd_evaluate(args) -> int:
     from .faces import FaceStage
     from .features import FeatureExtractor, load_backbone, resolve_name
     from .protocols import build, expand
+    from .regions import PooledRegionView
     from .report import git_commit, machine_description, write_report
 
     t0 = time.perf_counter()
@@ -751,6 +757,11 @@ def cmd_evaluate(args) -> int:
         members = bb.split("+")
         if len(members) > 1 and (perturbations or args.train_augment or p6):
             raise ValueError("concatenated backbones (a+b) take no --perturb, --train-augment, P6")
+        # Region-aware: the picture's features, then the four regions' pooled from one pass
+        # (what `train --head-input image+regions` fits), so the report's rows say "+regions".
+        regions = args.head_input == "image+regions"
+        if regions and (p6 or args.tta):
+            raise ValueError("--head-input image+regions takes no P6 or --tta")
         extractors = [
             FeatureExtractor(
                 _reencoded(load_backbone(m), args.reencode),
@@ -758,9 +769,11 @@ def cmd_evaluate(args) -> int:
                 tta=args.tta,
                 progress=not args.quiet,
                 face_stage=FaceStage(mode=args.face_stage),
+                view=PooledRegionView(with_image=True) if regions else None,
             )
             for m in members
         ]
+        label = f"{bb}+regions" if regions else bb
         parts = [extract_all(used, e) for e in extractors]
         ex = extractors[0]
         feats = {
@@ -771,7 +784,7 @@ def cmd_evaluate(args) -> int:
         errs = {k: v for _, e in parts for k, v in e.items()}
         if audit_feats is None:
             audit_feats = feats
-        extract_s[bb] = round(time.perf_counter() - t, 1)
+        extract_s[label] = round(time.perf_counter() - t, 1)
         errors.update(errs)
         perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
         augment = None
@@ -799,7 +812,7 @@ def cmd_evaluate(args) -> int:
             results += evaluate_protocol(
                 proto,
                 feats,
-                backbone=bb,
+                backbone=label,
                 heads=heads,
                 tta=args.tta,
                 rule=_rule(args),
@@ -811,7 +824,7 @@ def cmd_evaluate(args) -> int:
             )
             if not args.quiet:
                 print(
-                    f"{proto.name} {bb}: "
+                    f"{proto.name} {label}: "
                     + "; ".join(
                         f"{r.head} ROC-AUC {r.tests[proto.headline].at_val['roc_auc']:.3f}"
                         for r in results[-len(heads) :]
