@@ -191,8 +191,8 @@ P7_GOAL = "out-of-source ROC-AUC >= 0.95 for generated faces, within 0.03 of in-
 CLIP_P7_RUN = (
     ROOT / "reports" / "clip-p4-p7" / "metrics.csv",
     "python benchmarks/clip_features.py && facecheck evaluate --protocols P4,P7 --backbones "
-    "clip_vit_b16,clip_vit_b16_layers --heads logreg --run-name clip-p4-p7 "
-    "--out reports/clip-p4-p7",
+    "clip_vit_b16,clip_vit_b16_layers,efficientnet_lite0+clip_vit_b16_layers --heads "
+    "logreg,mlp --run-name clip-p4-p7 --out reports/clip-p4-p7",
 )
 
 
