@@ -1,12 +1,14 @@
 """Show the reviewer where the edit is: a heatmap and the four region scores, on the input.
 
-The heatmap is the detector's own head applied to each cell of the backbone's last
-convolutional map (7 x 7 at 224 px): the image's features are the mean of those cells, so for
-the logistic head an image's logit is exactly the mean of the cells' logits (a class
-activation map), and the map shows which part of the face pushed the score up. The region
-scores come from the detector's :class:`~facecheck.localise.RegionScorer`. Both are computed
-on the picture the detector scores (the input, or the face stage's aligned crop) and mapped
-back onto the input, so the overlay PNG has the input's size.
+The heatmap is a logit for each cell of the backbone's map. For a CNN it is the detector's
+own head on each cell of the last convolutional map (7 x 7 at 224 px): the image's features
+are those cells' mean, so for the logistic head an image's logit is exactly the mean of the
+cells' logits (a class activation map). When the region scores are pooled from the map (CLIP's
+14 x 14 patch tokens), it is the region heads' highest logit per cell, read from the verdict's
+own pass, so it agrees with the region scores. The region scores come from the detector's
+:class:`~facecheck.localise.RegionScorer`. Both are computed on the picture the detector
+scores (the input, or the face stage's aligned crop) and mapped back onto the input, so the
+overlay PNG has the input's size.
 """
 
 from __future__ import annotations
@@ -113,12 +115,9 @@ def explain(
     """
     decoded = source if isinstance(source, DecodedImage) else load_image(source)
     name = name or (str(source) if isinstance(source, str | Path) else "image")
-    # One pass when region scores are pooled from the backbone's map: the verdict's pass
-    # keeps the map, and the face stage's decision is reused rather than made again.
-    pooled = detector.regions is not None and detector.region_view == "pooled"
-    verdicts, ex = detector.check_with_extraction(
-        [decoded], [name], regions="all", keep_maps=pooled and not detector.tta
-    )
+    # One pass when region scores are pooled from the backbone's map (the verdict's pass
+    # keeps the map; other detectors return none); the face stage's decision is reused.
+    verdicts, ex = detector.check_with_extraction([decoded], [name], regions="all", keep_maps=True)
     verdict = verdicts[0]
     picture = decoded.image
     out = Explanation(verdict, picture.size)
