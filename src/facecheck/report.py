@@ -572,10 +572,22 @@ _LIMITS = {
     "default": "frozen ImageNet features barely separate Photoshop edits from real photos of "
     "the same source (rff same-source ROC-AUC is far below the GAN figures).",
     "clip_vit_b16_layers": "Photoshop edits of the same source are caught far better than by "
-    "ImageNet features (P1 ROC-AUC 0.93 by CV) but not all; the threshold chosen on "
-    "validation does not transfer to a generator or a real source it has not seen (P7: an "
-    "unseen real source is flagged at about 40%). About 0.3 s per image on a 2-core CPU.",
+    "ImageNet features (P1 ROC-AUC by 5-fold CV: 0.93 on the class tokens, 0.96 with the "
+    "regions' patch tokens too) but not all: at 10% FPR about one edit in ten is missed. No "
+    "threshold fitted on these data can know where photos from a camera or source the "
+    "detector has not seen will score (P7: 44-100% of an unseen real source flagged): run "
+    "`facecheck calibrate` on a few hundred of your own photos. About 0.3 s per image on a "
+    "2-core CPU.",
 }
+
+
+def _rule_options(rule: str) -> str:
+    """The `facecheck evaluate` options that choose a threshold by ``rule``."""
+    kind, _, value = rule.partition(":")
+    flags = {"fpr": "--max-fpr", "recall": "--target-recall", "budget": "--review-budget"}
+    if kind in flags and value:
+        return f" {flags[kind]} {value.split()[0]}"
+    return "" if rule in ("youden", "default") else f" --threshold-rule {rule}"
 
 
 def write_model_card(bundle_dir: Path, det) -> Path:
@@ -602,8 +614,14 @@ def write_model_card(bundle_dir: Path, det) -> Path:
             else f"(chosen on the validation split by rule `{det.threshold_rule}`)."
         ),
         f"- **Architecture**: frozen {bb.name} features ({bb.dim}-d, "
-        f"{bb.preprocessing.size} px, weights `{bb.weights_id}`, {bb.licence}) -> "
-        f"`{det.head_kind}` head (imbalance strategy "
+        f"{bb.preprocessing.size} px, weights `{bb.weights_id}`, {bb.licence})"
+        + (
+            f", followed by the same pass's map pooled in the four region boxes "
+            f"({det.extractor.dim}-d in all: the head reads where the edits are) -> "
+            if det.with_regions
+            else " -> "
+        )
+        + f"`{det.head_kind}` head (imbalance strategy "
         f"`{det.head.get_params().get('imbalance', 'n/a')}`). {_face_stage_text(det)}",
         "- **Probabilities**: "
         + (
@@ -647,8 +665,11 @@ def write_model_card(bundle_dir: Path, det) -> Path:
         )
         + ".",
         f"- **Test figures**: `facecheck evaluate --protocols {training.get('protocol')} "
-        f"--backbones {bb.name} --heads {det.head_kind}` (the same recipe with the test split "
-        "scored once; figures in `benchmarks/results.md`).",
+        f"--backbones {bb.name} --heads {det.head_kind}"
+        + (f" --head-input {det.head_input}" if det.with_regions else "")
+        + _rule_options(deployed["previous_rule"] if deployed else det.threshold_rule)
+        + "` (the same recipe with the test split scored once; figures in "
+        "`benchmarks/results.md`).",
         f"- **Known limits**: {_LIMITS.get(bb.name, _LIMITS['default'])} Figures that mix "
         "sources between classes partly measure the source. Not for automatic rejection: "
         "every `fake` verdict goes to a person.",
