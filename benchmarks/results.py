@@ -52,6 +52,14 @@ EXTRA_RUNS = [
         "logreg --run-name clip-all --out reports/clip-all",
     ),
     (
+        ROOT / "reports" / "clip-regions" / "metrics.csv",
+        "ALL, P4 and P7 with the shipped detector's recipe: region-aware CLIP head (class "
+        "tokens + the regions' pooled patch tokens), threshold fpr:0.1 (issues 8 and 9)",
+        "facecheck evaluate --protocols ALL,P4,P7 --backbones clip_vit_b16_layers --heads "
+        "logreg --head-input image+regions --max-fpr 0.1 --run-name clip-regions "
+        "--out reports/clip-regions",
+    ),
+    (
         ROOT / "reports" / "clip-fpr01" / "metrics.csv",
         "P4, P7 and ALL with the shipped recipe, threshold rule fpr:0.01 (at most 1% of each "
         "real source's validation reals flagged; issue 8)",
@@ -476,6 +484,12 @@ def speed_section() -> list[str]:
             f"p95 {c['p95_ms']} ms ({c['images']} images; model load "
             f"{c['model_load_s']} s, first call incl. tracing {c['first_check_s']} s) |"
         ]
+        if "explain_latency" in s:
+            e = s["explain_latency"]
+            lines.append(
+                f"| `explain` one picture + overlay PNG, default detector ({e['model']}) "
+                f"| p50 {e['p50_ms']} ms, p95 {e['p95_ms']} ms ({e['images']} images) |"
+            )
         for name, f in s.get("face_stage", {}).items():
             what = {
                 "tight_crops": "face stage alone, the data's tight crops (passthrough)",
