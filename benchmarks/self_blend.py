@@ -91,8 +91,9 @@ def _out() -> Path:
     return Path(G.get("out", OUT))  # type: ignore[arg-type]
 
 
-def run_name(network: str, variant: str) -> str:
-    return variant if network == "efficientnet_lite0" else f"{network}-{variant}"
+def run_name(network: str, variant: str, region_weight: float = 0.0) -> str:
+    name = variant if network == "efficientnet_lite0" else f"{network}-{variant}"
+    return name + (f"-aux{region_weight:g}" if region_weight else "")
 
 
 class RegionCropsOf:
@@ -174,6 +175,7 @@ def _job(spec: tuple[str, str, list[int], list[int], list[int]]) -> dict:
         patience=3,
         seed=seed,
         device=G["device"],
+        region_weight=G["region_weight"],
     )
     t0 = time.perf_counter()
     ft.fit(
@@ -184,6 +186,7 @@ def _job(spec: tuple[str, str, list[int], list[int], list[int]]) -> dict:
         progress=False,
         synthetic=synthetic,
         n_synthetic=n_syn,
+        regions=G["regions"][train_idx] if G["region_weight"] else None,
     )
     score = ft.predict_proba(px[test])[:, 1]
     out = {
@@ -197,7 +200,7 @@ def _job(spec: tuple[str, str, list[int], list[int], list[int]]) -> dict:
         "history": ft.history,
         "seconds": round(time.perf_counter() - t0, 1),
     }
-    path = _out() / run_name(G["network"], variant) / f"{fold}.json"
+    path = _out() / run_name(G["network"], variant, G["region_weight"]) / f"{fold}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out))
     return out
@@ -207,6 +210,7 @@ def run(args) -> None:
     from sklearn.model_selection import train_test_split
 
     from facecheck.data import grouped_folds, load_dataset
+    from facecheck.localise import region_targets
     from facecheck.protocols import build
 
     ds = load_dataset(args.data)
@@ -221,6 +225,9 @@ def run(args) -> None:
     kp_all = json.loads(KEYPOINTS.read_text())["keypoints"]
     t0 = time.perf_counter()
     px, full, kps = pictures(records, kp_all, args.network)
+    Y_regions, known = region_targets(records)
+    if args.region_weight and args.network != "region_lite0":
+        raise SystemExit("--region-weight needs --network region_lite0 (its region logits)")
     print(f"decoded {len(records)} pictures in {time.perf_counter() - t0:.0f} s", flush=True)
     G.update(
         px=px,
@@ -234,6 +241,9 @@ def run(args) -> None:
         epochs=args.epochs,
         device=args.device,
         sbi_share=args.sbi_share,
+        region_weight=args.region_weight,
+        # Region bits as auxiliary targets (NaN where unknown: GAN, UTKFace, 3-bit names).
+        regions=np.where(known[:, None], Y_regions, np.nan),
     )
     n_pool = len(pool)
     y_pool = G["y"][:n_pool]
@@ -321,7 +331,9 @@ def tabulate() -> str:
         f"{meta['sbi_share']:g} x the training reals. Variants named `region_lite0-...` use "
         "the region-aware network instead (`region_lite0`: the same ImageNet Lite0 on four "
         "112 px crops cut at 256 px around the face stage's eye, nose and mouth keypoints, "
-        f"max-pooled to one logit). Machine: {meta['machine']}.",
+        f"max-pooled to one logit); `...-aux<W>`: trained with the rff fakes' region bits as an "
+        "auxiliary target of the four region logits, weight W (`--region-weight`). "
+        f"Machine: {meta['machine']}.",
         "",
         "| variant | CV ROC-AUC (mean ± sd) | CV recall @ 10% FPR | test ROC-AUC [95% CI] "
         "| test recall @ 10% FPR | train real/fake (+ synthetic/epoch) | best epochs |",
@@ -329,6 +341,7 @@ def tabulate() -> str:
     ]
     oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     names = [run_name(n, v) for n in ("efficientnet_lite0", "region_lite0") for v in VARIANTS]
+    names += sorted(d.name for d in _out().glob("*-aux*") if d.is_dir())
     for variant in names:
         files = sorted((_out() / variant).glob("cv*.json"))
         if not files:
@@ -417,6 +430,13 @@ def main() -> None:
         "--only-folds", default="", help="comma-separated jobs to run, e.g. test or cv0,cv1"
     )
     ap.add_argument("--subsample", type=int, default=0, help="smoke run: N pictures per part")
+    ap.add_argument(
+        "--region-weight",
+        type=float,
+        default=0.0,
+        help="region_lite0: weight of the region bits as an auxiliary target of the region "
+        "logits (runs are kept apart as <variant>-aux<W>)",
+    )
     args = ap.parse_args()
     G["out"] = args.out
     args.variants = [v for v in args.variants.split(",") if v]

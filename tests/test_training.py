@@ -63,6 +63,61 @@ def test_resume_continues_from_the_last_epoch(rff_small, tmp_path):
     assert resumed.history[1]["train_loss"] == pytest.approx(straight.history[1]["train_loss"])
 
 
+def _region_crops(ds) -> np.ndarray:
+    """(N, 4, 3, 112, 112) region crops at the rff crops' typical keypoints."""
+    from facecheck.imageio import load_image
+    from facecheck.regions import region_crops, typical_keypoints
+
+    out = []
+    for r in ds:
+        img = np.asarray(load_image(r.path).image)
+        kps = typical_keypoints((img.shape[1], img.shape[0]))
+        out.append(region_crops(img, kps, 112).transpose(0, 3, 1, 2))
+    return np.stack(out)
+
+
+def test_region_targets_are_an_auxiliary_loss_of_the_region_logits(rff_small):
+    from facecheck.localise import region_targets
+    from facecheck.training import region_loss
+
+    # The loss reads the known targets only, and unknown ones pass no gradient.
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]], requires_grad=True)
+    targets = torch.tensor([[1.0, float("nan")], [0.0, float("nan")]])
+    region_loss(logits, targets).backward()
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits.detach()[:, 0], targets[:, 0]
+    )
+    assert region_loss(logits.detach(), targets) == pytest.approx(float(expected))
+    assert logits.grad[:, 1].abs().sum() == 0 and logits.grad[:, 0].abs().sum() > 0
+    assert float(region_loss(logits.detach(), torch.full((2, 2), float("nan")))) == 0.0
+
+    train, val = rff_small
+    X, Xv = _region_crops(train), _region_crops(val)
+    Y, known = region_targets(list(train))
+    regions = np.where(known[:, None], Y, np.nan)
+    cfg = _config(network="region_lite0", augment="none", batch_size=8)
+    runs = {
+        w: FineTuner(cfg, device="cpu", region_weight=w).fit(
+            X, train.y, Xv, val.y, progress=False, regions=regions
+        )
+        for w in (0.0, 1.0)
+    }
+    with_aux, without = runs[1.0], runs[0.0]
+    assert np.isfinite(with_aux.history[0]["train_region_loss"])
+    assert "train_region_loss" not in without.history[0]
+    # The same seed and batches: only the auxiliary loss makes the weights differ.
+    a, b = with_aux.net.state_dict(), without.net.state_dict()
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+    with pytest.raises(ValueError, match="keeps the rows"):
+        FineTuner(cfg, device="cpu", region_weight=1.0, imbalance="under").fit(
+            X, train.y, Xv, val.y, progress=False, regions=regions
+        )
+    with pytest.raises(ValueError, match="region crops"):
+        FineTuner(_config(), device="cpu", region_weight=1.0).fit(
+            train.paths, train.y, val.paths, val.y, progress=False, regions=regions
+        )
+
+
 def test_smote_on_pixels_and_undersampling_change_the_training_counts(rff_small):
     train, val = rff_small
     y = train.y.copy()

@@ -58,7 +58,19 @@ class TrainConfig:
     augment: str = augment.DEFAULT
     seed: int = 0
     weights: str | None = None  # a local starting point instead of the default
+    # Weight of the auxiliary region loss (networks with ``region_logits``, given region
+    # targets): each region crop's logit is also taught whether that region was replaced.
+    region_weight: float = 0.0
     extra: dict[str, object] = field(default_factory=dict)
+
+
+def region_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean BCE over the known region targets (NaN = unknown: a GAN face, a self-blended
+    fake, an unlabelled source); zero, with a gradient, when none is known."""
+    known = ~torch.isnan(targets)
+    if not bool(known.any()):
+        return logits.sum() * 0.0
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits[known], targets[known])
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -129,6 +141,7 @@ class FineTuner:
         progress: bool = True,
         synthetic: Callable[[int, np.random.Generator], np.ndarray] | None = None,
         n_synthetic: int = 0,
+        regions: np.ndarray | None = None,
     ) -> FineTuner:
         """Train on (X, y), early-stop on (X_val, y_val). X: paths, bytes or uint8 pixels.
 
@@ -136,16 +149,29 @@ class FineTuner:
         fresh fakes, uint8 channels-last ((n, S, S, 3), or (n, R, S, S, 3) for region
         crops), to every epoch's training data; each epoch's draw
         is seeded by (seed, epoch), so a resumed run sees the same fakes.
+        ``regions`` (n, R): whether each region of each training image was replaced (1/0,
+        NaN where unknown, e.g. from :func:`facecheck.localise.region_targets`); with
+        ``config.region_weight`` > 0 and a region network on region crops, they are an
+        auxiliary target of the region logits (early stopping still reads the image loss).
         """
         c = self.config
         torch.manual_seed(c.seed)  # weights init and augmentation draws
         strategy = Imbalance.parse(c.imbalance)
         px, y = self._pixels(X, progress), np.asarray(y, dtype=np.int64)
         pv, yv = self._pixels(X_val, progress), np.asarray(y_val, dtype=np.int64)
+        aux = regions is not None and c.region_weight > 0
+        if aux:
+            regions = np.asarray(regions, dtype=np.float32)
+            if regions.shape != (len(y), *px.shape[1:2]) or px.ndim != 5:
+                raise ValueError("region targets need region crops (N, R, 3, S, S) and (N, R) bits")
+            if strategy.smote is not None or strategy.under is not None:
+                raise ValueError("region targets need an imbalance strategy that keeps the rows")
         px, y = strategy.resample(px, y, seed=c.seed)  # SMOTE on raw pixels, or undersampling
         self.train_counts_ = {"real": int((y == 0).sum()), "fake": int((y == 1).sum())}
         pipeline = augment.build(c.augment, self.preprocessing.size)
         net = build_network(c.network, c.weights).to(self.device)
+        if aux and not hasattr(net, "region_logits"):
+            raise ValueError(f"{c.network} has no region logits for region targets")
         opt = self._optimizer(net)
         n_syn = n_synthetic if synthetic is not None else 0
         loss_fn = strategy.loss(np.concatenate([y, np.ones(n_syn, np.int64)])).to(self.device)
@@ -170,14 +196,16 @@ class FineTuner:
                 break
             t0 = time.perf_counter()
             net.train()
-            px_e, y_e = px, y
+            px_e, y_e, r_e = px, y, regions
             if n_syn:
                 extra = synthetic(n_syn, np.random.default_rng([c.seed, epoch]))  # type: ignore[misc]
                 px_e = np.concatenate([px, np.moveaxis(extra, -1, -3)])
                 y_e = np.concatenate([y, np.ones(n_syn, np.int64)])
+                if aux:  # the synthetic fakes' regions are not recorded here: unknown
+                    r_e = np.concatenate([regions, np.full((n_syn, regions.shape[1]), np.nan)])  # type: ignore[union-attr]
             batches = strategy.batches(y_e, c.batch_size, gen)
             bar = tqdm(batches, desc=f"epoch {epoch + 1}/{c.epochs}", disable=not progress)
-            total, seen = 0.0, 0
+            total, seen, total_r = 0.0, 0, 0.0
             for idx in bar:
                 if len(idx) < 2 and any(isinstance(m, torch.nn.BatchNorm1d) for m in net.modules()):
                     continue  # BatchNorm cannot train on a single row
@@ -185,7 +213,14 @@ class FineTuner:
                 xb = self.preprocessing.normalize(xb).to(self.device)
                 yb = torch.from_numpy(y_e[idx.numpy()]).float().to(self.device)
                 opt.zero_grad()
-                loss = loss_fn(net(xb), yb)
+                if aux:  # one pass: the image logit is the regions' max (RegionMax)
+                    rl = net.region_logits(xb)  # type: ignore[operator]
+                    rb = torch.from_numpy(r_e[idx.numpy()]).float().to(self.device)  # type: ignore[index]
+                    r_loss = region_loss(rl, rb)
+                    loss = loss_fn(rl.max(dim=1).values, yb) + c.region_weight * r_loss
+                    total_r += r_loss.item() * len(idx)
+                else:
+                    loss = loss_fn(net(xb), yb)
                 loss.backward()
                 opt.step()
                 total, seen = total + loss.item() * len(idx), seen + len(idx)
@@ -203,6 +238,7 @@ class FineTuner:
             row = {
                 "epoch": epoch + 1,
                 "train_loss": total / max(seen, 1),
+                **({"train_region_loss": total_r / max(seen, 1)} if aux else {}),
                 "val_loss": val_loss,
                 "val_roc_auc": float(roc_auc_score(yv, p)) if len(set(yv)) == 2 else math.nan,
                 "val_recall": float(pred[yv == 1].mean()) if (yv == 1).any() else math.nan,
