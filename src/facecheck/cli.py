@@ -752,16 +752,16 @@ def cmd_evaluate(args) -> int:
     p5_train = _records_of(ds, protocols, ("train",), only=p5_on)
     results, errors, extract_s = [], {}, {}
     audit_feats = None
+    # Region-aware: the picture's features, then the four regions' pooled from one pass
+    # (what `train --head-input image+regions` fits), so the report's rows say "+regions".
+    regions = args.head_input == "image+regions"
+    if regions and (p6 or args.tta):
+        raise ValueError("--head-input image+regions takes no P6 or --tta")
     for bb in backbones:
         t = time.perf_counter()
         members = bb.split("+")
         if len(members) > 1 and (perturbations or args.train_augment or p6):
             raise ValueError("concatenated backbones (a+b) take no --perturb, --train-augment, P6")
-        # Region-aware: the picture's features, then the four regions' pooled from one pass
-        # (what `train --head-input image+regions` fits), so the report's rows say "+regions".
-        regions = args.head_input == "image+regions"
-        if regions and (p6 or args.tta):
-            raise ValueError("--head-input image+regions takes no P6 or --tta")
         extractors = [
             FeatureExtractor(
                 _reencoded(load_backbone(m), args.reencode),

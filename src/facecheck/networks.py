@@ -136,10 +136,15 @@ class RegionMax(_LogitOf):
         n, r = x.shape[:2]
         return self.net(x.flatten(0, 1)).view(n, r)
 
+    @staticmethod
+    def pool(region_logits: torch.Tensor) -> torch.Tensor:
+        """The image logit from the region logits (n, R): their max."""
+        return region_logits.max(dim=1).values
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 4:  # plain pictures: scored as one view each
             return super().forward(x)
-        return self.region_logits(x).max(dim=1).values
+        return self.pool(self.region_logits(x))
 
 
 def _region_lite0() -> nn.Module:

@@ -170,7 +170,7 @@ class FineTuner:
         self.train_counts_ = {"real": int((y == 0).sum()), "fake": int((y == 1).sum())}
         pipeline = augment.build(c.augment, self.preprocessing.size)
         net = build_network(c.network, c.weights).to(self.device)
-        if aux and not hasattr(net, "region_logits"):
+        if aux and not (hasattr(net, "region_logits") and hasattr(net, "pool")):
             raise ValueError(f"{c.network} has no region logits for region targets")
         opt = self._optimizer(net)
         n_syn = n_synthetic if synthetic is not None else 0
@@ -213,11 +213,11 @@ class FineTuner:
                 xb = self.preprocessing.normalize(xb).to(self.device)
                 yb = torch.from_numpy(y_e[idx.numpy()]).float().to(self.device)
                 opt.zero_grad()
-                if aux:  # one pass: the image logit is the regions' max (RegionMax)
+                if aux:  # one pass: the image logit is pooled from the region logits
                     rl = net.region_logits(xb)  # type: ignore[operator]
                     rb = torch.from_numpy(r_e[idx.numpy()]).float().to(self.device)  # type: ignore[index]
                     r_loss = region_loss(rl, rb)
-                    loss = loss_fn(rl.max(dim=1).values, yb) + c.region_weight * r_loss
+                    loss = loss_fn(net.pool(rl), yb) + c.region_weight * r_loss  # type: ignore[operator]
                     total_r += r_loss.item() * len(idx)
                 else:
                     loss = loss_fn(net(xb), yb)
