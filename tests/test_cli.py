@@ -104,11 +104,13 @@ def test_evaluate_region_aware_head_input(small_manifest, cache_dir, tmp_path, c
 
     out = tmp_path / "regions"
     args = ["evaluate", "--data", str(small_manifest), "--protocols", "P1", "--backbones"]
-    args += ["lite0", "--heads", "logreg", "--head-input", "image+regions", "--n-boot", "50"]
+    args += ["lite0", "--heads", "logreg,regionmil", "--head-input", "image+regions"]
+    args += ["--n-boot", "50"]
     args += ["--cache-dir", str(cache_dir), "--scores-csv", str(tmp_path / "s.csv")]
     assert main([*args, "--out", str(out), "--quiet"]) == 0
     rows = list(csv.DictReader((out / "metrics.csv").open()))
-    assert {r["model"] for r in rows} == {"efficientnet_lite0+regions+logreg"}
+    models = {"efficientnet_lite0+regions+logreg", "efficientnet_lite0+regions+regionmil"}
+    assert {r["model"] for r in rows} == models
     # The head read the picture's features and the four regions' (5 x 1280), as cached.
     ds = load_dataset(small_manifest)
     ex = FeatureExtractor(
@@ -118,6 +120,10 @@ def test_evaluate_region_aware_head_input(small_manifest, cache_dir, tmp_path, c
     assert FeatureCache(cache_dir).count(ex.key) >= len(ds.where(source="rff"))
     assert main([*args[:4], "P1,P6", *args[5:], "--out", str(tmp_path / "x"), "--quiet"]) == 2
     assert "takes no P6" in capsys.readouterr().err
+    # The region-learning head reads the regions: refused without them.
+    plain = [a for a in args if a not in ("--head-input", "image+regions")]
+    assert main([*plain, "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "add --head-input image+regions" in capsys.readouterr().err
 
 
 def test_check_scores_good_files_and_reports_bad_ones(trained, face_paths, tmp_path, capsys):

@@ -15,7 +15,7 @@ from facecheck.data import Record
 from facecheck.explain import cell_logits, explain
 from facecheck.faces import FaceStage, scored_keypoints
 from facecheck.features import Backbone, FeatureExtractor, load_backbone
-from facecheck.localise import region_targets
+from facecheck.localise import region_bits, region_targets
 from facecheck.metrics import localisation_metrics, pattern_name, wilson_interval
 from facecheck.pipeline import BundleError, Detector
 from facecheck.regions import (
@@ -50,6 +50,10 @@ def test_region_bits_for_all_sixteen_patterns_and_the_three_bit_name(full_datase
     Y, known = region_targets([fakes[0], three, real, gan, other])
     assert known.tolist() == [True, False, True, False, False]
     assert tuple(Y[0]) == fakes[0].regions and Y[2].sum() == 0
+    # The same as one array for heads that learn regions: NaN where unknown.
+    R = region_bits([fakes[0], three, real, gan, other])
+    assert np.isnan(R[[1, 3, 4]]).all() and not np.isnan(R[[0, 2]]).any()
+    assert tuple(R[0]) == fakes[0].regions and R[2].sum() == 0
 
 
 def test_p6_metrics_on_a_constructed_example():
@@ -248,17 +252,20 @@ def test_bundle_with_other_region_crops_is_refused(p1_bundle, tmp_path):
         Detector.load(copy)
 
 
-@pytest.mark.parametrize("head_input", ["image", "image+regions"])
+@pytest.mark.parametrize(
+    ("head_input", "head"),
+    [("image", "logreg"), ("image+regions", "logreg"), ("image+regions", "regionmil")],
+)
 def test_bundle_with_pooled_region_features_round_trips(
-    small_manifest, cache_dir, face_paths, tmp_path, head_input, monkeypatch
+    small_manifest, cache_dir, face_paths, tmp_path, head_input, head, monkeypatch
 ):
     out = tmp_path / "pooled"
     args = ["train", "--data", str(small_manifest), "--protocol", "P1", "--out", str(out)]
-    args += ["--region-view", "pooled", "--head-input", head_input]
+    args += ["--region-view", "pooled", "--head-input", head_input, "--head", head]
     assert main([*args, "--cache-dir", str(cache_dir), "--quiet"]) == 0
     meta = json.loads((out / "bundle.json").read_text())
     assert meta["regions"]["view"] == PooledRegionView().key
-    assert meta["head_input"] == head_input
+    assert meta["head_input"] == head_input and meta["head"]["kind"] == head
     det = Detector.load(out)
     assert det.region_view == "pooled" and det.head_input == head_input
     assert isinstance(det.region_extractor.view, PooledRegionView)
@@ -303,6 +310,8 @@ def test_bundle_with_pooled_region_features_round_trips(
     ]
     with pytest.raises(ValueError, match="pooled"):
         Detector(head_input="image+regions", region_view="crops")
+    with pytest.raises(ValueError, match="image\\+regions"):
+        Detector(head="regionmil", region_view="pooled")
 
 
 def test_explain_writes_pngs_of_the_inputs_size(p1_bundle, face_paths, tmp_path, capsys):

@@ -11,7 +11,7 @@ from sklearn.base import clone
 
 from facecheck.data import load_dataset
 from facecheck.features import FeatureCache
-from facecheck.models import LogisticHead, MLPHead, make_head
+from facecheck.models import LogisticHead, MLPHead, RegionMILHead, make_head
 from facecheck.pipeline import BundleError, Detector
 
 
@@ -23,7 +23,7 @@ def _blobs(n=300, d=20, seed=0):
     return X, y
 
 
-@pytest.mark.parametrize("kind", ["logreg", "mlp"])
+@pytest.mark.parametrize("kind", ["logreg", "mlp", "regionmil"])
 def test_head_learns_and_round_trips(kind, tmp_path):
     X, y = _blobs()
     head = make_head(kind).fit(X[:200], y[:200])
@@ -48,6 +48,51 @@ def test_heads_reject_bad_input():
         LogisticHead().fit(X2, y)
     with pytest.raises(ValueError, match="labels"):
         MLPHead().fit(X, y[:-1])
+
+
+def _region_parts(n=400, d=6, seed=0):
+    """An image part and four region parts; a fake has one to three regions replaced, which
+    shifts that region's part along one direction (the same for every region)."""
+    rng = np.random.default_rng(seed)
+    R = np.zeros((n, 4))
+    y = (rng.random(n) < 0.5).astype(int)
+    for i in np.flatnonzero(y):
+        R[i, rng.choice(4, size=rng.integers(1, 4), replace=False)] = 1
+    X = rng.normal(size=(n, 5, d))
+    X[:, 1:, 0] += 2.5 * R
+    return X.reshape(n, -1).astype(np.float32), y, R
+
+
+def test_region_mil_head_learns_regions_from_their_bits():
+    from sklearn.metrics import roc_auc_score
+
+    X, y, R = _region_parts()
+    taught = RegionMILHead(region_weight=1.0).fit(X[:300], y[:300], regions=R[:300])
+    P = taught.predict_regions(X[300:])
+    assert P.shape == (100, 4)
+    fake = y[300:] == 1
+    for k in range(4):
+        assert roc_auc_score(R[300:][fake, k], P[fake, k]) > 0.8
+    # Taught the bits, region probabilities mean "replaced": high where it was, low where not.
+    assert P[R[300:] == 1].mean() > 0.6 > 0.4 > P[R[300:] == 0].mean()
+    assert roc_auc_score(y[300:], taught.predict_proba(X[300:])[:, 1]) > 0.9
+    # NaN bits are unknown: with none known the auxiliary loss is off, as with weight 0.
+    unknown = RegionMILHead(region_weight=1.0, C=0.01).fit(X, y, regions=np.full(R.shape, np.nan))
+    plain = RegionMILHead(region_weight=0.0, C=0.01).fit(X, y)
+    np.testing.assert_allclose(unknown.predict_proba(X), plain.predict_proba(X), atol=1e-6)
+    # ...and a known bit changes the fit.
+    some = RegionMILHead(region_weight=1.0, C=0.01).fit(X, y, regions=R)
+    assert np.abs(some.predict_proba(X) - plain.predict_proba(X)).max() > 1e-3
+
+
+def test_region_mil_head_refuses_bad_input():
+    X, y, R = _region_parts(n=60)
+    with pytest.raises(ValueError, match="equal parts"):
+        RegionMILHead().fit(X[:, :-1], y)
+    with pytest.raises(ValueError, match="regions must be"):
+        RegionMILHead().fit(X, y, regions=R[:, :3])
+    with pytest.raises(ValueError, match="0, 1 or NaN"):
+        RegionMILHead().fit(X, y, regions=R * 2)
 
 
 @pytest.fixture(scope="module")

@@ -205,7 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--head",
         default="logreg",
         help="logreg (default) or mlp, optionally with an imbalance strategy: "
-        "mlp:smote0.1+under0.5+focal, logreg:under (see README)",
+        "mlp:smote0.1+under0.5+focal, logreg:under (see README); or regionmil (with "
+        "--head-input image+regions: region logits pooled into the image's, also taught "
+        "the rff file names' region bits; benchmarks/region_mil.md)",
     )
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument(
@@ -592,6 +594,7 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from .data import load_dataset
+    from .localise import region_bits
     from .metrics import binary_metrics
     from .pipeline import Detector
     from .protocols import build
@@ -624,7 +627,7 @@ def cmd_train(args) -> int:
     keep_t, keep_v = ~np.isnan(Ft).any(axis=1), ~np.isnan(Fv).any(axis=1)
     Ft, yt, Fv = Ft[keep_t], train.y[keep_t], Fv[keep_v]
     val_y, val_sources = val.y[keep_v], val.sources[keep_v]
-    det.fit_features(Ft, yt)
+    det.fit_features(Ft, yt, region_bits(train.records)[keep_t])
     region_counts = _fit_regions(det, train) if not args.no_regions else None
     if args.calibrate:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
@@ -726,6 +729,7 @@ def cmd_evaluate(args) -> int:
     )
     from .faces import FaceStage
     from .features import FeatureExtractor, load_backbone, resolve_name
+    from .models import HEADS, split_head_spec
     from .protocols import build, expand
     from .regions import PooledRegionView
     from .report import git_commit, machine_description, write_report
@@ -757,6 +761,8 @@ def cmd_evaluate(args) -> int:
     regions = args.head_input == "image+regions"
     if regions and (p6 or args.tta):
         raise ValueError("--head-input image+regions takes no P6 or --tta")
+    if not regions and any(HEADS[split_head_spec(h)[0]].learns_regions for h in heads):
+        raise ValueError("--heads regionmil reads the regions: add --head-input image+regions")
     for bb in backbones:
         t = time.perf_counter()
         members = bb.split("+")

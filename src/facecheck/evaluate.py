@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from .data import Dataset, Record, grouped_folds
 from .features import FeatureExtractor, seconds_per_image
 from .imageio import ImageError
+from .localise import region_bits
 from .metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -27,7 +28,7 @@ from .metrics import (
     localisation_metrics,
     recall_at_fpr,
 )
-from .models import make_head
+from .models import fit_head, make_head
 from .perturb import perturb
 from .protocols import Protocol
 from .regions import REGIONS
@@ -122,8 +123,13 @@ def extract_perturbed(
     return {h: result.features[i] for i, h in enumerate(originals) if i not in result.errors}
 
 
+def kept(ds: Dataset, feats: dict[str, np.ndarray]) -> list[Record]:
+    """The records that have features (the rows of :func:`xy`, in its order)."""
+    return [r for r in ds.records if r.sha256 in feats]
+
+
 def xy(ds: Dataset, feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, int]:
-    keep = [r for r in ds.records if r.sha256 in feats]
+    keep = kept(ds, feats)
     if not keep:
         return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), len(ds)
     X = np.stack([feats[r.sha256] for r in keep])
@@ -132,7 +138,12 @@ def xy(ds: Dataset, feats: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarra
 
 def sources_of(ds: Dataset, feats: dict[str, np.ndarray]) -> np.ndarray:
     """The source of each row :func:`xy` returns (for rules that hold each source to a rate)."""
-    return np.array([r.source for r in ds.records if r.sha256 in feats])
+    return np.array([r.source for r in kept(ds, feats)])
+
+
+def regions_of(ds: Dataset, feats: dict[str, np.ndarray]) -> np.ndarray:
+    """Region bits (NaN unknown) of each row :func:`xy` returns, for heads that learn them."""
+    return region_bits(kept(ds, feats))
 
 
 def evaluate_protocol(
@@ -160,9 +171,11 @@ def evaluate_protocol(
     """
     cv = cross_validate(protocol, feats, heads=heads, k=cv_folds, seed=seed) if cv_folds > 1 else {}
     Xtr, ytr, d_tr = xy(protocol.split.train, feats)
+    Rtr = regions_of(protocol.split.train, feats)
     if train_augment:
         Xa, ya, _ = xy(protocol.split.train, train_augment[1])
         Xtr, ytr = np.vstack([Xtr, Xa]), np.concatenate([ytr, ya])
+        Rtr = np.vstack([Rtr, regions_of(protocol.split.train, train_augment[1])])
     Xva, yva, d_va = xy(protocol.split.val, feats)
     tests = {name: (name, None, xy(ds, feats)) for name, ds in protocol.test_sets.items()}
     d_test = sum(dropped for _, _, (_, _, dropped) in tests.values())
@@ -172,7 +185,7 @@ def evaluate_protocol(
     results = []
     for head_kind in heads:
         t0 = time.perf_counter()
-        head = make_head(head_kind, seed=seed).fit(Xtr, ytr)
+        head = fit_head(make_head(head_kind, seed=seed), Xtr, ytr, Rtr)
         fit_s = time.perf_counter() - t0
         s_val = head.predict_proba(Xva)[:, 1]
         thr = choose_threshold(yva, s_val, rule, groups=sources_of(protocol.split.val, feats))
@@ -232,12 +245,13 @@ def cross_validate(
 
     pool = protocol.split.train.subset([*protocol.split.train, *protocol.split.val])
     X, y, _ = xy(pool, feats)
-    folds = grouped_folds([r for r in pool if r.sha256 in feats], y, k, seed)
+    R = regions_of(pool, feats)
+    folds = grouped_folds(kept(pool, feats), y, k, seed)
     out = {}
     for head_kind in heads:
         aucs = []
         for tr, te in folds:
-            head = make_head(head_kind, seed=seed).fit(X[tr], y[tr])
+            head = fit_head(make_head(head_kind, seed=seed), X[tr], y[tr], R[tr])
             aucs.append(float(roc_auc_score(y[te], head.predict_proba(X[te])[:, 1])))
         out[head_kind] = (float(np.mean(aucs)), float(np.std(aucs)), aucs)
     return out
@@ -290,7 +304,7 @@ def evaluate_localisation(
     det._extractor = ex  # the backbone is loaded already
     Xtr, ytr, _ = xy(proto.split.train, feats)
     Xva, yva, _ = xy(proto.split.val, feats)
-    det.fit_features(Xtr, ytr)
+    det.fit_features(Xtr, ytr, regions_of(proto.split.train, feats))
     det.set_threshold_from(
         Xva, yva, rule=rule, features=True, groups=sources_of(proto.split.val, feats)
     )

@@ -45,6 +45,12 @@ def region_targets(records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray]:
     return Y, known
 
 
+def region_bits(records: Sequence[Record]) -> np.ndarray:
+    """:func:`region_targets` as one float array (n, 4), NaN where a record has none."""
+    Y, known = region_targets(records)
+    return np.where(known[:, None], Y.astype(np.float64), np.nan)
+
+
 class RegionScorer:
     """P(region replaced) for each of the four regions, from region-crop features.
 

@@ -41,6 +41,8 @@ class Head(ClassifierMixin, BaseEstimator):
     """Base class: binary classifier on features, fake = 1, persisted as arrays."""
 
     kind: ClassVar[str] = "head"
+    # Whether ``fit`` also learns from region bits (``regions=``): callers pass them then.
+    learns_regions: ClassVar[bool] = False
     classes_ = np.array([0, 1])
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
@@ -281,7 +283,169 @@ class MLPHead(Head):
         self.model_ = model.eval()
 
 
-HEADS: dict[str, type[Head]] = {"logreg": LogisticHead, "mlp": MLPHead}
+class _RegionMIL(nn.Module):
+    """Image logit = linear(image part) + logsumexp(region logits); the region logits come
+    from one linear map over every region's part (``shared``) or one per region. (No learnt
+    scale on the logsumexp: it would undo the L2 penalty on the region weights.)"""
+
+    def __init__(self, dim: int, n_regions: int, shared: bool):
+        super().__init__()
+        self.image = nn.Linear(dim, 1)
+        self.region_w = nn.Parameter(torch.zeros(1 if shared else n_regions, dim))
+        self.region_b = nn.Parameter(torch.zeros(n_regions))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zr = (x[:, 1:] * self.region_w).sum(-1) + self.region_b
+        return self.image(x[:, 0]).squeeze(-1) + torch.logsumexp(zr, 1), zr
+
+    def penalty(self) -> torch.Tensor:
+        return 0.5 * (self.image.weight.square().sum() + self.region_w.square().sum())
+
+
+class RegionMILHead(Head):
+    """A region-aware head that also says which region was replaced (multiple-instance).
+
+    Its input is an image part followed by the four regions' parts, equal in width (the
+    pooled CLIP view with the image first). Each region gets a logit from a linear map of its
+    part; the image logit adds their soft maximum (logsumexp) to a linear score of the image
+    part, so one replaced region can make the image fake. ``region_weight`` > 0 also teaches
+    each region's logit the region bits where they are known (``fit(..., regions=)``, NaN =
+    unknown; reals of a labelled source are all 0): the file names' bits become an auxiliary
+    target, and the region logits become region scores. Fitted full-batch with L-BFGS on the
+    class-weighted loss plus an L2 penalty scaled as scikit-learn's (``C``, picked by inner
+    stratified k-fold ROC-AUC when ``"auto"``), so C means what it means for the logistic head.
+    """
+
+    kind = "regionmil"
+    learns_regions = True
+    C_GRID: ClassVar[tuple[float, ...]] = (3e-4, 1e-3, 3e-3, 1e-2, 3e-2)
+
+    def __init__(
+        self,
+        C: float | str = "auto",
+        region_weight: float = 0.0,
+        parts: int = 5,
+        shared: bool = True,
+        max_iter: int = 300,
+        cv: int = 3,
+        seed: int = 0,
+    ):
+        self.C = C
+        self.region_weight = region_weight
+        self.parts = parts
+        self.shared = shared
+        self.max_iter = max_iter
+        self.cv = cv
+        self.seed = seed
+
+    def _parts(self, X: np.ndarray) -> torch.Tensor:
+        if X.shape[1] % self.parts:
+            raise ValueError(f"{X.shape[1]} features do not split into {self.parts} equal parts")
+        return torch.from_numpy(X.astype(np.float32)).view(len(X), self.parts, -1)
+
+    def _check_regions(self, regions: np.ndarray | None, n: int) -> np.ndarray:
+        if regions is None:
+            return np.full((n, self.parts - 1), np.nan)
+        regions = np.asarray(regions, dtype=np.float64)
+        if regions.shape != (n, self.parts - 1):
+            raise ValueError(f"regions must be ({n}, {self.parts - 1}), got {regions.shape}")
+        known = regions[~np.isnan(regions)]
+        if not np.isin(known, (0.0, 1.0)).all():
+            raise ValueError("region bits must be 0, 1 or NaN (unknown)")
+        return regions
+
+    def _train(self, x: torch.Tensor, y: np.ndarray, R: np.ndarray, C: float) -> _RegionMIL:
+        torch.manual_seed(self.seed)
+        n = len(y)
+        model = _RegionMIL(x.shape[2], self.parts - 1, self.shared)
+        yt = torch.from_numpy(y).float()
+        w = torch.from_numpy(n / (2.0 * np.bincount(y, minlength=2)[y])).float()
+        known = torch.from_numpy(~np.isnan(R))
+        rt = torch.from_numpy(np.nan_to_num(R)).float()
+        # Region columns are weighted to balance replaced and untouched within each.
+        pos = (rt * known).sum(0).clamp(min=1.0)
+        neg = ((1 - rt) * known).sum(0).clamp(min=1.0)
+        rw = known * torch.where(rt > 0, known.sum(0) / (2 * pos), known.sum(0) / (2 * neg))
+        use_aux = self.region_weight > 0 and bool(known.any())
+        opt = torch.optim.LBFGS(
+            model.parameters(), max_iter=self.max_iter, line_search_fn="strong_wolfe"
+        )
+        bce = nn.functional.binary_cross_entropy_with_logits
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            z, zr = model(x)
+            loss = bce(z, yt, weight=w) + model.penalty() / (C * n)
+            if use_aux:
+                aux = bce(zr, rt, weight=rw, reduction="sum") / known.sum()
+                loss = loss + self.region_weight * aux
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return model.eval()
+
+    def fit(self, X: np.ndarray, y: np.ndarray, regions: np.ndarray | None = None):
+        X, y = _check_xy(X, y)
+        R = self._check_regions(regions, len(y))
+        x = self._parts(self._fit_standardiser(X, floor=1e-6))
+        if self.C == "auto":
+            folds = min(self.cv, int(np.bincount(y).min()))
+            if folds < 2:
+                raise ValueError("C='auto' needs at least 2 images of each class")
+            from sklearn.metrics import roc_auc_score
+
+            cv = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
+            auc = {
+                C: np.mean(
+                    [
+                        roc_auc_score(y[te], self._train(x[tr], y[tr], R[tr], C)(x[te])[0].detach())
+                        for tr, te in cv.split(X, y)
+                    ]
+                )
+                for C in self.C_GRID
+            }
+            self.C_ = float(max(auc, key=auc.get))
+        else:
+            self.C_ = float(self.C)
+        self.model_ = self._train(x, y, R, self.C_)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def _logits(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with torch.no_grad():
+            z, zr = self.model_(self._parts((X - self.mean_) / self.scale_))
+        return z.double().numpy(), zr.double().numpy()
+
+    def _fake_probability(self, X: np.ndarray) -> np.ndarray:
+        return sigmoid(self._logits(X)[0])
+
+    def predict_regions(self, X: np.ndarray) -> np.ndarray:
+        """P(region replaced) for each region part, (n, parts - 1): meaningful when the head
+        was fitted with ``region_weight`` > 0, else only a ranking of the regions' evidence."""
+        return sigmoid(self._logits(_check_xy(X)[0])[1])
+
+    def state(self) -> dict[str, np.ndarray]:
+        params = {f"w.{k}": v.detach().numpy() for k, v in self.model_.state_dict().items()}
+        return {"mean": self.mean_, "scale": self.scale_, "C": np.array([self.C_]), **params}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.mean_ = state["mean"].astype(np.float32)
+        self.scale_ = state["scale"].astype(np.float32)
+        self.C_ = float(state["C"][0])
+        self.n_features_in_ = len(self.mean_)
+        model = _RegionMIL(self.n_features_in_ // self.parts, self.parts - 1, self.shared)
+        model.load_state_dict(
+            {k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w.")}
+        )
+        self.model_ = model.eval()
+
+
+HEADS: dict[str, type[Head]] = {
+    "logreg": LogisticHead,
+    "mlp": MLPHead,
+    "regionmil": RegionMILHead,
+}
 
 
 def split_head_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -290,6 +454,11 @@ def split_head_spec(spec: str) -> tuple[str, dict[str, str]]:
     if kind not in HEADS:
         raise KeyError(f"unknown head {kind!r}; choose from {', '.join(HEADS)}")
     return kind, ({"imbalance": str(Imbalance.parse(strategy))} if strategy else {})
+
+
+def fit_head(head: Head, X: np.ndarray, y: np.ndarray, regions: np.ndarray | None) -> Head:
+    """``head.fit(X, y)``, with the region bits for a head that learns from them."""
+    return head.fit(X, y, regions=regions) if head.learns_regions else head.fit(X, y)
 
 
 def make_head(spec: str, **params) -> Head:

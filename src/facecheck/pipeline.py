@@ -32,7 +32,7 @@ from .features import (
 from .imageio import ImageError
 from .localise import RegionScorer
 from .metrics import choose_threshold
-from .models import HEADS, Head, make_head, split_head_spec
+from .models import HEADS, Head, fit_head, make_head, split_head_spec
 from .policy import Calibrator
 from .regions import REGIONS, PooledRegionView, RegionView, region_view_kind
 
@@ -119,6 +119,11 @@ class Detector:
         # "mlp:focal" is kind "mlp" with imbalance "focal" (see models.make_head).
         self.head_kind, from_spec = split_head_spec(head)
         self.head_params = {**from_spec, **(head_params or {})}
+        if HEADS[self.head_kind].learns_regions and head_input != "image+regions":
+            raise ValueError(
+                f"head {self.head_kind!r} reads the picture and its four regions: "
+                "use head_input image+regions (--head-input image+regions)"
+            )
         self.tta = tta
         self.weights = weights
         self.allow_download = allow_download
@@ -233,12 +238,21 @@ class Detector:
 
     # -- estimator API
     def fit(
-        self, X: Sequence[Source], y: Sequence[int], hashes: Sequence[str] | None = None
+        self,
+        X: Sequence[Source],
+        y: Sequence[int],
+        hashes: Sequence[str] | None = None,
+        regions: np.ndarray | None = None,
     ) -> Detector:
-        return self.fit_features(self.features(X, hashes), np.asarray(y))
+        """Fit the head on pictures; ``regions`` (n, 4) region bits, NaN unknown, teach a
+        head that learns them which region was replaced (see ``localise.region_bits``)."""
+        return self.fit_features(self.features(X, hashes), np.asarray(y), regions)
 
-    def fit_features(self, F: np.ndarray, y: np.ndarray) -> Detector:
-        self.head = make_head(self.head_kind, **self.head_params).fit(F, y)
+    def fit_features(
+        self, F: np.ndarray, y: np.ndarray, regions: np.ndarray | None = None
+    ) -> Detector:
+        head = make_head(self.head_kind, **self.head_params)
+        self.head = fit_head(head, F, y, regions)
         return self
 
     def score_features(self, F: np.ndarray) -> np.ndarray:
