@@ -60,6 +60,14 @@ EXTRA_RUNS = [
         "--out reports/clip-regions",
     ),
     (
+        ROOT / "reports" / "clip-regionmil" / "metrics.csv",
+        "ALL and P4 with the regionmil head (region logits pooled into the image logit, "
+        "taught the rff region bits) on the shipped recipe's features, fpr:0.1 (issue 9)",
+        "facecheck evaluate --protocols ALL,P4 --backbones clip_vit_b16_layers --heads "
+        "regionmil --head-input image+regions --max-fpr 0.1 --run-name clip-regionmil "
+        "--out reports/clip-regionmil",
+    ),
+    (
         ROOT / "reports" / "clip-fpr01" / "metrics.csv",
         "P4, P7 and ALL with the shipped recipe, threshold rule fpr:0.01 (at most 1% of each "
         "real source's validation reals flagged; issue 8)",
