@@ -58,6 +58,13 @@ class Head(ClassifierMixin, BaseEstimator):
     def _strategy(self) -> Imbalance:
         return Imbalance.parse(self.imbalance)
 
+    def _inner_cv(self, y: np.ndarray) -> StratifiedKFold:
+        """The seeded stratified folds ``C="auto"`` is picked on (at most ``self.cv``)."""
+        folds = min(self.cv, int(np.bincount(y).min()))
+        if folds < 2:
+            raise ValueError("C='auto' needs at least 2 images of each class")
+        return StratifiedKFold(folds, shuffle=True, random_state=self.seed)
+
     def _fit_standardiser(self, X: np.ndarray, floor: float) -> np.ndarray:
         """Learn per-feature mean and scale (scale < ``floor`` counts as 1); return X scaled."""
         self.mean_ = X.mean(axis=0)
@@ -129,12 +136,9 @@ class LogisticHead(Head):
             raise ValueError(f"the logistic head cannot use {strategy}: use the mlp head")
         Xs = self._fit_standardiser(X.astype(np.float64), floor=1e-12)
         if self.C == "auto":
-            folds = min(self.cv, int(np.bincount(y).min()))
-            if folds < 2:
-                raise ValueError("C='auto' needs at least 2 images of each class")
             lr = LogisticRegressionCV(
                 Cs=list(self.C_GRID),
-                cv=StratifiedKFold(folds, shuffle=True, random_state=self.seed),
+                cv=self._inner_cv(y),
                 scoring="roc_auc",
                 class_weight="balanced",
                 max_iter=self.max_iter,
@@ -390,12 +394,9 @@ class RegionMILHead(Head):
         R = self._check_regions(regions, len(y))
         x = self._parts(self._fit_standardiser(X, floor=1e-6))
         if self.C == "auto":
-            folds = min(self.cv, int(np.bincount(y).min()))
-            if folds < 2:
-                raise ValueError("C='auto' needs at least 2 images of each class")
             from sklearn.metrics import roc_auc_score
 
-            cv = StratifiedKFold(folds, shuffle=True, random_state=self.seed)
+            cv = self._inner_cv(y)
             auc = {
                 C: np.mean(
                     [
