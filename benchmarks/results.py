@@ -60,6 +60,14 @@ EXTRA_RUNS = [
         "--out reports/clip-regions",
     ),
     (
+        ROOT / "reports" / "clip-l8" / "metrics.csv",
+        "ALL, P4 and P7 with the shipped detector's recipe since 2026-11-23: the region-aware "
+        "head on CLIP cut after layer 8 (its class token + the regions' pooled patch tokens), "
+        "fpr:0.1 (issue 6: a third less compute; benchmarks/clip_depth.md)",
+        "facecheck evaluate --protocols ALL,P4,P7 --backbones clip_vit_b16_l8 --heads logreg "
+        "--head-input image+regions --max-fpr 0.1 --run-name clip-l8 --out reports/clip-l8",
+    ),
+    (
         ROOT / "reports" / "clip-regionmil" / "metrics.csv",
         "ALL and P4 with the regionmil head (region logits pooled into the image logit, "
         "taught the rff region bits) on the shipped recipe's features, fpr:0.1 (issue 9)",

@@ -77,3 +77,40 @@ def test_patch_token_maps_share_the_features_space(face_paths):
         assert torch.allclose(feats, cls, atol=1e-4) and torch.allclose(same_map, fmap)
         # Patch tokens are not copies of the class token.
         assert not torch.allclose(fmap.mean((2, 3)), cls, atol=1e-2)
+
+
+def test_onnxruntime_runs_the_same_passes(onnx_path, face_paths):
+    """On CPU the extractor runs CLIP in ONNX Runtime (faster); the passes must not change."""
+    x = torch.from_numpy(_pixels(face_paths[:3]))
+    model = load_clip(onnx_path, (8, 12))
+    with torch.no_grad():
+        ref_feats, ref_map = model.features_and_map(x)
+    assert model.use_onnxruntime(torch.get_num_threads())
+    with torch.no_grad():
+        feats, fmap = model.features_and_map(x)  # batch 3; the export saw batch 1
+        cls = model(x[:1])
+    assert model._session is not None
+    assert fmap.shape == ref_map.shape == (3, 2 * WIDTH, 14, 14)
+    # Float rounding only: ~3e-6 on average; a few high-norm patch tokens of layer 12 move by
+    # up to ~2e-4 of the map's largest value (the layer norm amplifies their rounding).
+    for got, ref in ((feats, ref_feats), (fmap, ref_map), (cls, ref_feats[:1])):
+        gap = (got - ref).abs()
+        assert gap.mean() < 1e-5 and gap.max() <= 1e-3 * ref.abs().max()
+    # Under autograd PyTorch runs the pass, so gradients still reach the input.
+    pixels = x[:1].clone().requires_grad_(True)
+    model(pixels).sum().backward()
+    assert pixels.grad is not None and pixels.grad.abs().sum() > 0
+
+
+def test_the_extractor_picks_the_runtime(face_paths, monkeypatch):
+    bb = load_backbone("clip_vit_b16_layers")
+    fast = FeatureExtractor(bb, None, progress=False)
+    assert fast.onnxruntime
+    got = fast.extract(face_paths[:2]).features
+    monkeypatch.setenv("FACECHECK_ONNXRUNTIME", "0")
+    plain = load_backbone("clip_vit_b16_layers")
+    slow = FeatureExtractor(plain, None, progress=False)
+    assert not slow.onnxruntime
+    assert np.allclose(slow.extract(face_paths[:2]).features, got, atol=1e-4)
+    # Networks without an ONNX Runtime path are traced as before.
+    assert not FeatureExtractor(load_backbone("mobilenet_v2"), None, progress=False).onnxruntime
