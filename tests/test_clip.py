@@ -112,5 +112,10 @@ def test_the_extractor_picks_the_runtime(face_paths, monkeypatch):
     slow = FeatureExtractor(plain, None, progress=False)
     assert not slow.onnxruntime
     assert np.allclose(slow.extract(face_paths[:2]).features, got, atol=1e-4)
+    # The same backbone that ran in ONNX Runtime goes back to PyTorch (and is traced
+    # correctly, not over the session's outputs).
+    again = FeatureExtractor(bb, None, progress=False)
+    assert not again.onnxruntime and not bb.model._onnx
+    assert np.allclose(again.extract(face_paths[:2]).features, got, atol=1e-4)
     # Networks without an ONNX Runtime path are traced as before.
     assert not FeatureExtractor(load_backbone("mobilenet_v2"), None, progress=False).onnxruntime

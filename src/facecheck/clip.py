@@ -132,6 +132,9 @@ class ClipVision(nn.Module):
         seconds) and kept in ``file`` when given, so later processes only load it. False
         where onnxruntime is missing or ``FACECHECK_ONNXRUNTIME=0``; PyTorch then runs the
         passes, as it does on a GPU or under autograd."""
+        # Off unless this call turns it on: the answer must describe the model as it now
+        # runs, since a caller traces the model only when ONNX Runtime is off.
+        self._onnx = False
         if os.environ.get("FACECHECK_ONNXRUNTIME", "1") == "0":
             return False
         try:
