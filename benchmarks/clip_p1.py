@@ -34,6 +34,7 @@ import argparse
 import io
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +42,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from facecheck.blend import SelfBlender
-from facecheck.data import grouped_folds, load_dataset
+from facecheck.data import Dataset, grouped_folds, load_dataset
 from facecheck.ensemble import VotingClassifier
 from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
@@ -155,6 +156,36 @@ def fold_of(records, y, k: int, seed: int) -> np.ndarray:
     for f, (_, te) in enumerate(grouped_folds(records, y, k, seed)):
         folds[te] = f
     return folds
+
+
+def cv_arguments(description: str, out: Path) -> argparse.ArgumentParser:
+    """The options every P1 cross-validation benchmark takes."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=out)
+    return ap
+
+
+@dataclass
+class P1Folds:
+    """P1's train + val pool with its hash-grouped CV folds, and its test split."""
+
+    ds: Dataset
+    pool: list
+    test: list
+    y: np.ndarray
+    y_test: np.ndarray
+    folds: np.ndarray
+
+
+def p1_folds(data: Path, seed: int, k: int) -> P1Folds:
+    ds = load_dataset(data)
+    proto = p1(ds, seed)
+    pool, test = [*proto.split.train, *proto.split.val], list(proto.split.test)
+    y, y_test = np.array([r.y for r in pool]), np.array([r.y for r in test])
+    return P1Folds(ds, pool, test, y, y_test, fold_of(pool, y, k, seed))
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ minutes on 2 CPU cores; the self-blended fakes' features cost about 5 more uncac
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
@@ -37,14 +36,12 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from clip_p1 import fold_of, synthetic_fakes
-from facecheck.data import load_dataset
+from clip_p1 import cv_arguments, p1_folds, synthetic_fakes
 from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
 from facecheck.localise import RegionScorer, region_bits
 from facecheck.metrics import bootstrap_ci, localisation_metrics, recall_at_fpr
 from facecheck.models import RegionMILHead, make_head
-from facecheck.protocols import p1
 from facecheck.regions import REGIONS, PooledRegionView
 from facecheck.report import git_commit, machine_description
 
@@ -87,19 +84,10 @@ class Fitted:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=HERE / "region_mil.md")
-    args = ap.parse_args()
+    args = cv_arguments(__doc__.split("\n")[0], HERE / "region_mil.md").parse_args()
     t0 = time.perf_counter()
-
-    ds = load_dataset(args.data)
-    proto = p1(ds, args.seed)
-    pool, test = [*proto.split.train, *proto.split.val], list(proto.split.test)
-    y, y_test = np.array([r.y for r in pool]), np.array([r.y for r in test])
-    folds = fold_of(pool, y, args.folds, args.seed)
+    cv = p1_folds(args.data, args.seed, args.folds)
+    pool, test, y, y_test, folds = cv.pool, cv.test, cv.y, cv.y_test, cv.folds
     cache, stage = FeatureCache(), FaceStage()
     ex = FeatureExtractor(
         load_backbone("clip_vit_b16_layers"),

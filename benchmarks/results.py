@@ -68,6 +68,15 @@ EXTRA_RUNS = [
         "--head-input image+regions --max-fpr 0.1 --run-name clip-l8 --out reports/clip-l8",
     ),
     (
+        ROOT / "reports" / "clip-l8-int8" / "metrics.csv",
+        "ALL, P4 and P7 with the same recipe on CLIP cut after layer 8 with every linear layer "
+        "INT8 in ONNX Runtime, the head fitted on those features (issue 6: ~1.4x faster "
+        "pass; benchmarks/clip_ort_int8.md)",
+        "facecheck evaluate --protocols ALL,P4,P7 --backbones clip_vit_b16_l8_int8 --heads "
+        "logreg --head-input image+regions --max-fpr 0.1 --run-name clip-l8-int8 "
+        "--out reports/clip-l8-int8",
+    ),
+    (
         ROOT / "reports" / "clip-regionmil" / "metrics.csv",
         "ALL and P4 with the regionmil head (region logits pooled into the image logit, "
         "taught the rff region bits) on the shipped recipe's features, fpr:0.1 (issue 9)",

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from PIL import Image
 
-from facecheck.clip import WIDTH, float_graph, load_clip, onnx_file
+from facecheck.clip import INT8_ALL, WIDTH, float_graph, load_clip, onnx_file
 from facecheck.features import FeatureExtractor, load_backbone
 
 pytestmark = pytest.mark.slow
@@ -119,3 +120,39 @@ def test_the_extractor_picks_the_runtime(face_paths, monkeypatch):
     assert np.allclose(again.extract(face_paths[:2]).features, got, atol=1e-4)
     # Networks without an ONNX Runtime path are traced as before.
     assert not FeatureExtractor(load_backbone("mobilenet_v2"), None, progress=False).onnxruntime
+
+
+def test_int8_layers_run_in_onnxruntime_one_image_at_a_time(
+    onnx_path, face_paths, monkeypatch, tmp_path
+):
+    """The INT8 model: near the fp32 features, its own space, independent of the batch, and a
+    clear refusal where ONNX Runtime cannot run it."""
+    x = torch.from_numpy(_pixels(face_paths[:3]))
+    fp32 = load_clip(onnx_path, (8,))
+    with torch.no_grad():
+        ref = fp32(x)
+    model = load_clip(onnx_path, (8,), INT8_ALL)
+    assert model.use_onnxruntime(torch.get_num_threads(), tmp_path / "int8.onnx")
+    with torch.no_grad():
+        feats, fmap = model.features_and_map(x)
+        alone = model(x[1:2])
+    # The same image alone and beside two others: identical (the activations' scale is
+    # taken per call, and each image gets its own call).
+    assert torch.equal(alone, feats[1:2])
+    assert fmap.shape == (3, WIDTH, 14, 14)
+    cos = torch.nn.functional.cosine_similarity(feats, ref)
+    assert (cos > 0.85).all() and (cos < 0.9999).all()  # close, but not the fp32 features
+    # The graph kept for later processes is the quantised one: 6 INT8 products per block.
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 6 * 8 and "DynamicQuantizeLinear" in ops
+    # No PyTorch fallback: it would silently give fp32 features to an INT8-fitted head.
+    monkeypatch.setenv("FACECHECK_ONNXRUNTIME", "0")
+    assert not model.use_onnxruntime(torch.get_num_threads())
+    with pytest.raises(RuntimeError, match="only in ONNX Runtime"), torch.no_grad():
+        model(x[:1])
+    with pytest.raises(ValueError, match="int8"):
+        load_clip(onnx_path, (8,), ("fc3",))
+    # The extractor asks for ONNX Runtime for it even where it would not for fp32.
+    monkeypatch.delenv("FACECHECK_ONNXRUNTIME")
+    bb = load_backbone("clip_vit_b16_l8_int8")
+    assert FeatureExtractor(bb, None, optimize=False, progress=False).onnxruntime

@@ -12,6 +12,7 @@ from facecheck.metrics import (
     bootstrap_ci,
     choose_threshold,
     flagged_per_10k,
+    paired_auc_difference,
     recall_at_fpr,
 )
 
@@ -98,3 +99,21 @@ def test_bootstrap_interval_covers_estimate_and_shrinks_with_data():
         assert lo <= m1[k] <= hi
         assert (ci2[k][1] - ci2[k][0]) < (hi - lo) / 2
     assert bootstrap_ci(y1, s1, 0.5, n_boot=300, seed=0) == ci1  # seeded
+
+
+def test_paired_auc_difference_sees_a_small_shared_shift():
+    """Two models sharing most of their errors: the paired interval excludes zero where the
+    separate intervals overlap; identical scores differ by exactly zero."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([1, 0], 100)
+    common = rng.normal(size=200) + 1.2 * y
+    better = common + 0.2 * y + 0.1 * rng.normal(size=200)
+    out = paired_auc_difference(y, common, better, n_boot=500)
+    assert out["difference"] > 0 and out["ci_lo"] > 0 and out["share_b_lower"] < 0.025
+    sep_a = bootstrap_ci(y, common, 0.0, metrics=("roc_auc",))["roc_auc"]
+    sep_b = bootstrap_ci(y, better, 0.0, metrics=("roc_auc",))["roc_auc"]
+    assert sep_b[0] < sep_a[1]  # the separate intervals overlap
+    same = paired_auc_difference(y, common, common, n_boot=50)
+    assert same["difference"] == same["ci_lo"] == same["ci_hi"] == 0.0
+    with pytest.raises(ValueError, match="one score per image"):
+        paired_auc_difference(y, common, better[:-1])

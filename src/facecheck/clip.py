@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +32,10 @@ from torch import nn
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 WIDTH, HEADS, LAYERS, PATCH, EMBED = 768, 12, 12, 16, 512
+# Every linear layer of a block: what ``ClipVision(int8=INT8_ALL)`` runs in INT8; fc2 is
+# the one whose input (after the GELU) has outlier channels, so INT8_NO_FC2 keeps it fp32.
+INT8_ALL = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+INT8_NO_FC2 = INT8_ALL[:-1]
 
 
 def onnx_file() -> Path | None:
@@ -100,13 +105,25 @@ class _Block(nn.Module):
 
 class ClipVision(nn.Module):
     """CLIP ViT-B/16 image tower; ``layers`` None gives the 512-d embedding, else the
-    post-layer-norm class tokens of those encoder layers (1-based), concatenated."""
+    post-layer-norm class tokens of those encoder layers (1-based), concatenated.
 
-    def __init__(self, layers: Sequence[int] | None = None):
+    ``int8`` names the linear layers of each block (of :data:`INT8_ALL`) that run with INT8
+    weights and activations (ONNX Runtime's dynamic quantisation): a different feature space
+    from fp32 (class-token cosine ~0.94 for all of them), so heads must be fitted on it, and
+    about 1.4x faster on 2 AVX2 cores (``benchmarks/clip_ort_int8.md``). Such a model runs
+    only in ONNX Runtime, on any device, one image per call: the activations' scale is taken
+    over each call's whole input, so a batch would make an image's features depend on its
+    batch-mates.
+    """
+
+    def __init__(self, layers: Sequence[int] | None = None, int8: Sequence[str] = ()):
         super().__init__()
         self.layers = tuple(layers) if layers else None
         if self.layers and not all(1 <= k <= LAYERS for k in self.layers):
             raise ValueError(f"CLIP layers must be in 1..{LAYERS}, got {self.layers}")
+        self.int8 = tuple(int8)
+        if not set(self.int8) <= set(INT8_ALL):
+            raise ValueError(f"CLIP int8 layers must be among {INT8_ALL}, got {self.int8}")
         vm = nn.Module()
         vm.embeddings = nn.Module()
         vm.embeddings.class_embedding = nn.Parameter(torch.zeros(WIDTH))
@@ -131,14 +148,18 @@ class ClipVision(nn.Module):
         (``benchmarks/clip_depth.py``). The module is exported to ONNX on first use (several
         seconds) and kept in ``file`` when given, so later processes only load it. False
         where onnxruntime is missing or ``FACECHECK_ONNXRUNTIME=0``; PyTorch then runs the
-        passes, as it does on a GPU or under autograd."""
+        passes, as it does on a GPU or under autograd (an ``int8`` model then refuses to
+        run)."""
         # Off unless this call turns it on: the answer must describe the model as it now
         # runs, since a caller traces the model only when ONNX Runtime is off.
         self._onnx = False
         if os.environ.get("FACECHECK_ONNXRUNTIME", "1") == "0":
             return False
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime
+
+            if self.int8:  # quantising the graph needs ml_dtypes too
+                import onnxruntime.quantization  # noqa: F401
         except ImportError:
             return False
         self._onnx, self._threads, self._onnx_file = True, threads, file
@@ -160,6 +181,27 @@ class ClipVision(nn.Module):
             )
         return buf.getvalue()
 
+    def _quantised(self, graph: bytes) -> bytes:
+        """``graph`` with the ``int8`` linear layers' products dynamically quantised (signed
+        INT8 weights, one scale per tensor: per-channel scales saturate without VNNI)."""
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        model = onnx.load_from_string(graph)
+        weights = {t.name for t in model.graph.initializer}
+        nodes = [  # the linear layers' MatMuls (x @ W), not attention's (q @ k)
+            n.name
+            for n in model.graph.node
+            if n.op_type == "MatMul"
+            and n.input[1] in weights
+            and any(f"/{k}/" in n.name for k in self.int8)
+        ]
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            src.write_bytes(graph)
+            quantize_dynamic(src, dst, nodes_to_quantize=nodes, weight_type=QuantType.QInt8)
+            return dst.read_bytes()
+
     def _ort_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens of the picked layers from the ONNX Runtime session (built once)."""
         if self._session is None:
@@ -170,6 +212,8 @@ class ClipVision(nn.Module):
                 graph: bytes | str = str(file)
             else:
                 graph = self._export()
+                if self.int8:
+                    graph = self._quantised(graph)
                 if file is not None:  # written whole, then renamed: readers never see half
                     file.parent.mkdir(parents=True, exist_ok=True)
                     part = file.with_name(f"{file.name}.{os.getpid()}.part")
@@ -178,16 +222,25 @@ class ClipVision(nn.Module):
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = self._threads
             self._session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
-        out = self._session.run(None, {"x": x.detach().float().contiguous().numpy()})[0]
-        return torch.from_numpy(out)
+        arr = x.detach().float().cpu().contiguous().numpy()
+        if self.int8:  # one image per call (see the class docstring)
+            out = np.concatenate([self._session.run(None, {"x": a[None]})[0] for a in arr])
+        else:
+            out = self._session.run(None, {"x": arr})[0]
+        return torch.from_numpy(out).to(x.device)
 
     def _tokens(self, x: torch.Tensor, class_only: bool) -> torch.Tensor:
         """Tokens of the picked layers after the final layer norm, concatenated along
         channels (projected for the embedding): (n, dim) for the class token alone, else
         (n, 1 + 196, dim) with the class token first."""
-        if self._onnx and x.device.type == "cpu" and not torch.is_grad_enabled():
+        if self._onnx and (self.int8 or (x.device.type == "cpu" and not torch.is_grad_enabled())):
             tokens = self._ort_tokens(x)
             return tokens[:, 0] if class_only else tokens
+        if self.int8:
+            raise RuntimeError(
+                "this CLIP model runs its INT8 layers only in ONNX Runtime: install "
+                "onnxruntime and ml_dtypes, and leave FACECHECK_ONNXRUNTIME unset"
+            )
         return self._torch_tokens(x, class_only)
 
     def _torch_tokens(self, x: torch.Tensor, class_only: bool) -> torch.Tensor:
@@ -238,9 +291,11 @@ class _AllTokens(nn.Module):
         return self.model._torch_tokens(x, class_only=False)
 
 
-def load_clip(path: str | Path, layers: Sequence[int] | None = None) -> ClipVision:
-    """The fp32 model from the ONNX file (about 3 s)."""
-    model = ClipVision(layers)
+def load_clip(
+    path: str | Path, layers: Sequence[int] | None = None, int8: Sequence[str] = ()
+) -> ClipVision:
+    """The model from the ONNX file, fp32 weights (about 3 s)."""
+    model = ClipVision(layers, int8)
     missing, unexpected = model.load_state_dict(state_dict_from_onnx(path), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{path}: not the CLIP ViT-B/16 file (missing {missing[:3]}...)")

@@ -225,7 +225,17 @@ register_backbone(
 
 
 def _register_clip() -> None:
-    from .clip import CLIP_MEAN, CLIP_STD, EMBED, WIDTH, ClipVision, load_clip, onnx_file
+    from .clip import (
+        CLIP_MEAN,
+        CLIP_STD,
+        EMBED,
+        INT8_ALL,
+        INT8_NO_FC2,
+        WIDTH,
+        ClipVision,
+        load_clip,
+        onnx_file,
+    )
 
     common = {
         "default_weights": onnx_file,
@@ -268,6 +278,23 @@ def _register_clip() -> None:
             **common,
         ),
     )
+    # The same cut with linear layers in INT8 (ONNX Runtime): their own feature spaces (heads
+    # are fitted on them), detecting as well as fp32 on P1 (benchmarks/clip_ort_int8.py).
+    for suffix, layers, what, speed in (
+        ("int8", INT8_ALL, "every linear layer", "~1.4x"),
+        ("int8_attn_fc1", INT8_NO_FC2, "attention projections and fc1 (fc2 fp32)", "~1.25x"),
+    ):
+        register_backbone(
+            f"clip_vit_b16_l8_{suffix}",
+            BackboneEntry(
+                builder=lambda layers=layers: ClipVision((8,), layers),
+                dim=WIDTH,
+                description=f"CLIP ViT-B/16 cut after encoder layer 8, {what} INT8 in ONNX "
+                f"Runtime ({speed} faster; needs onnxruntime and ml_dtypes): its class token",
+                loader=lambda path, layers=layers: load_clip(path, (8,), layers),
+                **common,
+            ),
+        )
 
 
 def _register_noise() -> None:
@@ -301,6 +328,8 @@ _CPU_SECONDS = {
     "mobilenet_v2": 0.015,
     "clip_vit_b16": 0.3,
     "clip_vit_b16_l8": 0.2,
+    "clip_vit_b16_l8_int8": 0.13,
+    "clip_vit_b16_l8_int8_attn_fc1": 0.16,
     "srm": 0.02,
 }
 
@@ -544,10 +573,11 @@ class FeatureExtractor:
         use_ort = getattr(backbone.model, "use_onnxruntime", None)
         graph = (cache.directory if cache else default_cache_dir()) / "onnx"
         graph /= f"{backbone.name}-{backbone.weights_id}-torch{torch.__version__}.onnx"
+        # An INT8 model has no PyTorch path, so it asks for ONNX Runtime on any device.
+        needs_ort = bool(getattr(backbone.model, "int8", ()))
         self.onnxruntime = bool(
             use_ort
-            and optimize
-            and self.device.type == "cpu"
+            and (needs_ort or (optimize and self.device.type == "cpu"))
             and use_ort(torch.get_num_threads(), graph)
         )
 

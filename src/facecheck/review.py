@@ -257,14 +257,12 @@ async def case_explain(request: Request, case_id: int):
     data, _media = await _case_image(request, case_id)
 
     def render_png() -> bytes:
-        from .explain import explain, render
+        from .explain import explain, render, save_png
         from .imageio import load_image
 
         decoded = load_image(data)
         out = io.BytesIO()
-        render(decoded.image, explain(request.app.state.detector, decoded, "case")).save(
-            out, format="PNG"
-        )
+        save_png(render(decoded.image, explain(request.app.state.detector, decoded, "case")), out)
         return out.getvalue()
 
     png = await request.app.state.scorer.run(render_png)

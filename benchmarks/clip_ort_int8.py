@@ -1,0 +1,276 @@
+"""CLIP cut after layer 8 with INT8 matrix products in ONNX Runtime: latency, feature drift,
+and P1 detection with the head refitted on the INT8 features (issue 6's 200 ms goal).
+
+    python benchmarks/clip_ort_int8.py [--data ../shared/data] [--seed 0] [--folds 5]
+
+The shipped pass (``clip_vit_b16_l8`` in ONNX Runtime, fp32) spends ~88% of its time in
+matrix products at about the 2 AVX2 cores' peak, so only fewer operations or narrower numbers
+make it faster. ``benchmarks/clip_int8.py`` measured PyTorch's dynamic INT8 against a head
+fitted on fp32 features: the features drift too far for that head. Here the question is the
+other one: with ONNX Runtime's dynamic quantisation (weights INT8, activations quantised per
+call) and a head *fitted on the INT8 features*, is detection as good?
+
+Variants (``VARIANTS``): which of each block's linear layers are INT8 (``ClipVision(int8=)``:
+per-tensor weights, as per-channel ones saturate on this CPU without VNNI; one image per call,
+so an image's features do not depend on its batch). For each:
+
+- latency: batch-1 pass p50 of 25 after 3 warm-ups, the variants interleaved so a change in
+  the machine's load hits all of them alike;
+- drift: cosine of the class token and of the region-pooled tokens against fp32, on P1 test;
+- detection: the shipped logistic head on image + regions (layer 8), 5-fold CV over P1 train
+  + val (grouped by content hash, seeded), then P1 test once with a 95% bootstrap CI; the fp32
+  row reads the same cache the shipped detector was fitted from;
+- paired differences against fp32 (same images, paired bootstrap): P1's out-of-fold scores,
+  P1 test, and protocol ALL's headline subset (rff same-source test; each variant's ALL
+  features take ~25 minutes to extract when not cached).
+
+Writes benchmarks/clip_ort_int8.md and .json. About 5 minutes of CLIP extraction per variant
+on 2 CPU cores when the cache is cold.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from sklearn.metrics import roc_auc_score
+
+from clip_p1 import cv_arguments, p1_folds
+from facecheck.faces import FaceStage
+from facecheck.features import (
+    FeatureCache,
+    FeatureExtractor,
+    load_backbone,
+)
+from facecheck.metrics import bootstrap_ci, paired_auc_difference, recall_at_fpr
+from facecheck.models import make_head
+from facecheck.protocols import all_sources
+from facecheck.regions import REGIONS, PooledRegionView
+from facecheck.report import git_commit, machine_description
+
+HERE = Path(__file__).resolve().parent
+BASE = "clip_vit_b16_l8"
+# Row -> backbone; the first is the fp32 reference, the last the library's INT8 backbone.
+VARIANTS: dict[str, str] = {
+    "fp32 (shipped)": BASE,
+    "int8 q/k/v/out + fc1 (clip_vit_b16_l8_int8_attn_fc1)": f"{BASE}_int8_attn_fc1",
+    "int8 every linear layer (clip_vit_b16_l8_int8)": f"{BASE}_int8",
+}
+
+
+def extractor(name: str, cache: FeatureCache) -> FeatureExtractor:
+    return FeatureExtractor(
+        load_backbone(name),
+        cache,
+        face_stage=FaceStage(),
+        view=PooledRegionView(with_image=True),
+    )
+
+
+def latency(graphs: dict[str, Path], repeats: int = 25) -> dict[str, float]:
+    """Batch-1 pass p50 per graph, interleaved."""
+    x = {"x": np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)}
+    sessions = {}
+    for k, path in graphs.items():
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = torch.get_num_threads()
+        sessions[k] = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        for _ in range(3):
+            sessions[k].run(None, x)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(repeats):
+        for k, s in sessions.items():
+            t = time.perf_counter()
+            s.run(None, x)
+            times[k].append(time.perf_counter() - t)
+    return {k: round(1000 * float(np.median(v)), 1) for k, v in times.items()}
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
+    """Per-part cosine (image, then each region) between two feature matrices."""
+    parts = 1 + len(REGIONS)
+    a, b = a.reshape(len(a), parts, -1), b.reshape(len(b), parts, -1)
+    c = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    return {
+        "image_mean": float(np.nanmean(c[:, 0])),
+        "image_min": float(np.nanmin(c[:, 0])),
+        "regions_mean": float(np.nanmean(c[:, 1:])),
+        "regions_p1": float(np.nanpercentile(c[:, 1:], 1)),
+    }
+
+
+def all_headline(
+    ds, seed: int, cache: FeatureCache, variants: list[str], extractors: dict
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Protocol ALL's headline: the logistic head fitted on ALL's train split, scores on the
+    rff same-source test subset (the images every variant could score)."""
+    proto = all_sources(ds, seed)
+    train, test = list(proto.split.train), list(proto.test_sets[proto.headline])
+    y_tr, y_te = np.array([r.y for r in train]), np.array([r.y for r in test])
+    out, keep = {}, np.ones(len(test), bool)
+    for variant in variants:
+        ex = extractors[variant]
+        Fa = ex.extract([r.path for r in train], [r.sha256 for r in train]).features
+        Fb = ex.extract([r.path for r in test], [r.sha256 for r in test]).features
+        ok = ~np.isnan(Fa).any(axis=1)
+        head = make_head("logreg", seed=seed).fit(Fa[ok], y_tr[ok])
+        s = np.full(len(test), np.nan)
+        good = ~np.isnan(Fb).any(axis=1)
+        s[good] = head.predict_proba(Fb[good])[:, 1]
+        out[variant], keep = s, keep & good
+    return {k: v[keep] for k, v in out.items()}, y_te[keep]
+
+
+def main() -> None:
+    args = cv_arguments(__doc__.split("\n")[0], HERE / "clip_ort_int8.md").parse_args()
+    t0 = time.perf_counter()
+    cv = p1_folds(args.data, args.seed, args.folds)
+    ds, pool, test, y, y_test, folds = cv.ds, cv.pool, cv.test, cv.y, cv.y_test, cv.folds
+    cache = FeatureCache()
+    extractors = {row: extractor(name, cache) for row, name in VARIANTS.items()}
+    if not all(ex.onnxruntime for ex in extractors.values()):
+        raise SystemExit("needs onnxruntime and ml_dtypes (and FACECHECK_ONNXRUNTIME unset)")
+    feats = {}
+    for row, ex in extractors.items():  # the first pass exports (and quantises) the graph
+        feats[row] = (
+            ex.extract([r.path for r in pool], [r.sha256 for r in pool]).features,
+            ex.extract([r.path for r in test], [r.sha256 for r in test]).features,
+        )
+    lat = latency({row: ex.backbone.model._onnx_file for row, ex in extractors.items()})  # type: ignore[union-attr]
+    print("latency", lat, flush=True)
+
+    rows: dict[str, dict] = {}
+    ref_test = next(iter(feats.values()))[1]
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # out-of-fold pool, test
+    for variant, (Fp, Ft) in feats.items():
+        ok_p, ok_t = ~np.isnan(Fp).any(axis=1), ~np.isnan(Ft).any(axis=1)
+        aucs, r10 = [], []
+        oof = np.full(len(pool), np.nan)
+        for f in range(args.folds):
+            tr, te = (folds != f) & ok_p, (folds == f) & ok_p
+            s = make_head("logreg", seed=args.seed).fit(Fp[tr], y[tr]).predict_proba(Fp[te])
+            oof[te] = s[:, 1]
+            aucs.append(roc_auc_score(y[te], s[:, 1]))
+            r10.append(recall_at_fpr(y[te], s[:, 1], 0.10))
+        model = make_head("logreg", seed=args.seed).fit(Fp[ok_p], y[ok_p])
+        st = np.full(len(test), np.nan)
+        st[ok_t] = model.predict_proba(Ft[ok_t])[:, 1]
+        scores[variant] = (oof, st)
+        yt = y_test[ok_t]
+        ci = bootstrap_ci(yt, st[ok_t], 0.5, metrics=("roc_auc",), seed=args.seed)["roc_auc"]
+        rows[variant] = {
+            "pass_ms": lat[variant],
+            "drift": cosines(Ft, ref_test),
+            "cv_auc": [float(np.mean(aucs)), float(np.std(aucs))],
+            "cv_auc_folds": [float(a) for a in aucs],
+            "cv_recall_at_10fpr": [float(np.mean(r10)), float(np.std(r10))],
+            "test_auc": float(roc_auc_score(yt, st[ok_t])),
+            "test_auc_ci": [float(ci[0]), float(ci[1])],
+            "test_recall_at_10fpr": recall_at_fpr(yt, st[ok_t], 0.10),
+        }
+        print(variant, rows[variant]["cv_auc"], rows[variant]["drift"], flush=True)
+
+    # Paired against fp32 on the same images: P1's out-of-fold scores (every pool image
+    # scored once by a head that did not see it), P1 test, and protocol ALL's headline
+    # subset (rff same-source test; fitted on ALL's train split, as `facecheck evaluate`).
+    ref = next(iter(scores))
+    ok = ~np.isnan(np.stack([v[0] for v in scores.values()])).any(axis=0)
+    okt = ~np.isnan(np.stack([v[1] for v in scores.values()])).any(axis=0)
+    all_scores, y_all = all_headline(ds, args.seed, cache, list(scores), extractors)
+    paired = {}
+    for variant in list(scores)[1:]:
+        paired[variant] = {
+            "p1_out_of_fold": paired_auc_difference(
+                y[ok], scores[ref][0][ok], scores[variant][0][ok], seed=args.seed
+            ),
+            "p1_test": paired_auc_difference(
+                y_test[okt], scores[ref][1][okt], scores[variant][1][okt], seed=args.seed
+            ),
+        }
+        if variant in all_scores:
+            paired[variant]["all_rff_same_source_test"] = paired_auc_difference(
+                y_all, all_scores[ref], all_scores[variant], seed=args.seed
+            )
+        print(variant, paired[variant], flush=True)
+
+    result = {
+        "seed": args.seed,
+        "folds": args.folds,
+        "images": {"pool": len(pool), "test": len(test)},
+        "commit": git_commit(),
+        "machine": machine_description(),
+        "onnxruntime": ort.__version__,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "variants": rows,
+        "paired": paired,
+    }
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.write_text(render(result))
+    print(f"wrote {args.out}")
+
+
+def render(r: dict) -> str:
+    lines = [
+        "# CLIP layer 8 with INT8 matrix products in ONNX Runtime (issue 6)",
+        "",
+        f"`python benchmarks/clip_ort_int8.py` (seed {r['seed']}; {r['folds']}-fold CV over "
+        f"P1 train + val ({r['images']['pool']} images), grouped by content hash; P1 test "
+        f"({r['images']['test']} images) scored once; commit {r['commit']}; {r['machine']}; "
+        f"onnxruntime {r['onnxruntime']}; {r['seconds'] / 60:.0f} min). Head: the shipped "
+        "logistic head on image + regions (layer 8), refitted on each variant's features. "
+        "Pass: batch 1, p50 of 25, variants interleaved (the machine's load moves all of them: "
+        "compare within one run). A `-` under ALL: that variant's ALL features were not "
+        "extracted when the script ran. Drift: cosine against fp32 on P1 "
+        "test (image token; region-pooled tokens, mean and 1st percentile).",
+        "",
+        "| variant | pass p50 (ms) | drift: image mean / min | drift: regions mean / p1 "
+        "| CV ROC-AUC | CV recall @ 10% FPR | test ROC-AUC [95% CI] |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    base = None
+    for name, v in r["variants"].items():
+        d, ci = v["drift"], v["test_auc_ci"]
+        base = np.array(v["cv_auc_folds"]) if base is None else base
+        delta = np.array(v["cv_auc_folds"]) - base
+        paired = f" (Δ {delta.mean():+.4f}, {int((delta > 0).sum())}/{len(delta)} folds better)"
+        lines.append(
+            f"| {name} | {v['pass_ms']} | {d['image_mean']:.4f} / {d['image_min']:.4f} "
+            f"| {d['regions_mean']:.4f} / {d['regions_p1']:.4f} "
+            f"| {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f}"
+            f"{paired if name != next(iter(r['variants'])) else ''} "
+            f"| {v['cv_recall_at_10fpr'][0]:.3f} "
+            f"| {v['test_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] |"
+        )
+    lines += [
+        "",
+        "Paired against fp32 on the same images (ROC-AUC difference, int8 minus fp32, 95% "
+        "paired bootstrap CI, share of draws where int8 is lower): P1's out-of-fold scores "
+        "(each train + val image scored by the fold's head that did not see it), P1 test, and "
+        "protocol ALL's headline (rff same-source test, head fitted on ALL's train split):",
+        "",
+        "| variant | P1 out-of-fold | P1 test | ALL rff same-source test |",
+        "|---|---|---|---|",
+    ]
+
+    def diff(d: dict | None) -> str:
+        if d is None:
+            return "-"
+        return (
+            f"{d['difference']:+.4f} [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}], "
+            f"{d['share_b_lower']:.0%} lower ({d['auc_a']:.3f} -> {d['auc_b']:.3f})"
+        )
+
+    for name, p in r["paired"].items():
+        lines.append(
+            f"| {name} | {diff(p['p1_out_of_fold'])} | {diff(p['p1_test'])} "
+            f"| {diff(p.get('all_rff_same_source_test'))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
