@@ -27,7 +27,6 @@ when the cache is cold, then about 20 minutes of head fits.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -37,9 +36,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
-from clip_p1 import fold_of
+from clip_p1 import cv_arguments, p1_folds
 from facecheck.clip import LAYERS, WIDTH, ClipVision, load_clip
-from facecheck.data import load_dataset
 from facecheck.faces import FaceStage
 from facecheck.features import (
     _REGISTRY,
@@ -52,7 +50,6 @@ from facecheck.features import (
 from facecheck.localise import region_bits
 from facecheck.metrics import bootstrap_ci, recall_at_fpr
 from facecheck.models import RegionMILHead, make_head
-from facecheck.protocols import p1
 from facecheck.regions import REGIONS, PooledRegionView
 from facecheck.report import git_commit, machine_description
 
@@ -149,11 +146,7 @@ def latency(weights: Path) -> dict[str, dict[str, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--folds", type=int, default=5)
-    ap.add_argument("--out", type=Path, default=HERE / "clip_depth.md")
+    ap = cv_arguments(__doc__.split("\n")[0], HERE / "clip_depth.md")
     ap.add_argument(
         "--latency-only",
         action="store_true",
@@ -169,11 +162,8 @@ def main() -> None:
         args.out.write_text(render(result))
         return
 
-    ds = load_dataset(args.data)
-    proto = p1(ds, args.seed)
-    pool, test = [*proto.split.train, *proto.split.val], list(proto.split.test)
-    y, y_test = np.array([r.y for r in pool]), np.array([r.y for r in test])
-    folds = fold_of(pool, y, args.folds, args.seed)
+    cv = p1_folds(args.data, args.seed, args.folds)
+    pool, test, y, y_test, folds = cv.pool, cv.test, cv.y, cv.y_test, cv.folds
     backbone = load_backbone(register_all_layers())
     ex = FeatureExtractor(
         backbone, FeatureCache(), face_stage=FaceStage(), view=PooledRegionView(with_image=True)

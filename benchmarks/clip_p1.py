@@ -189,21 +189,13 @@ def p1_folds(data: Path, seed: int, k: int) -> P1Folds:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--folds", type=int, default=5)
+    ap = cv_arguments(__doc__.split("\n")[0], HERE / "clip_p1.md")
     ap.add_argument("--utk", type=int, default=1000, help="UTKFace reals added in training")
-    ap.add_argument("--out", type=Path, default=HERE / "clip_p1.md")
     args = ap.parse_args()
     t0 = time.perf_counter()
 
-    ds = load_dataset(args.data)
-    proto = p1(ds, args.seed)
-    pool = [*proto.split.train, *proto.split.val]
-    test = list(proto.split.test)
-    y = np.array([r.y for r in pool])
-    folds = fold_of(pool, y, args.folds, args.seed)
+    cv = p1_folds(args.data, args.seed, args.folds)
+    ds, pool, test, y, folds = cv.ds, cv.pool, cv.test, cv.y, cv.folds
     utk = utk_subset(ds, args.utk, args.seed)  # the same draw as self_blend.py's
     # UTKFace reals are never tested (P1's test is rff only): they may train every fold, and
     # their self-blended fakes draw donors from UTKFace reals of a random fold label.
@@ -310,8 +302,7 @@ def main() -> None:
         test_scores[okt] = st
         scores[variant] = (oof, test_scores)
         print(variant, {k: results[variant][k] for k in ("cv_auc", "test_auc")}, flush=True)
-    y_test = np.array([r.y for r in test])
-    votes = {name: vote(members, scores, y, y_test) for name, members in VOTES.items()}
+    votes = {name: vote(members, scores, y, cv.y_test) for name, members in VOTES.items()}
 
     result = {
         "seed": args.seed,
