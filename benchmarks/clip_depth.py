@@ -34,9 +34,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 
-from clip_p1 import cv_arguments, p1_folds
+from clip_p1 import cross_validate, cv_arguments, p1_folds
 from facecheck.clip import LAYERS, WIDTH, ClipVision, load_clip
 from facecheck.faces import FaceStage
 from facecheck.features import (
@@ -48,7 +47,6 @@ from facecheck.features import (
     register_backbone,
 )
 from facecheck.localise import region_bits
-from facecheck.metrics import bootstrap_ci, recall_at_fpr
 from facecheck.models import RegionMILHead, make_head
 from facecheck.regions import REGIONS, PooledRegionView
 from facecheck.report import git_commit, machine_description
@@ -163,7 +161,7 @@ def main() -> None:
         return
 
     cv = p1_folds(args.data, args.seed, args.folds)
-    pool, test, y, y_test, folds = cv.pool, cv.test, cv.y, cv.y_test, cv.folds
+    pool, test = cv.pool, cv.test
     backbone = load_backbone(register_all_layers())
     ex = FeatureExtractor(
         backbone, FeatureCache(), face_stage=FaceStage(), view=PooledRegionView(with_image=True)
@@ -179,25 +177,7 @@ def main() -> None:
 
     def evaluate(make, layers: tuple[int, ...], parts: int, with_regions: bool) -> dict:
         Xp, Xt = select(Fp, layers, parts), select(Ft, layers, parts)
-        aucs, r10 = [], []
-        for f in range(args.folds):
-            tr, te = (folds != f) & ok_p, (folds == f) & ok_p
-            extra = {"regions": Rp[tr]} if with_regions else {}
-            s = make().fit(Xp[tr], y[tr], **extra).predict_proba(Xp[te])[:, 1]
-            aucs.append(roc_auc_score(y[te], s))
-            r10.append(recall_at_fpr(y[te], s, 0.10))
-        extra = {"regions": Rp[ok_p]} if with_regions else {}
-        model = make().fit(Xp[ok_p], y[ok_p], **extra)
-        st, yt = model.predict_proba(Xt[ok_t])[:, 1], y_test[ok_t]
-        ci = bootstrap_ci(yt, st, 0.5, metrics=("roc_auc",), seed=args.seed)["roc_auc"]
-        return {
-            "cv_auc": [float(np.mean(aucs)), float(np.std(aucs))],
-            "cv_auc_folds": [float(a) for a in aucs],
-            "cv_recall_at_10fpr": [float(np.mean(r10)), float(np.std(r10))],
-            "test_auc": float(roc_auc_score(yt, st)),
-            "test_auc_ci": [float(ci[0]), float(ci[1])],
-            "test_recall_at_10fpr": recall_at_fpr(yt, st, 0.10),
-        }
+        return cross_validate(make, Xp, Xt, cv, args.seed, Rp if with_regions else None).row
 
     def logistic():
         return make_head("logreg", seed=args.seed)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+
 import numpy as np
 import onnx
 import pytest
@@ -122,6 +124,36 @@ def test_the_extractor_picks_the_runtime(face_paths, monkeypatch):
     assert not FeatureExtractor(load_backbone("mobilenet_v2"), None, progress=False).onnxruntime
 
 
+def _integer_products(graph: onnx.ModelProto, x: np.ndarray) -> dict:
+    """Each MatMulInteger of ``graph`` run on ``x``: its zero-point-shifted inputs (int64)
+    and ONNX Runtime's output."""
+    import onnxruntime as ort
+
+    weights = {t.name: onnx.numpy_helper.to_array(t) for t in graph.graph.initializer}
+    nodes = [n for n in graph.graph.node if n.op_type == "MatMulInteger"]
+    wanted = {i for n in nodes for i in (*n.input, *n.output) if i and i not in weights}
+    for name in sorted(wanted):
+        graph.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    values = {**weights, **dict(zip(names, session.run(None, {"x": x}), strict=True))}
+
+    def shifted(tensor: str, zero: str) -> np.ndarray:
+        return values[tensor].astype(np.int64) - (values[zero].astype(np.int64) if zero else 0)
+
+    def arg(n: onnx.NodeProto, k: int) -> str:
+        return n.input[k] if len(n.input) > k else ""
+
+    return {
+        n.name: (
+            shifted(n.input[0], arg(n, 2)),
+            shifted(n.input[1], arg(n, 3)),
+            values[n.output[0]].astype(np.int64),
+        )
+        for n in nodes
+    }
+
+
 def test_int8_layers_run_in_onnxruntime_one_image_at_a_time(
     onnx_path, face_paths, monkeypatch, tmp_path
 ):
@@ -143,8 +175,13 @@ def test_int8_layers_run_in_onnxruntime_one_image_at_a_time(
     cos = torch.nn.functional.cosine_similarity(feats, ref)
     assert (cos > 0.85).all() and (cos < 0.9999).all()  # close, but not the fp32 features
     # The graph kept for later processes is the quantised one: 6 INT8 products per block.
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8.onnx")).graph.node]
+    graph = onnx.load(str(tmp_path / "int8.onnx"))
+    ops = [n.op_type for n in graph.graph.node]
     assert ops.count("MatMulInteger") == 6 * 8 and "DynamicQuantizeLinear" in ops
+    # Every integer product is exact on this CPU (the features do not depend on whether it
+    # has VNNI): ONNX Runtime's outputs equal the int64 products of its own inputs.
+    for product, (a, b, got) in _integer_products(graph, x[:1].numpy()).items():
+        assert np.array_equal(got, a @ b), product
     # No PyTorch fallback: it would silently give fp32 features to an INT8-fitted head.
     monkeypatch.setenv("FACECHECK_ONNXRUNTIME", "0")
     assert not model.use_onnxruntime(torch.get_num_threads())
@@ -154,5 +191,10 @@ def test_int8_layers_run_in_onnxruntime_one_image_at_a_time(
         load_clip(onnx_path, (8,), ("fc3",))
     # The extractor asks for ONNX Runtime for it even where it would not for fp32.
     monkeypatch.delenv("FACECHECK_ONNXRUNTIME")
-    bb = load_backbone("clip_vit_b16_l8_int8")
+    bb = load_backbone("clip_vit_b16_l8_int8_attn_fc1")
     assert FeatureExtractor(bb, None, optimize=False, progress=False).onnxruntime
+    # Its features depend on the ONNX Runtime that quantises and runs it, so its cache key
+    # names that version; fp32 CLIP's does not (its runtimes agree to ~1e-5).
+    version = importlib.metadata.version("onnxruntime")
+    assert bb.runtime == f"onnxruntime{version}-u8u8" and bb.runtime in bb.cache_key(False)
+    assert load_backbone("clip_vit_b16_l8").runtime == ""

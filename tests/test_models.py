@@ -149,6 +149,12 @@ def test_load_refuses_mismatched_bundles(fitted, tmp_path):
         _edit(bundle, **changes)
         with pytest.raises(BundleError, match=message):
             Detector.load(bundle)
+    # Another runtime (an INT8 model's ONNX Runtime version) is warned about, not refused.
+    runtime = tmp_path / "runtime"
+    shutil.copytree(good, runtime)
+    _edit(runtime, **{"backbone.runtime": "onnxruntime0.1"})
+    with pytest.warns(UserWarning, match="onnxruntime0.1.*re-evaluate"):
+        Detector.load(runtime)
     damaged = tmp_path / "damaged"
     shutil.copytree(good, damaged)
     (damaged / "head.npz").write_bytes(b"junk")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -469,6 +470,7 @@ class Detector:
             "backbone": {
                 "name": bb.name,
                 "weights_id": bb.weights_id,
+                "runtime": bb.runtime,
                 "dim": bb.dim,
                 "licence": bb.licence,
             },
@@ -573,6 +575,16 @@ class Detector:
             raise BundleError(
                 f"{directory}: trained on {bb.name} weights {meta['backbone']['weights_id']}, "
                 f"but the installed weights are {bb.weights_id}; features would differ"
+            )
+        trained_on = meta["backbone"].get("runtime", "")
+        if trained_on != bb.runtime:
+            # Warned, not refused: a runtime upgrade must not stop a deployed detector, but
+            # an INT8 model's features may round differently, so re-evaluate (P6) after one.
+            warnings.warn(
+                f"{directory}: head fitted on features from {trained_on or 'the fp32 runtime'}, "
+                f"this machine runs {bb.runtime or 'the fp32 runtime'}; its scores may shift "
+                "slightly: re-evaluate the bundle",
+                stacklevel=2,
             )
         if Preprocessing.from_dict(meta["preprocessing"]) != bb.preprocessing:
             raise BundleError(f"{directory}: preprocessing differs from {bb.name}'s")
