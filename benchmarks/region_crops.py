@@ -12,7 +12,6 @@ region at about four times the detail. Features:
 
 - ``pooled (l8)``: the shipped detector's input, layer 8's class token + its patch tokens
   pooled in the four boxes (5 x 768);
-- ``pooled (l8+12)``: the same from layers 8 + 12 (5 x 1536; ``clip_p1.py``'s best);
 - ``crops``: layer 8's class token of each of the four crops (4 x 768).
 
 Heads: the shipped logistic head (C by inner CV) on a feature set or a concatenation, and
@@ -53,11 +52,8 @@ VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "logistic · pooled l8 (shipped recipe)": ("logreg", ("pooled8",)),
     "logistic · crops": ("logreg", ("crops",)),
     "logistic · pooled l8 + crops": ("logreg", ("pooled8", "crops")),
-    "logistic · pooled l8+12": ("logreg", ("pooled812",)),
-    "logistic · pooled l8+12 + crops": ("logreg", ("pooled812", "crops")),
     "regionmil w=1 · pooled l8": ("mil", ("pooled8",)),
     "regionmil w=1 · pooled l8 ‖ crops per region": ("mil", ("pooled8", "crops")),
-    "regionmil w=1 · pooled l8+12 ‖ crops per region": ("mil", ("pooled812", "crops")),
 }
 
 
@@ -81,12 +77,6 @@ def main() -> None:
         "pooled8": FeatureExtractor(
             load_backbone("clip_vit_b16_l8"), cache, face_stage=stage, view=PooledRegionView(True)
         ),
-        "pooled812": FeatureExtractor(
-            load_backbone("clip_vit_b16_layers"),
-            cache,
-            face_stage=stage,
-            view=PooledRegionView(True),
-        ),
         "crops": FeatureExtractor(
             load_backbone("clip_vit_b16_l8"), cache, face_stage=stage, view=RegionView(224)
         ),
@@ -106,7 +96,10 @@ def main() -> None:
     for name, (head, sets) in VARIANTS.items():
         tv = time.perf_counter()
         if head == "mil":
-            Fp, Ft = (per_region(*(feats[s][i] for s in sets)) for i in (0, 1))
+            Fp, Ft = (
+                per_region(*(feats[s][i] for s in sets)) if len(sets) > 1 else feats[sets[0]][i]
+                for i in (0, 1)
+            )
             fitted = cross_validate(
                 lambda: RegionMILHead(region_weight=1.0, seed=args.seed),
                 Fp,
