@@ -17,6 +17,8 @@ tokens carry more low-level detail, which helps fake detection).
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import io
 import os
 import tempfile
@@ -103,6 +105,16 @@ class _Block(nn.Module):
         return x + self.mlp.fc2(h * torch.sigmoid(1.702 * h))
 
 
+@functools.cache
+def _onnxruntime_version() -> str:
+    """The installed ONNX Runtime's version, looked up once (cache keys ask on every
+    extraction); "-missing" where it is not installed (an INT8 model cannot run then)."""
+    try:
+        return importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        return "-missing"
+
+
 class ClipVision(nn.Module):
     """CLIP ViT-B/16 image tower; ``layers`` None gives the 512-d embedding, else the
     post-layer-norm class tokens of those encoder layers (1-based), concatenated.
@@ -147,14 +159,7 @@ class ClipVision(nn.Module):
         """What besides the weights decides the features: for an ``int8`` model the
         ONNX Runtime that quantises and runs it (another version may round differently), so
         caches and bundles can tell; empty for fp32, whose runtimes agree to ~1e-5."""
-        if not self.int8:
-            return ""
-        try:
-            from importlib.metadata import version
-
-            return f"onnxruntime{version('onnxruntime')}-u8u8"
-        except Exception:  # not installed: such a model cannot run anyway
-            return "onnxruntime-missing"
+        return f"onnxruntime{_onnxruntime_version()}-u8u8" if self.int8 else ""
 
     def use_onnxruntime(self, threads: int, file: Path | None = None) -> bool:
         """Run later CPU passes without gradients in ONNX Runtime (fp32, ``threads`` intra-op

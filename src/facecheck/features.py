@@ -286,7 +286,8 @@ def _register_clip() -> None:
     )
     # The same cut with the attention projections and fc1 in 8-bit (ONNX Runtime; fc2, whose
     # input has outlier channels, stays fp32): its own feature space (heads are fitted on
-    # it), detecting as fp32 does (benchmarks/clip_ort_int8.py).
+    # it). A 15% faster pass, but 0.0075 lower ROC-AUC on ALL's headline, so not the
+    # shipped backbone (benchmarks/clip_ort_int8.md).
     register_backbone(
         "clip_vit_b16_l8_int8_attn_fc1",
         BackboneEntry(
