@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_p1 import cross_validate, cv_arguments, p1_folds
+from clip_p1 import cross_validate, cv_arguments, p1_folds, write_result
 from facecheck.clip import LAYERS, WIDTH, ClipVision, load_clip
 from facecheck.faces import FaceStage
 from facecheck.features import (
@@ -156,8 +156,7 @@ def main() -> None:
         result = json.loads(args.out.with_suffix(".json").read_text())
         result["latency"] = latency(Path(load_backbone("clip_vit_b16_l8").weights_source))
         result["latency_commit"] = git_commit()
-        args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-        args.out.write_text(render(result))
+        write_result(args.out, result, render)
         return
 
     cv = p1_folds(args.data, args.seed, args.folds)
@@ -210,9 +209,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
         "sets": results,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.write_text(render(result))
-    print(f"wrote {args.out}")
+    write_result(args.out, result, render)
 
 
 def render(r: dict) -> str:

@@ -31,7 +31,6 @@ on 2 CPU cores when the cache is cold.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from clip_p1 import cross_validate, cv_arguments, p1_folds
+from clip_p1 import cross_validate, cv_arguments, p1_folds, write_result
 from facecheck.faces import FaceStage
 from facecheck.features import (
     FeatureCache,
@@ -185,9 +184,7 @@ def main() -> None:
         "variants": rows,
         "paired": paired,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.write_text(render(result))
-    print(f"wrote {args.out}")
+    write_result(args.out, result, render)
 
 
 def render(r: dict) -> str:

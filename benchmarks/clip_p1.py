@@ -160,6 +160,13 @@ def fold_of(records, y, k: int, seed: int) -> np.ndarray:
     return folds
 
 
+def write_result(out: Path, result: dict, render: Callable[[dict], str]) -> None:
+    """A benchmark's figures as ``out`` with suffix .json, and their Markdown as ``out``."""
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.write_text(render(result))
+    print(f"wrote {out}")
+
+
 def cv_arguments(description: str, out: Path) -> argparse.ArgumentParser:
     """The options every P1 cross-validation benchmark takes."""
     ap = argparse.ArgumentParser(description=description)
@@ -367,9 +374,7 @@ def main() -> None:
         "variants": results,
         "votes": votes,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.write_text(render(result))
-    print(f"wrote {args.out}")
+    write_result(args.out, result, render)
 
 
 def render(r: dict) -> str:

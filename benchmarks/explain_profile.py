@@ -1,6 +1,6 @@
 """Where `explain`'s time goes on this machine (issue 6's 200 ms goal), for the shipped bundle.
 
-    python benchmarks/explain_profile.py [--data ../shared/data] [--n 30]
+    python benchmarks/explain_profile.py [--data ../shared/data] [--n 30] [--model BUNDLE]
 
 For ``--n`` pictures (decoded beforehand, as `make bench` does), one at a time after a
 warm-up: the whole `explain` + overlay PNG, and its parts timed separately: the detector's
@@ -36,15 +36,16 @@ def p50(times: list[float]) -> float:
     return round(1000 * float(np.median(times)), 1)
 
 
-def operator_shares(graph: Path, repeats: int = 10) -> dict[str, float]:
-    """ONNX Runtime's profile of ``graph`` (batch 1): ms per pass by operator type."""
+def operator_shares(graph: Path, size: int, repeats: int = 10) -> dict[str, float]:
+    """ONNX Runtime's profile of ``graph`` (batch 1, ``size`` px): ms per pass by operator
+    type."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = torch.get_num_threads()
     opts.enable_profiling = True
     session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
-    x = {"x": np.random.default_rng(0).standard_normal((1, 3, 224, 224), np.float32)}
+    x = {"x": np.random.default_rng(0).standard_normal((1, 3, size, size), np.float32)}
     for _ in range(repeats):
         session.run(None, x)
     trace = Path(session.end_profiling())
@@ -60,9 +61,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", type=Path, default=HERE.parent.parent / "shared" / "data")
     ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--model", type=Path, default=None, help="a bundle (default: the shipped one)")
     ap.add_argument("--out", type=Path, default=HERE / "explain_profile.json")
     args = ap.parse_args()
-    det = Detector.load(default_bundle_path())
+    det = Detector.load(args.model or default_bundle_path())
     pictures = [load_image(p) for p in sample_paths(args.data, args.n + 1)]
     save_png(render(pictures[0].image, explain(det, pictures[0])), io.BytesIO())  # warm-up
     parts: dict[str, list[float]] = collections.defaultdict(list)
@@ -93,7 +95,9 @@ def main() -> None:
         "model": det.version,
         "pictures": args.n,
         "p50_ms": {k: p50(v) for k, v in parts.items()},
-        "onnxruntime_ms_by_operator": operator_shares(graph) if graph else None,
+        "onnxruntime_ms_by_operator": (
+            operator_shares(graph, det.backbone.preprocessing.size) if graph else None
+        ),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -29,14 +29,13 @@ on 2 CPU cores when not cached (4 passes per image, 2,041 images).
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from clip_p1 import cross_validate, cv_arguments, p1_folds
+from clip_p1 import cross_validate, cv_arguments, p1_folds, write_result
 from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
 from facecheck.localise import region_bits
@@ -142,9 +141,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
         "variants": rows,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.write_text(render(result))
-    print(f"wrote {args.out}")
+    write_result(args.out, result, render)
 
 
 def render(r: dict) -> str:

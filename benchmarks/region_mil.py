@@ -29,14 +29,13 @@ minutes on 2 CPU cores; the self-blended fakes' features cost about 5 more uncac
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from clip_p1 import cv_arguments, p1_folds, synthetic_fakes
+from clip_p1 import cv_arguments, p1_folds, synthetic_fakes, write_result
 from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
 from facecheck.localise import RegionScorer, region_bits
@@ -177,9 +176,7 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
         "variants": results,
     }
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.write_text(render(result))
-    print(f"wrote {args.out}")
+    write_result(args.out, result, render)
 
 
 def render(r: dict) -> str:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from facecheck.clip import INT8_ALL, WIDTH, float_graph, load_clip, onnx_file
+from facecheck.clip import INT8_ALL, WIDTH, ClipVision, float_graph, load_clip, onnx_file
 from facecheck.features import FeatureExtractor, load_backbone
 
 pytestmark = pytest.mark.slow
@@ -198,3 +198,31 @@ def test_int8_layers_run_in_onnxruntime_one_image_at_a_time(
     version = importlib.metadata.version("onnxruntime")
     assert bb.runtime == f"onnxruntime{version}-u8u8" and bb.runtime in bb.cache_key(False)
     assert load_backbone("clip_vit_b16_l8").runtime == ""
+
+
+def test_a_window_of_the_view_reads_its_cells_positions(onnx_path, face_paths):
+    """A 160 px input is a 10 x 10-cell window of CLIP's 224 px view: its patches take the
+    position embeddings of those cells, and ONNX Runtime runs the smaller pass as PyTorch."""
+    full = load_clip(onnx_path, (8,))
+    win = load_clip(onnx_path, (8,), size=160, origin=(4, 2))
+    pos, wpos = full._positions(), win._positions()
+    assert wpos.shape == (101, WIDTH) and torch.equal(wpos[0], pos[0])
+    assert torch.equal(wpos[1:], pos[1:].reshape(14, 14, WIDTH)[4:14, 2:12].reshape(100, WIDTH))
+    # The same cut of the picture seen through the window and through the whole view: the
+    # window's patch embeddings are the view's at those cells (only attention differs).
+    x = torch.from_numpy(_pixels(face_paths[:2]))
+    crop = x[:, :, 64:224, 32:192]
+    emb = full.vision_model.embeddings.patch_embedding
+    with torch.no_grad():
+        assert torch.allclose(emb(crop), emb(x)[:, :, 4:14, 2:12], atol=1e-5)
+        ref_feats, ref_map = win.features_and_map(crop)
+    assert ref_map.shape == (2, WIDTH, 10, 10)
+    assert win.use_onnxruntime(torch.get_num_threads())
+    with torch.no_grad():
+        feats, fmap = win.features_and_map(crop)
+    assert win._session is not None
+    for got, ref in ((feats, ref_feats), (fmap, ref_map)):
+        assert (got - ref).abs().max() <= 1e-3 * ref.abs().max()
+    for size, origin in ((150, (0, 0)), (240, (0, 0)), (160, (5, 2)), (160, (4, -1))):
+        with pytest.raises(ValueError, match="CLIP"):
+            ClipVision((8,), size=size, origin=origin)

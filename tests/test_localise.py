@@ -356,3 +356,33 @@ def test_evaluate_p6_writes_the_localisation_section(small_manifest, cache_dir, 
     assert top["n"] > 0 and 0.0 <= top["top_hit"] <= 1.0
     with Image.open(out / "P6_grid.png") as img:
         assert img.format == "PNG"
+
+
+def test_a_window_backbone_aligns_every_face_and_explains_on_the_input(
+    small_manifest, cache_dir, face_paths, tmp_path
+):
+    """clip_vit_b16_l8_window reads a 160 px window of the aligned face: its detectors align
+    every face with the window's framing, and explain still draws on the whole input."""
+    from facecheck.features import WINDOW_FRAMING
+
+    det = Detector("clip_vit_b16_l8_window")
+    assert det.face_stage.mode == "align"
+    assert (det.face_stage.crop_scale, det.face_stage.crop_offset_y) == WINDOW_FRAMING
+    with pytest.raises(ValueError, match="face stage"):
+        Detector("clip_vit_b16_l8_window", face_stage="off")
+    out = tmp_path / "window"
+    args = ["train", "--data", str(small_manifest), "--protocol", "P1", "--out", str(out)]
+    args += ["--backbone", "clip_vit_b16_l8_window", "--head-input", "image+regions"]
+    assert main([*args, "--cache-dir", str(cache_dir), "--quiet"]) == 0
+    loaded = Detector.load(out)
+    assert loaded.face_stage == det.face_stage and loaded.backbone.preprocessing.size == 160
+    exp = explain(loaded, face_paths[4])
+    picture = Image.open(face_paths[4])
+    assert exp.verdict.face["action"] == "aligned" and exp.cells.shape == (10, 10)
+    assert exp.heatmap.shape == picture.size[::-1] and set(exp.boxes) == set(REGIONS)
+    # The heat lies on the window: nothing in the picture's corners, outside the face.
+    h, w = exp.heatmap.shape
+    assert exp.heatmap[: h // 10, : w // 10].max() == 0 and exp.heatmap.max() > 0
+    for poly in exp.boxes.values():
+        xs, ys = zip(*poly, strict=True)
+        assert min(xs) >= 0 and max(xs) <= w and min(ys) >= 0 and max(ys) <= h

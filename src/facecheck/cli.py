@@ -727,8 +727,7 @@ def cmd_evaluate(args) -> int:
         extract_all,
         extract_perturbed,
     )
-    from .faces import FaceStage
-    from .features import FeatureExtractor, load_backbone, resolve_name
+    from .features import FeatureExtractor, face_stage_for, load_backbone, resolve_name
     from .models import HEADS, split_head_spec
     from .protocols import build, expand
     from .regions import PooledRegionView
@@ -774,7 +773,7 @@ def cmd_evaluate(args) -> int:
                 cache,
                 tta=args.tta,
                 progress=not args.quiet,
-                face_stage=FaceStage(mode=args.face_stage),
+                face_stage=face_stage_for(m, args.face_stage),
                 view=PooledRegionView(with_image=True) if regions else None,
             )
             for m in members

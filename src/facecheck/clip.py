@@ -34,6 +34,7 @@ from torch import nn
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 WIDTH, HEADS, LAYERS, PATCH, EMBED = 768, 12, 12, 16, 512
+GRID = 224 // PATCH  # CLIP's 14 x 14 patch grid at its 224 px input
 # Every linear layer of a block: what ``ClipVision(int8=INT8_ALL)`` runs in INT8; fc2 is
 # the one whose input (after the GELU) has outlier channels, so INT8_NO_FC2 keeps it fp32.
 INT8_ALL = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -126,10 +127,31 @@ class ClipVision(nn.Module):
     ONNX Runtime, on any device, one image per call: the activations' scale is taken over
     each call's whole input, so a batch would make an image's features depend on its
     batch-mates.
+
+    ``size`` below 224 (a multiple of 16) makes the input a *window* of CLIP's 224 px view:
+    its patches take the position embeddings of the ``size // 16`` square of cells whose
+    top-left cell is ``origin`` (row, col) in the 14 x 14 grid, where that part of the
+    face sits in the view the model was trained on. Fewer tokens, a cheaper pass (the cost
+    is about linear in tokens: 101 for 160 px against 197), and the same embeddings, not
+    interpolated ones (``benchmarks/clip_window.md`` measures both).
     """
 
-    def __init__(self, layers: Sequence[int] | None = None, int8: Sequence[str] = ()):
+    def __init__(
+        self,
+        layers: Sequence[int] | None = None,
+        int8: Sequence[str] = (),
+        size: int = 224,
+        origin: tuple[int, int] = (0, 0),
+    ):
         super().__init__()
+        if size % PATCH or not PATCH <= size <= 224:
+            raise ValueError(f"CLIP input size must be a multiple of {PATCH} up to 224, not {size}")
+        side = size // PATCH
+        if not all(0 <= o <= GRID - side for o in origin):
+            raise ValueError(
+                f"a {side} x {side} window at {origin} leaves CLIP's {GRID} x {GRID} grid"
+            )
+        self.size, self.origin = size, (tuple(origin) if size < 224 else (0, 0))
         self.layers = tuple(layers) if layers else None
         if self.layers and not all(1 <= k <= LAYERS for k in self.layers):
             raise ValueError(f"CLIP layers must be in 1..{LAYERS}, got {self.layers}")
@@ -140,7 +162,7 @@ class ClipVision(nn.Module):
         vm.embeddings = nn.Module()
         vm.embeddings.class_embedding = nn.Parameter(torch.zeros(WIDTH))
         vm.embeddings.patch_embedding = nn.Conv2d(3, WIDTH, PATCH, PATCH, bias=False)
-        vm.embeddings.position_embedding = nn.Embedding((224 // PATCH) ** 2 + 1, WIDTH)
+        vm.embeddings.position_embedding = nn.Embedding(GRID**2 + 1, WIDTH)
         vm.pre_layrnorm = nn.LayerNorm(WIDTH)
         vm.encoder = nn.Module()
         vm.encoder.layers = nn.ModuleList(_Block() for _ in range(LAYERS))
@@ -191,7 +213,7 @@ class ClipVision(nn.Module):
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 _AllTokens(self),
-                (torch.zeros(1, 3, 224, 224),),
+                (torch.zeros(1, 3, self.size, self.size),),
                 buf,
                 input_names=["x"],
                 output_names=["tokens"],
@@ -258,7 +280,7 @@ class ClipVision(nn.Module):
     def _tokens(self, x: torch.Tensor, class_only: bool) -> torch.Tensor:
         """Tokens of the picked layers after the final layer norm, concatenated along
         channels (projected for the embedding): (n, dim) for the class token alone, else
-        (n, 1 + 196, dim) with the class token first."""
+        (n, 1 + patches, dim) with the class token first."""
         if self._onnx and (self.int8 or (x.device.type == "cpu" and not torch.is_grad_enabled())):
             tokens = self._ort_tokens(x)
             return tokens[:, 0] if class_only else tokens
@@ -274,7 +296,7 @@ class ClipVision(nn.Module):
         emb = vm.embeddings
         tokens = emb.patch_embedding(x).flatten(2).transpose(1, 2)
         cls = emb.class_embedding.expand(tokens.shape[0], 1, WIDTH)
-        h = torch.cat([cls, tokens], dim=1) + emb.position_embedding.weight
+        h = torch.cat([cls, tokens], dim=1) + self._positions()
         h = vm.pre_layrnorm(h)
         layers = self.layers or (LAYERS,)
         picked = []
@@ -284,6 +306,16 @@ class ClipVision(nn.Module):
                 picked.append(vm.post_layernorm(h[:, 0] if class_only else h))
         out = torch.cat(picked, dim=-1)
         return out if self.layers else self.visual_projection(out)
+
+    def _positions(self) -> torch.Tensor:
+        """Position embeddings of the class token and of the input's patches (a window's
+        cells of the 14 x 14 grid, row by row)."""
+        pos = self.vision_model.embeddings.position_embedding.weight
+        if self.size == 224:
+            return pos
+        (r, c), side = self.origin, self.size // PATCH
+        cells = pos[1:].reshape(GRID, GRID, WIDTH)[r : r + side, c : c + side]
+        return torch.cat([pos[:1], cells.reshape(side * side, WIDTH)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._tokens(x, class_only=True)
@@ -299,7 +331,7 @@ class ClipVision(nn.Module):
         return patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The patch tokens as a map (n, dim, 14, 14), in the same space as the features
+        """The patch tokens as a map (n, dim, rows, cols), in the same space as the features
         (same layers, same layer norm, same projection): what heatmaps and region pooling
         read. Unlike a CNN's map, the features are not this map's mean: the class token
         attends to the patches."""
@@ -318,10 +350,14 @@ class _AllTokens(nn.Module):
 
 
 def load_clip(
-    path: str | Path, layers: Sequence[int] | None = None, int8: Sequence[str] = ()
+    path: str | Path,
+    layers: Sequence[int] | None = None,
+    int8: Sequence[str] = (),
+    size: int = 224,
+    origin: tuple[int, int] = (0, 0),
 ) -> ClipVision:
     """The model from the ONNX file, fp32 weights (about 3 s)."""
-    model = ClipVision(layers, int8)
+    model = ClipVision(layers, int8, size, origin)
     missing, unexpected = model.load_state_dict(state_dict_from_onnx(path), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{path}: not the CLIP ViT-B/16 file (missing {missing[:3]}...)")

@@ -153,6 +153,9 @@ class BackboneEntry:
     # Builds the loaded module from the weights file itself (e.g. an ONNX file), instead of
     # ``builder()`` + a PyTorch state dict.
     loader: Callable[[Path], nn.Module] | None = None
+    # The face stage's crop this backbone reads, (crop_scale, crop_offset_y) in face-box
+    # widths (see faces.FaceStage), every face aligned; None: the training crops' framing.
+    framing: tuple[float, float] | None = None
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -164,6 +167,20 @@ def register_backbone(name: str, entry: BackboneEntry) -> None:
 
 def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def face_stage_for(backbone: str, mode: str) -> FaceStage:
+    """The face stage that feeds ``backbone`` in ``mode`` (auto, align, off): a backbone that
+    reads its own crop of the face (a window, :attr:`BackboneEntry.framing`) aligns every
+    face with that framing, and cannot run without the stage."""
+    entry = _REGISTRY.get(resolve_name(backbone))
+    if entry is None or entry.framing is None:
+        return FaceStage(mode=mode)
+    if mode == "off":
+        raise ValueError(
+            f"backbone {backbone} reads a window of the aligned face: it needs the face stage"
+        )
+    return FaceStage(mode="align", crop_scale=entry.framing[0], crop_offset_y=entry.framing[1])
 
 
 def _package_file(package: str, *parts: str) -> Path | None:
@@ -284,6 +301,28 @@ def _register_clip() -> None:
             **common,
         ),
     )
+    # The same cut reading 101 tokens instead of 197: the eyes, nose and mouth at about the
+    # picture's own resolution (the aligned face box, 1.1 box widths, at 160 px), with the
+    # position embeddings of where that window sits in the 224 px view of a training crop
+    # (rows 4-13, columns 2-11). explain 126 ms against 176, but P1's ROC-AUC by CV 0.948
+    # against 0.956 (benchmarks/clip_window.md), so not the shipped backbone; it needs the
+    # face stage.
+    register_backbone(
+        "clip_vit_b16_l8_window",
+        BackboneEntry(
+            builder=lambda: ClipVision((8,), size=WINDOW_SIZE, origin=WINDOW_ORIGIN),
+            dim=WIDTH,
+            description="CLIP ViT-B/16 cut after encoder layer 8 on a 160 px window of the "
+            "aligned face (eyes, nose, mouth; 101 tokens, about 0.6 of clip_vit_b16_l8's "
+            "pass): its class token",
+            loader=lambda path: load_clip(path, (8,), size=WINDOW_SIZE, origin=WINDOW_ORIGIN),
+            framing=WINDOW_FRAMING,
+            **{
+                **common,
+                "preprocessing": Preprocessing(WINDOW_SIZE, CLIP_MEAN, CLIP_STD, "bicubic"),
+            },
+        ),
+    )
     # The same cut with the attention projections and fc1 in 8-bit (ONNX Runtime; fc2, whose
     # input has outlier channels, stays fp32): its own feature space (heads are fitted on
     # it). A 15% faster pass, but 0.0075 lower ROC-AUC on ALL's headline, so not the
@@ -333,6 +372,7 @@ _CPU_SECONDS = {
     "mobilenet_v2": 0.015,
     "clip_vit_b16": 0.3,
     "clip_vit_b16_l8": 0.2,
+    "clip_vit_b16_l8_window": 0.12,
     "clip_vit_b16_l8_int8_attn_fc1": 0.17,
     "srm": 0.02,
 }
@@ -346,6 +386,12 @@ def seconds_per_image(name: str, device: str = "cpu") -> float:
 
 # The intermediate layers whose class tokens clip_vit_b16_layers concatenates (1-based).
 CLIP_LAYERS = (8, 12)
+# clip_vit_b16_l8_window: the face box aligned, 1.1 box widths centred 0.02 widths above its
+# centre (where a 2.6 inter-ocular-distance square around the four region boxes lies on rff
+# crops: medians of 80), at 160 px: about the crops' own resolution, in 10 x 10 patches.
+WINDOW_FRAMING = (1.1, -0.02)
+WINDOW_SIZE = 160
+WINDOW_ORIGIN = (4, 2)
 _register_clip()
 ALIASES = {
     "lite0": "efficientnet_lite0",

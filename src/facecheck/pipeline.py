@@ -27,6 +27,7 @@ from .features import (
     FeatureExtractor,
     Preprocessing,
     Source,
+    face_stage_for,
     load_backbone,
     resolve_name,
 )
@@ -115,7 +116,9 @@ class Detector:
         self.head_input = head_input
         self.region_view = region_view
         self.face_stage = (
-            face_stage if isinstance(face_stage, FaceStage) else FaceStage(mode=face_stage)
+            face_stage
+            if isinstance(face_stage, FaceStage)
+            else face_stage_for(self.backbone_name, face_stage)
         )
         # "mlp:focal" is kind "mlp" with imbalance "focal" (see models.make_head).
         self.head_kind, from_spec = split_head_spec(head)

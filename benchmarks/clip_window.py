@@ -1,0 +1,222 @@
+"""Fewer tokens for CLIP: a 160 px window over the eyes, nose and mouth (issue 6's latency).
+
+    python benchmarks/clip_window.py [--data ../shared/data] [--seed 0] [--folds 5]
+
+The shipped detector passes the whole face crop at 224 px through CLIP cut after layer 8:
+197 tokens, and a pass costs about linearly in tokens (plus a fixed ~50 ms on 2 CPU cores).
+The region-aware head reads the class token and the patch tokens pooled in the four region
+boxes, which all lie in the middle of the crop. Variants with 101 tokens (160 px, 10 x 10
+patches):
+
+- ``window, cell positions`` (``clip_vit_b16_l8_window``): the face stage aligns every face
+  and crops 1.1 face-box widths around the box (the four region boxes with a margin, at
+  about the picture's own resolution); its patches take the position embeddings of the
+  10 x 10 cells where that window lies in the 224 px view of a training crop;
+- ``window, interpolated positions``: the same window, CLIP's 14 x 14 position embeddings
+  resized to 10 x 10 (bicubic, as timm does for other input sizes);
+- ``whole face at 160 px``: the usual crop resized to 160 px, interpolated positions.
+
+Each with the shipped head (logistic, C by inner CV) on class token + pooled regions, compared
+by 5-fold CV over P1's train + val (grouped by content hash, seeded), paired with the shipped
+recipe on the same out-of-fold scores (paired bootstrap of the ROC-AUC difference), then P1's
+test split once with a 95% bootstrap CI. Then one pass (decoded picture -> pooled features,
+batch 1, ONNX Runtime) timed interleaved for each input size.
+
+Writes benchmarks/clip_window.md and .json; about 25 minutes on 2 CPU cores uncached.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from clip_p1 import cross_validate, cv_arguments, p1_folds, write_result
+from facecheck.clip import CLIP_MEAN, CLIP_STD, GRID, PATCH, WIDTH, ClipVision, state_dict_from_onnx
+from facecheck.faces import FaceStage, scored_keypoints
+from facecheck.features import (
+    WINDOW_FRAMING,
+    WINDOW_SIZE,
+    Backbone,
+    FeatureCache,
+    FeatureExtractor,
+    Preprocessing,
+    load_backbone,
+)
+from facecheck.metrics import paired_auc_difference
+from facecheck.models import make_head
+from facecheck.regions import PooledRegionView
+from facecheck.report import git_commit, machine_description
+
+HERE = Path(__file__).resolve().parent
+SHIPPED = "224 px whole face, 197 tokens (shipped)"
+# row -> (backbone, framing of the face stage: None = the training crops')
+VARIANTS = {
+    SHIPPED: ("clip_vit_b16_l8", None),
+    "160 px window, cell positions (clip_vit_b16_l8_window)": ("clip_vit_b16_l8_window", "window"),
+    "160 px window, interpolated positions": ("interpolated", "window"),
+    "160 px whole face, interpolated positions": ("interpolated", None),
+}
+
+
+class InterpolatedClip(ClipVision):
+    """CLIP with its 14 x 14 position embeddings resized to the input's grid."""
+
+    def _positions(self) -> torch.Tensor:
+        pos = self.vision_model.embeddings.position_embedding.weight
+        side = self.size // PATCH
+        grid = pos[1:].reshape(GRID, GRID, WIDTH).permute(2, 0, 1)[None]
+        cells = F.interpolate(grid, size=(side, side), mode="bicubic", align_corners=False)
+        return torch.cat([pos[:1], cells[0].permute(1, 2, 0).reshape(side * side, WIDTH)])
+
+
+def interpolated_backbone() -> Backbone:
+    base = load_backbone("clip_vit_b16_l8")
+    model = InterpolatedClip((8,), size=WINDOW_SIZE)
+    model.load_state_dict(state_dict_from_onnx(base.weights_source), strict=False)
+    return Backbone(
+        "clip_vit_b16_l8_160_interpolated",
+        model.eval(),
+        Preprocessing(WINDOW_SIZE, CLIP_MEAN, CLIP_STD, "bicubic"),
+        WIDTH,
+        base.weights_id,
+        base.weights_source,
+        base.licence,
+    )
+
+
+def face_stage(framing: str | None) -> FaceStage:
+    if framing is None:
+        return FaceStage()
+    return FaceStage(mode="align", crop_scale=WINDOW_FRAMING[0], crop_offset_y=WINDOW_FRAMING[1])
+
+
+def pass_latency(extractors: dict[str, FeatureExtractor], paths: list[Path]) -> dict[str, float]:
+    """p50 ms of one picture's pass (face crop given; pooled features), interleaved."""
+    prepared = {}
+    for name, ex in extractors.items():
+        stage = ex.face_stage
+        items = []
+        for p in paths:
+            pic = Image.open(p).convert("RGB")
+            analysis = stage.analyse(pic)  # type: ignore[union-attr]
+            pic = stage.crop(pic, analysis)  # type: ignore[union-attr]
+            items.append((pic, scored_keypoints(pic, analysis, stage)))
+        prepared[name] = items
+        ex.embed_pooled([items[0][0]], [items[0][1]])  # warm-up (exports the graph)
+    times: dict[str, list[float]] = {name: [] for name in extractors}
+    for k in range(len(paths)):
+        for name, ex in extractors.items():
+            pic, kps = prepared[name][k]
+            t = time.perf_counter()
+            ex.embed_pooled([pic], [kps])
+            times[name].append(time.perf_counter() - t)
+    return {name: round(1000 * float(np.median(t)), 1) for name, t in times.items()}
+
+
+def main() -> None:
+    ap = cv_arguments(__doc__.split("\n")[0], HERE / "clip_window.md")
+    ap.add_argument("--timed", type=int, default=30, help="pictures in the latency run")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    torch.manual_seed(args.seed)
+    cv = p1_folds(args.data, args.seed, args.folds)
+    cache = FeatureCache()
+    interpolated = interpolated_backbone()
+    extractors: dict[str, FeatureExtractor] = {}
+    for name, (backbone, framing) in VARIANTS.items():
+        bb = interpolated if backbone == "interpolated" else load_backbone(backbone)
+        extractors[name] = FeatureExtractor(
+            bb, cache, face_stage=face_stage(framing), view=PooledRegionView(True)
+        )
+    rows: dict[str, dict] = {}
+    oof: dict[str, np.ndarray] = {}
+    for name, ex in extractors.items():
+        tv = time.perf_counter()
+        Fp, Ft = (
+            ex.extract([r.path for r in recs], [r.sha256 for r in recs]).features
+            for recs in (cv.pool, cv.test)
+        )
+        fitted = cross_validate(lambda: make_head("logreg", seed=args.seed), Fp, Ft, cv, args.seed)
+        oof[name] = fitted.oof
+        rows[name] = {
+            **fitted.row,
+            "backbone": ex.backbone.name,
+            "input_px": ex.backbone.preprocessing.size,
+            "tokens": 1 + (ex.backbone.preprocessing.size // PATCH) ** 2,
+            "face_stage": ex.face_stage.key,  # type: ignore[union-attr]
+            "seconds": round(time.perf_counter() - tv, 1),
+        }
+        print(name, rows[name]["cv_auc"], rows[name]["test_auc"], flush=True)
+    both = ~np.isnan(np.stack(list(oof.values()))).any(axis=0)
+    for name in list(VARIANTS)[1:]:
+        rows[name]["paired_oof_vs_shipped"] = paired_auc_difference(
+            cv.y[both], oof[SHIPPED][both], oof[name][both], seed=args.seed
+        )
+    timed = [r.path for r in cv.test[: args.timed]]
+    latency = pass_latency(
+        {n: extractors[n] for n in (SHIPPED, next(iter(list(VARIANTS)[1:])))}, timed
+    )
+    result = {
+        "seed": args.seed,
+        "folds": args.folds,
+        "images": {"pool": int(both.sum()), "test": len(cv.test)},
+        "commit": git_commit(),
+        "machine": machine_description(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "variants": rows,
+        "pass_p50_ms": latency,
+        "timed_pictures": len(timed),
+    }
+    write_result(args.out, result, render)
+
+
+def render(r: dict) -> str:
+    lines = [
+        "# Fewer CLIP tokens: a 160 px window over the eyes, nose and mouth",
+        "",
+        f"`python benchmarks/clip_window.py` (seed {r['seed']}; {r['folds']}-fold CV over "
+        f"P1 train + val ({r['images']['pool']} images), grouped by content hash; P1 test "
+        f"({r['images']['test']} images) scored once; commit {r['commit']}; {r['machine']}; "
+        f"{r['seconds'] / 60:.0f} min). CLIP ViT-B/16 cut after layer 8; the shipped head "
+        "(logistic, C by inner CV) on the class token and the patch tokens pooled in the "
+        "four region boxes. Paired Δ: ROC-AUC difference against the shipped recipe on the "
+        "same out-of-fold scores, 95% paired bootstrap CI (share of draws below 0). See the "
+        "script's docstring.",
+        "",
+        "| input | tokens | CV ROC-AUC | CV recall @ 10% FPR | paired Δ out-of-fold "
+        "| test ROC-AUC [95% CI] | test recall @ 10% FPR |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, v in r["variants"].items():
+        p, ci = v.get("paired_oof_vs_shipped"), v["test_auc_ci"]
+        delta = (
+            f"{p['difference']:+.4f} [{p['ci_lo']:+.4f}, {p['ci_hi']:+.4f}] "
+            f"({p['share_b_lower']:.0%})"
+            if p
+            else ""
+        )
+        lines.append(
+            f"| {name} | {v['tokens']} | {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f} "
+            f"| {v['cv_recall_at_10fpr'][0]:.3f} ± {v['cv_recall_at_10fpr'][1]:.3f} | {delta} "
+            f"| {v['test_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
+            f"| {v['test_recall_at_10fpr']:.3f} |"
+        )
+    lines += [
+        "",
+        f"One pass, decoded face crop -> pooled features, batch 1, ONNX Runtime, p50 of "
+        f"{r['timed_pictures']} pictures timed interleaved:",
+        "",
+        "| input | pass p50 (ms) |",
+        "|---|---|",
+        *(f"| {name} | {ms} |" for name, ms in r["pass_p50_ms"].items()),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
