@@ -199,3 +199,29 @@ def test_bundle_records_the_face_stage_and_old_bundles_score_as_given(
     (tmp_path / "b" / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="face stage"):
         Detector.load(tmp_path / "b")
+
+
+def test_a_window_on_the_region_boxes_holds_them_all(rff_faces):
+    """anchor="regions": the crop is centred on the eye, nose and mouth boxes and sized by
+    the inter-ocular distance; upright, it keeps the picture's axes (a plain scaled crop)."""
+    from facecheck.faces import scored_keypoints
+    from facecheck.regions import eye_frame, region_boxes
+
+    assert FaceStage().key == FaceStage(anchor="box", rotate=True).key  # caches stay valid
+    with pytest.raises(ValueError, match="anchor"):
+        FaceStage(anchor="nose")
+    for rotate in (True, False):
+        window = FaceStage(mode="align", crop_scale=2.6, anchor="regions", rotate=rotate)
+        assert window.key != FaceStage(mode="align", crop_scale=2.6).key
+        for path in rff_faces[:4]:
+            picture = _rgb(path)
+            a = window.analyse(picture)
+            crop = window.crop(picture, a)
+            n, m = window.crop_transform(a)
+            iod = eye_frame(a.face.keypoints)[2]
+            assert crop.size == (n, n) and abs(n - 2.6 * iod) <= 1.5
+            if not rotate:
+                assert m[0, 1] == 0 and m[1, 0] == 0
+            kps = scored_keypoints(crop, a, window)
+            for x0, y0, x1, y1 in region_boxes(kps, (10**6, 10**6)).values():
+                assert x0 >= 0 and x1 <= n and y0 >= 0 and y1 <= n

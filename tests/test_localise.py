@@ -367,7 +367,7 @@ def test_a_window_backbone_aligns_every_face_and_explains_on_the_input(
 
     det = Detector("clip_vit_b16_l8_window")
     assert det.face_stage.mode == "align"
-    assert (det.face_stage.crop_scale, det.face_stage.crop_offset_y) == WINDOW_FRAMING
+    assert det.face_stage == FaceStage(mode="align", **WINDOW_FRAMING)
     with pytest.raises(ValueError, match="face stage"):
         Detector("clip_vit_b16_l8_window", face_stage="off")
     out = tmp_path / "window"

@@ -292,6 +292,13 @@ class FaceStage:
     second detections on the one-face rff/UTKFace crops score at most 0.68. A face at least
     ``passthrough_width`` of the picture's width is a tight crop (the face is 0.50+ of the
     width in 95% of rff crops, 0.86+ in UTKFace's). Both figures: benchmarks/face_stage.md.
+
+    The aligned crop's framing: ``anchor="box"`` (the default) centres it ``crop_offset_y``
+    face-box widths from the box's centre, ``crop_scale`` box widths on a side, like the
+    training crops; ``anchor="regions"`` centres it on the four region boxes placed by the
+    keypoints (eyes, nose, mouth; see :mod:`facecheck.regions`), ``crop_scale`` inter-ocular
+    distances on a side (a window for backbones that read only that part). ``rotate=False``
+    keeps the picture's axes instead of levelling the eyes (no rotation to resample).
     """
 
     mode: str = "auto"
@@ -300,10 +307,14 @@ class FaceStage:
     passthrough_width: float = 0.45
     crop_scale: float = CROP_SCALE
     crop_offset_y: float = CROP_OFFSET_Y
+    anchor: str = "box"
+    rotate: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ("off", "auto", "align"):
             raise ValueError(f"face stage mode must be off, auto or align, not {self.mode!r}")
+        if self.anchor not in ("box", "regions"):
+            raise ValueError(f"face stage anchor must be box or regions, not {self.anchor!r}")
         if self.detector not in FACE_DETECTORS:
             raise ValueError(
                 f"unknown face detector {self.detector!r}; known: {sorted(FACE_DETECTORS)}"
@@ -322,6 +333,9 @@ class FaceStage:
             f"face{ALGORITHM}-{self.mode}-{self.detector}-c{self.count_score}"
             f"-p{self.passthrough_width}"
             f"-s{self.crop_scale}-o{self.crop_offset_y}"
+            # Only a non-default framing adds to the key: existing caches stay valid.
+            + (f"-a{self.anchor}" if self.anchor != "box" else "")
+            + ("" if self.rotate else "-upright")
         )
 
     def to_dict(self) -> dict[str, object]:
@@ -422,8 +436,25 @@ class FaceStage:
         return cv2.warpAffine(values.astype(np.float32), m, size, flags=cv2.INTER_LINEAR)
 
     def _shrink_factor(self, analysis: FaceAnalysis) -> int:
-        assert analysis.face is not None
-        return max(1, int(analysis.face.width * self.crop_scale // MAX_CROP))
+        return max(1, int(self._frame(analysis)[2] // MAX_CROP))
+
+    def _frame(self, analysis: FaceAnalysis) -> tuple[float, float, float]:
+        """The crop's centre (x, y) in the picture and its side, before rotation."""
+        face = analysis.face
+        assert face is not None
+        if self.anchor == "regions" and {"left_eye", "right_eye", "mouth"} <= set(face.keypoints):
+            from .regions import eye_frame, region_boxes  # regions builds on this module
+
+            boxes = region_boxes(face.keypoints, (1 << 30, 1 << 30))
+            x0, y0 = min(b[0] for b in boxes.values()), min(b[1] for b in boxes.values())
+            x1, y1 = max(b[2] for b in boxes.values()), max(b[3] for b in boxes.values())
+            return (x0 + x1) / 2, (y0 + y1) / 2, self.crop_scale * eye_frame(face.keypoints)[2]
+        # The box's framing (also for a detector without keypoints): the centre sits
+        # crop_offset_y box widths from the box's centre, across the eye line.
+        cx, cy = face.centre
+        theta = math.radians(face.eye_angle()) if self.rotate else 0.0
+        dy = self.crop_offset_y * face.width
+        return cx - math.sin(theta) * dy, cy + math.cos(theta) * dy, face.width * self.crop_scale
 
     def crop_transform(self, analysis: FaceAnalysis) -> tuple[int, np.ndarray]:
         """The aligned crop's side ``n`` and the 2 x 3 map from its pixels to the picture's.
@@ -435,15 +466,12 @@ class FaceStage:
         analysis.raise_if_unscorable()
         face = analysis.face
         assert face is not None
-        factor = self._shrink_factor(analysis)
-        side = face.width * self.crop_scale
+        ox, oy, side = self._frame(analysis)  # centre of the crop in the picture, its side
+        factor = max(1, int(side // MAX_CROP))
         n = round(side / factor)
         s = side / n
-        cx, cy = face.centre
-        theta = math.radians(face.eye_angle())
+        theta = math.radians(face.eye_angle()) if self.rotate else 0.0
         cos, sin = math.cos(theta), math.sin(theta)
-        dy = self.crop_offset_y * face.width
-        ox, oy = cx - sin * dy, cy + cos * dy  # centre of the crop in the picture
         a, b, d, e = s * cos, -s * sin, s * sin, s * cos
         return n, np.array([[a, b, ox - (a + b) * n / 2], [d, e, oy - (d + e) * n / 2]])
 

@@ -153,9 +153,9 @@ class BackboneEntry:
     # Builds the loaded module from the weights file itself (e.g. an ONNX file), instead of
     # ``builder()`` + a PyTorch state dict.
     loader: Callable[[Path], nn.Module] | None = None
-    # The face stage's crop this backbone reads, (crop_scale, crop_offset_y) in face-box
-    # widths (see faces.FaceStage), every face aligned; None: the training crops' framing.
-    framing: tuple[float, float] | None = None
+    # The face stage's crop this backbone reads, as FaceStage fields (crop_scale, anchor...),
+    # every face aligned; None: the training crops' framing.
+    framing: Mapping[str, object] | None = None
 
 
 _REGISTRY: dict[str, BackboneEntry] = {}
@@ -180,7 +180,7 @@ def face_stage_for(backbone: str, mode: str) -> FaceStage:
         raise ValueError(
             f"backbone {backbone} reads a window of the aligned face: it needs the face stage"
         )
-    return FaceStage(mode="align", crop_scale=entry.framing[0], crop_offset_y=entry.framing[1])
+    return FaceStage(mode="align", **entry.framing)  # type: ignore[arg-type]
 
 
 def _package_file(package: str, *parts: str) -> Path | None:
@@ -389,7 +389,7 @@ CLIP_LAYERS = (8, 12)
 # clip_vit_b16_l8_window: the face box aligned, 1.1 box widths centred 0.02 widths above its
 # centre (where a 2.6 inter-ocular-distance square around the four region boxes lies on rff
 # crops: medians of 80), at 160 px: about the crops' own resolution, in 10 x 10 patches.
-WINDOW_FRAMING = (1.1, -0.02)
+WINDOW_FRAMING: dict[str, object] = {"crop_scale": 1.1, "crop_offset_y": -0.02}
 WINDOW_SIZE = 160
 WINDOW_ORIGIN = (4, 2)
 _register_clip()
