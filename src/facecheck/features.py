@@ -302,11 +302,10 @@ def _register_clip() -> None:
         ),
     )
     # The same cut reading 101 tokens instead of 197: the eyes, nose and mouth at about the
-    # picture's own resolution (the aligned face box, 1.1 box widths, at 160 px), with the
-    # position embeddings of where that window sits in the 224 px view of a training crop
-    # (rows 4-13, columns 2-11). explain 126 ms against 176, but P1's ROC-AUC by CV 0.948
-    # against 0.956 (benchmarks/clip_window.md), so not the shipped backbone; it needs the
-    # face stage.
+    # picture's own resolution (a window on the region boxes at 160 px), with the position
+    # embeddings of where that window sits in the 224 px view of a training crop (rows 4-13,
+    # columns 2-11). A pass ~37% cheaper, but P1's ROC-AUC by CV 0.952 against 0.956
+    # (benchmarks/clip_window.md), so not the shipped backbone; it needs the face stage.
     register_backbone(
         "clip_vit_b16_l8_window",
         BackboneEntry(
@@ -386,10 +385,11 @@ def seconds_per_image(name: str, device: str = "cpu") -> float:
 
 # The intermediate layers whose class tokens clip_vit_b16_layers concatenates (1-based).
 CLIP_LAYERS = (8, 12)
-# clip_vit_b16_l8_window: the face box aligned, 1.1 box widths centred 0.02 widths above its
-# centre (where a 2.6 inter-ocular-distance square around the four region boxes lies on rff
-# crops: medians of 80), at 160 px: about the crops' own resolution, in 10 x 10 patches.
-WINDOW_FRAMING: dict[str, object] = {"crop_scale": 1.1, "crop_offset_y": -0.02}
+# clip_vit_b16_l8_window: a square of 2.6 inter-ocular distances centred on the four region
+# boxes, eyes levelled (on rff crops about 1.1 face-box widths: their own resolution at
+# 160 px, 10 x 10 patches). Placed by the keypoints it detects better than the same square
+# placed by the face box (benchmarks/clip_window.md).
+WINDOW_FRAMING: dict[str, object] = {"crop_scale": 2.6, "anchor": "regions"}
 WINDOW_SIZE = 160
 WINDOW_ORIGIN = (4, 2)
 _register_clip()
