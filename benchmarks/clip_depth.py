@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip_p1 import cross_validate, cv_arguments, p1_folds, write_result
+from clip_p1 import cross_validate, cv_arguments, p1_folds, provenance, write_result
 from facecheck.clip import LAYERS, WIDTH, ClipVision, load_clip
 from facecheck.faces import FaceStage
 from facecheck.features import (
@@ -225,10 +225,7 @@ def render(r: dict) -> str:
     lines = [
         "# How deep must CLIP go? Detection by encoder layer and latency by depth",
         "",
-        f"`python benchmarks/clip_depth.py` (seed {r['seed']}; {r['folds']}-fold CV over P1 "
-        f"train + val ({r['images']['pool']} images), grouped by content hash; P1 test "
-        f"({r['images']['test']} images) scored once; commit {r['commit']}; {r['machine']}; "
-        f"{r['seconds'] / 60:.0f} min). Features: CLIP ViT-B/16's post-layer-norm class token "
+        provenance(r, "clip_depth.py") + " Features: CLIP ViT-B/16's post-layer-norm class token "
         "of each listed encoder layer (image), and the same layers' patch tokens pooled in "
         "the four region boxes (regions), one pass. Heads: the shipped logistic head (C by "
         "inner 3-fold ROC-AUC) and the region-MIL head (region weight 1). See the script's "

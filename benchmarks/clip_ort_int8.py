@@ -38,7 +38,16 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from clip_p1 import cross_validate, cv_arguments, p1_folds, write_result
+from clip_p1 import (
+    all_headline,
+    cross_validate,
+    cv_arguments,
+    cv_result,
+    format_paired,
+    p1_folds,
+    provenance,
+    write_result,
+)
 from facecheck.faces import FaceStage
 from facecheck.features import (
     FeatureCache,
@@ -47,9 +56,7 @@ from facecheck.features import (
 )
 from facecheck.metrics import paired_auc_difference
 from facecheck.models import make_head
-from facecheck.protocols import all_sources
 from facecheck.regions import REGIONS, PooledRegionView
-from facecheck.report import git_commit, machine_description
 
 HERE = Path(__file__).resolve().parent
 BASE = "clip_vit_b16_l8"
@@ -101,28 +108,6 @@ def cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
     }
 
 
-def all_headline(
-    ds, seed: int, cache: FeatureCache, variants: list[str], extractors: dict
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Protocol ALL's headline: the logistic head fitted on ALL's train split, scores on the
-    rff same-source test subset (the images every variant could score)."""
-    proto = all_sources(ds, seed)
-    train, test = list(proto.split.train), list(proto.test_sets[proto.headline])
-    y_tr, y_te = np.array([r.y for r in train]), np.array([r.y for r in test])
-    out, keep = {}, np.ones(len(test), bool)
-    for variant in variants:
-        ex = extractors[variant]
-        Fa = ex.extract([r.path for r in train], [r.sha256 for r in train]).features
-        Fb = ex.extract([r.path for r in test], [r.sha256 for r in test]).features
-        ok = ~np.isnan(Fa).any(axis=1)
-        head = make_head("logreg", seed=seed).fit(Fa[ok], y_tr[ok])
-        s = np.full(len(test), np.nan)
-        good = ~np.isnan(Fb).any(axis=1)
-        s[good] = head.predict_proba(Fb[good])[:, 1]
-        out[variant], keep = s, keep & good
-    return {k: v[keep] for k, v in out.items()}, y_te[keep]
-
-
 def main() -> None:
     args = cv_arguments(__doc__.split("\n")[0], HERE / "clip_ort_int8.md").parse_args()
     t0 = time.perf_counter()
@@ -156,7 +141,7 @@ def main() -> None:
     ref = next(iter(scores))
     ok = ~np.isnan(np.stack([v[0] for v in scores.values()])).any(axis=0)
     okt = ~np.isnan(np.stack([v[1] for v in scores.values()])).any(axis=0)
-    all_scores, y_all = all_headline(ds, args.seed, cache, list(scores), extractors)
+    all_scores, y_all = all_headline(ds, args.seed, extractors)
     paired = {}
     for variant in list(scores)[1:]:
         paired[variant] = {
@@ -173,17 +158,7 @@ def main() -> None:
             )
         print(variant, paired[variant], flush=True)
 
-    result = {
-        "seed": args.seed,
-        "folds": args.folds,
-        "images": {"pool": len(pool), "test": len(test)},
-        "commit": git_commit(),
-        "machine": machine_description(),
-        "onnxruntime": ort.__version__,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "variants": rows,
-        "paired": paired,
-    }
+    result = cv_result(args, cv, t0, rows, len(pool), onnxruntime=ort.__version__, paired=paired)
     write_result(args.out, result, render)
 
 
@@ -191,10 +166,8 @@ def render(r: dict) -> str:
     lines = [
         "# CLIP layer 8 with INT8 matrix products in ONNX Runtime (issue 6)",
         "",
-        f"`python benchmarks/clip_ort_int8.py` (seed {r['seed']}; {r['folds']}-fold CV over "
-        f"P1 train + val ({r['images']['pool']} images), grouped by content hash; P1 test "
-        f"({r['images']['test']} images) scored once; commit {r['commit']}; {r['machine']}; "
-        f"onnxruntime {r['onnxruntime']}; {r['seconds'] / 60:.0f} min). Head: the shipped "
+        provenance(r, "clip_ort_int8.py", f"onnxruntime {r['onnxruntime']}; ")
+        + " Head: the shipped "
         "logistic head on image + regions (layer 8), refitted on each variant's features. "
         "Pass: batch 1, p50 of 25, variants interleaved (the machine's load moves all of them: "
         "compare within one run). A `-` under ALL: that variant's ALL features were not "
@@ -231,12 +204,7 @@ def render(r: dict) -> str:
     ]
 
     def diff(d: dict | None) -> str:
-        if d is None:
-            return "-"
-        return (
-            f"{d['difference']:+.4f} [{d['ci_lo']:+.4f}, {d['ci_hi']:+.4f}], "
-            f"{d['share_b_lower']:.0%} lower ({d['auc_a']:.3f} -> {d['auc_b']:.3f})"
-        )
+        return format_paired(d, empty="-", long=True)
 
     for name, p in r["paired"].items():
         lines.append(

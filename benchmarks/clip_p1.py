@@ -50,9 +50,15 @@ from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
 from facecheck.imageio import content_hash
 from facecheck.localise import region_targets
-from facecheck.metrics import bootstrap_ci, recall_at_fpr, review_matrix, review_metrics
+from facecheck.metrics import (
+    bootstrap_ci,
+    paired_auc_difference,
+    recall_at_fpr,
+    review_matrix,
+    review_metrics,
+)
 from facecheck.models import make_head
-from facecheck.protocols import p1
+from facecheck.protocols import all_sources, p1
 from facecheck.regions import REGIONS, PooledRegionView, typical_keypoints
 from facecheck.report import git_commit, machine_description
 from self_blend import utk_subset
@@ -245,6 +251,84 @@ def cross_validate(
         "test_recall_at_10fpr": recall_at_fpr(yt, st[ok_t], 0.10),
     }
     return CVScores(row, oof, st)
+
+
+def pair_with_first(
+    rows: dict[str, dict],
+    oof: dict[str, np.ndarray],
+    y: np.ndarray,
+    seed: int,
+    key: str = "paired_oof_vs_shipped",
+) -> np.ndarray:
+    """Each row after the first gets ``key``: its ROC-AUC difference against the first
+    row's on the same out-of-fold scores (paired bootstrap). Returns the mask of pool
+    images every row scored."""
+    names = list(oof)
+    both = ~np.isnan(np.stack(list(oof.values()))).any(axis=0)
+    for name in names[1:]:
+        rows[name][key] = paired_auc_difference(
+            y[both], oof[names[0]][both], oof[name][both], seed=seed
+        )
+    return both
+
+
+def cv_result(
+    args: argparse.Namespace, cv: P1Folds, t0: float, rows: dict, pool_images: int, **extra
+) -> dict:
+    """A P1 cross-validation benchmark's result: its provenance, ``rows`` as its variants,
+    and ``extra`` fields."""
+    return {
+        "seed": args.seed,
+        "folds": args.folds,
+        "images": {"pool": pool_images, "test": len(cv.test)},
+        "commit": git_commit(),
+        "machine": machine_description(),
+        "seconds": round(time.perf_counter() - t0, 1),
+        "variants": rows,
+        **extra,
+    }
+
+
+def provenance(r: dict, script: str, extra: str = "") -> str:
+    """The sentence that opens a P1 benchmark's Markdown: how to rerun it and on what."""
+    return (
+        f"`python benchmarks/{script}` (seed {r['seed']}; {r['folds']}-fold CV over "
+        f"P1 train + val ({r['images']['pool']} images), grouped by content hash; P1 test "
+        f"({r['images']['test']} images) scored once; commit {r['commit']}; {r['machine']}; "
+        f"{extra}{r['seconds'] / 60:.0f} min)."
+    )
+
+
+def format_paired(p: dict | None, empty: str = "", long: bool = False) -> str:
+    """A paired ROC-AUC difference as a table cell: difference [95% CI] and the share of
+    bootstrap draws where the variant is lower (``long``: also both ROC-AUCs)."""
+    if p is None:
+        return empty
+    cell = f"{p['difference']:+.4f} [{p['ci_lo']:+.4f}, {p['ci_hi']:+.4f}]"
+    if long:
+        return f"{cell}, {p['share_b_lower']:.0%} lower ({p['auc_a']:.3f} -> {p['auc_b']:.3f})"
+    return f"{cell} ({p['share_b_lower']:.0%})"
+
+
+def all_headline(
+    ds: Dataset, seed: int, extractors: dict[str, FeatureExtractor]
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Protocol ALL's headline for each extractor: the logistic head fitted on ALL's train
+    split, scores on the rff same-source test subset (the images every one could score)."""
+    proto = all_sources(ds, seed)
+    train, test = list(proto.split.train), list(proto.test_sets[proto.headline])
+    y_tr, y_te = np.array([r.y for r in train]), np.array([r.y for r in test])
+    out, keep = {}, np.ones(len(test), bool)
+    for name, ex in extractors.items():
+        Fa = ex.extract([r.path for r in train], [r.sha256 for r in train]).features
+        Fb = ex.extract([r.path for r in test], [r.sha256 for r in test]).features
+        ok = ~np.isnan(Fa).any(axis=1)
+        head = make_head("logreg", seed=seed).fit(Fa[ok], y_tr[ok])
+        s = np.full(len(test), np.nan)
+        good = ~np.isnan(Fb).any(axis=1)
+        s[good] = head.predict_proba(Fb[good])[:, 1]
+        out[name], keep = s, keep & good
+    return {k: v[keep] for k, v in out.items()}, y_te[keep]
 
 
 def main() -> None:

@@ -35,14 +35,21 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from clip_p1 import cross_validate, cv_arguments, p1_folds, write_result
+from clip_p1 import (
+    cross_validate,
+    cv_arguments,
+    cv_result,
+    format_paired,
+    p1_folds,
+    pair_with_first,
+    provenance,
+    write_result,
+)
 from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
 from facecheck.localise import region_bits
-from facecheck.metrics import paired_auc_difference
 from facecheck.models import RegionMILHead, make_head
 from facecheck.regions import REGIONS, PooledRegionView, RegionView
-from facecheck.report import git_commit, machine_description
 
 HERE = Path(__file__).resolve().parent
 # row -> (head, feature sets concatenated); "mil" rows pair each region's pooled tokens with
@@ -126,21 +133,8 @@ def main() -> None:
         }
         print(name, rows[name]["cv_auc"], rows[name]["test_auc"], flush=True)
 
-    ref = next(iter(VARIANTS))
-    both = ~np.isnan(np.stack(list(oof.values()))).any(axis=0)
-    for name in list(VARIANTS)[1:]:
-        rows[name]["paired_oof_vs_shipped"] = paired_auc_difference(
-            cv.y[both], oof[ref][both], oof[name][both], seed=args.seed
-        )
-    result = {
-        "seed": args.seed,
-        "folds": args.folds,
-        "images": {"pool": int(both.sum()), "test": len(cv.test)},
-        "commit": git_commit(),
-        "machine": machine_description(),
-        "seconds": round(time.perf_counter() - t0, 1),
-        "variants": rows,
-    }
+    both = pair_with_first(rows, oof, cv.y, args.seed)
+    result = cv_result(args, cv, t0, rows, int(both.sum()))
     write_result(args.out, result, render)
 
 
@@ -148,10 +142,7 @@ def render(r: dict) -> str:
     lines = [
         "# Region crops at full resolution through frozen CLIP (issue 9)",
         "",
-        f"`python benchmarks/region_crops.py` (seed {r['seed']}; {r['folds']}-fold CV over "
-        f"P1 train + val ({r['images']['pool']} images), grouped by content hash; P1 test "
-        f"({r['images']['test']} images) scored once; commit {r['commit']}; {r['machine']}; "
-        f"{r['seconds'] / 60:.0f} min). Pooled: CLIP ViT-B/16's class token(s) and patch "
+        provenance(r, "region_crops.py") + " Pooled: CLIP ViT-B/16's class token(s) and patch "
         "tokens pooled in the four region boxes, one pass over the face; crops: layer 8's "
         "class token of each region cut at the picture's resolution and enlarged to 224 px, "
         "one pass per region. Paired Δ: ROC-AUC difference against the shipped recipe on the "
@@ -163,13 +154,8 @@ def render(r: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, v in r["variants"].items():
-        p, ci, d = v.get("paired_oof_vs_shipped"), v["test_auc_ci"], v["per_difficulty_auc"]
-        delta = (
-            f"{p['difference']:+.4f} [{p['ci_lo']:+.4f}, {p['ci_hi']:+.4f}] "
-            f"({p['share_b_lower']:.0%})"
-            if p
-            else ""
-        )
+        ci, d = v["test_auc_ci"], v["per_difficulty_auc"]
+        delta = format_paired(v.get("paired_oof_vs_shipped"))
         lines.append(
             f"| {name} | {v['dims']} | {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f} "
             f"| {v['cv_recall_at_10fpr'][0]:.3f} | {delta} "
