@@ -203,6 +203,28 @@ def p1_folds(data: Path, seed: int, k: int) -> P1Folds:
     return P1Folds(ds, pool, test, y, y_test, fold_of(pool, y, k, seed))
 
 
+def cv_figures(oof: np.ndarray, test: np.ndarray, cv: P1Folds, seed: int) -> dict:
+    """Figures of out-of-fold pool scores and test scores (NaN: unscored): CV ROC-AUC and
+    recall at 10% FPR (mean, sd over folds), test ROC-AUC with its 95% bootstrap CI, test
+    recall at 10% FPR."""
+    aucs, r10 = [], []
+    for f in range(int(cv.folds.max()) + 1):
+        te = (cv.folds == f) & ~np.isnan(oof)
+        aucs.append(roc_auc_score(cv.y[te], oof[te]))
+        r10.append(recall_at_fpr(cv.y[te], oof[te], 0.10))
+    ok = ~np.isnan(test)
+    yt, st = cv.y_test[ok], test[ok]
+    ci = bootstrap_ci(yt, st, 0.5, metrics=("roc_auc",), seed=seed)["roc_auc"]
+    return {
+        "cv_auc": [float(np.mean(aucs)), float(np.std(aucs))],
+        "cv_auc_folds": [float(a) for a in aucs],
+        "cv_recall_at_10fpr": [float(np.mean(r10)), float(np.std(r10))],
+        "test_auc": float(roc_auc_score(yt, st)),
+        "test_auc_ci": [float(ci[0]), float(ci[1])],
+        "test_recall_at_10fpr": recall_at_fpr(yt, st, 0.10),
+    }
+
+
 @dataclass
 class CVScores:
     """One head's figures on P1 and the scores they come from (NaN where unscorable)."""
@@ -232,24 +254,13 @@ def cross_validate(
         extra = {"regions": regions[keep]} if regions is not None else {}
         return make().fit(Fp[keep], y[keep], **extra)
 
-    oof, aucs, r10 = np.full(len(Fp), np.nan), [], []
+    oof = np.full(len(Fp), np.nan)
     for f in range(int(folds.max()) + 1):
         tr, te = (folds != f) & ok_p, (folds == f) & ok_p
         oof[te] = fit(tr).predict_proba(Fp[te])[:, 1]
-        aucs.append(roc_auc_score(y[te], oof[te]))
-        r10.append(recall_at_fpr(y[te], oof[te], 0.10))
     st = np.full(len(Ft), np.nan)
     st[ok_t] = fit(ok_p).predict_proba(Ft[ok_t])[:, 1]
-    yt = cv.y_test[ok_t]
-    ci = bootstrap_ci(yt, st[ok_t], 0.5, metrics=("roc_auc",), seed=seed)["roc_auc"]
-    row = {
-        "cv_auc": [float(np.mean(aucs)), float(np.std(aucs))],
-        "cv_auc_folds": [float(a) for a in aucs],
-        "cv_recall_at_10fpr": [float(np.mean(r10)), float(np.std(r10))],
-        "test_auc": float(roc_auc_score(yt, st[ok_t])),
-        "test_auc_ci": [float(ci[0]), float(ci[1])],
-        "test_recall_at_10fpr": recall_at_fpr(yt, st[ok_t], 0.10),
-    }
+    row = cv_figures(oof, st, cv, seed)
     return CVScores(row, oof, st)
 
 

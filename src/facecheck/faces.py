@@ -460,8 +460,11 @@ class FaceStage:
         """The aligned crop's side ``n`` and the 2 x 3 map from its pixels to the picture's.
 
         One affine map: the crop's x axis runs along the eye line (so the eyes come out
-        level), its centre sits ``crop_offset_y`` face widths from the face centre across
-        that line, as in the training crops. The explainer uses it to draw on the input.
+        level; with ``rotate=False``, along the picture's own x axis), centred and sized as
+        :meth:`_frame` says: ``crop_scale`` face widths around a centre ``crop_offset_y``
+        widths from the face box's across that line (``anchor="box"``, as in the training
+        crops), or ``crop_scale`` inter-ocular distances around the four region boxes
+        (``anchor="regions"``). The explainer uses it to draw on the input.
         """
         analysis.raise_if_unscorable()
         face = analysis.face
