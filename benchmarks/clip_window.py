@@ -237,8 +237,7 @@ def render(r: dict) -> str:
             "",
             f"Protocol ALL's headline (rff same-source test, {a['images']} images; the head "
             "fitted on ALL's train split, as `facecheck evaluate`), window minus shipped, "
-            f"95% paired bootstrap CI: {format_paired(a['paired'], long=True)}, from "
-            f"`{a['shipped']}` and `{a['window']}`.",
+            f"95% paired bootstrap CI: {format_paired(a['paired'], long=True)}.",
         ]
     return "\n".join(lines) + "\n"
 

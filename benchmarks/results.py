@@ -78,6 +78,16 @@ EXTRA_RUNS = [
         "clip-l8-int8-attn-fc1 --out reports/clip-l8-int8-attn-fc1",
     ),
     (
+        ROOT / "reports" / "clip-window" / "metrics.csv",
+        "ALL, P4 and P7 with the same recipe on the shipped input (224 px face, 197 tokens) "
+        "and on the 160 px window over the region boxes (101 tokens), both extracted on the "
+        "same machine (issue 6: the window's pass takes 40% less time; not shipped: "
+        "benchmarks/clip_window.md)",
+        "facecheck evaluate --protocols ALL,P4,P7 --backbones "
+        "clip_vit_b16_l8,clip_vit_b16_l8_window --heads logreg --head-input image+regions "
+        "--max-fpr 0.1 --run-name clip-window --out reports/clip-window",
+    ),
+    (
         ROOT / "reports" / "clip-regionmil" / "metrics.csv",
         "ALL and P4 with the regionmil head (region logits pooled into the image logit, "
         "taught the rff region bits) on the shipped recipe's features, fpr:0.1 (issue 9)",
