@@ -310,6 +310,19 @@ def provenance(r: dict, script: str, extra: str = "") -> str:
     )
 
 
+# What a "paired Δ" column means, in every P1 benchmark that has one.
+PAIRED_NOTE = (
+    "Paired Δ: ROC-AUC difference against the shipped recipe on the same out-of-fold scores, "
+    "95% paired bootstrap CI (share of draws below 0). See the script's docstring."
+)
+
+
+def test_cell(v: dict) -> str:
+    """A row's test ROC-AUC with its 95% bootstrap CI."""
+    ci = v["test_auc_ci"]
+    return f"{v['test_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def format_paired(p: dict | None, empty: str = "", long: bool = False) -> str:
     """A paired ROC-AUC difference as a table cell: difference [95% CI] and the share of
     bootstrap draws where the variant is lower (``long``: also both ROC-AUCs)."""

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from clip_p1 import (
+    PAIRED_NOTE,
     all_headline,
     cross_validate,
     cv_arguments,
@@ -48,6 +49,7 @@ from clip_p1 import (
     p1_folds,
     pair_with_first,
     provenance,
+    test_cell,
     write_result,
 )
 from facecheck.clip import CLIP_MEAN, CLIP_STD, GRID, PATCH, WIDTH, ClipVision, state_dict_from_onnx
@@ -207,21 +209,18 @@ def render(r: dict) -> str:
         "",
         provenance(r, "clip_window.py") + " CLIP ViT-B/16 cut after layer 8; the shipped head "
         "(logistic, C by inner CV) on the class token and the patch tokens pooled in the "
-        "four region boxes. Paired Δ: ROC-AUC difference against the shipped recipe on the "
-        "same out-of-fold scores, 95% paired bootstrap CI (share of draws below 0). See the "
-        "script's docstring.",
+        "four region boxes. " + PAIRED_NOTE,
         "",
         "| input | tokens | CV ROC-AUC | CV recall @ 10% FPR | paired Δ out-of-fold "
         "| test ROC-AUC [95% CI] | test recall @ 10% FPR |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, v in r["variants"].items():
-        ci, delta = v["test_auc_ci"], format_paired(v.get("paired_oof_vs_shipped"))
+        delta = format_paired(v.get("paired_oof_vs_shipped"))
         lines.append(
             f"| {name} | {v['tokens']} | {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f} "
             f"| {v['cv_recall_at_10fpr'][0]:.3f} ± {v['cv_recall_at_10fpr'][1]:.3f} | {delta} "
-            f"| {v['test_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-            f"| {v['test_recall_at_10fpr']:.3f} |"
+            f"| {test_cell(v)} | {v['test_recall_at_10fpr']:.3f} |"
         )
     lines += [
         "",

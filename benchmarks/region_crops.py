@@ -36,6 +36,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from clip_p1 import (
+    PAIRED_NOTE,
     cross_validate,
     cv_arguments,
     cv_result,
@@ -43,6 +44,7 @@ from clip_p1 import (
     p1_folds,
     pair_with_first,
     provenance,
+    test_cell,
     write_result,
 )
 from facecheck.faces import FaceStage
@@ -145,23 +147,20 @@ def render(r: dict) -> str:
         provenance(r, "region_crops.py") + " Pooled: CLIP ViT-B/16's class token(s) and patch "
         "tokens pooled in the four region boxes, one pass over the face; crops: layer 8's "
         "class token of each region cut at the picture's resolution and enlarged to 224 px, "
-        "one pass per region. Paired Δ: ROC-AUC difference against the shipped recipe on the "
-        "same out-of-fold scores, 95% paired bootstrap CI (share of draws below 0). See the "
-        "script's docstring.",
+        "one pass per region. " + PAIRED_NOTE,
         "",
         "| head · features | dims | CV ROC-AUC | CV recall @ 10% FPR | paired Δ out-of-fold "
         "| OOF easy / mid / hard | test ROC-AUC [95% CI] | test recall @ 10% FPR |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, v in r["variants"].items():
-        ci, d = v["test_auc_ci"], v["per_difficulty_auc"]
+        d = v["per_difficulty_auc"]
         delta = format_paired(v.get("paired_oof_vs_shipped"))
         lines.append(
             f"| {name} | {v['dims']} | {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f} "
             f"| {v['cv_recall_at_10fpr'][0]:.3f} | {delta} "
             f"| {d['easy']:.3f} / {d['mid']:.3f} / {d['hard']:.3f} "
-            f"| {v['test_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-            f"| {v['test_recall_at_10fpr']:.3f} |"
+            f"| {test_cell(v)} | {v['test_recall_at_10fpr']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -44,6 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 from clip_p1 import (
+    PAIRED_NOTE,
     cross_validate,
     cv_arguments,
     cv_figures,
@@ -52,6 +53,7 @@ from clip_p1 import (
     p1_folds,
     pair_with_first,
     provenance,
+    test_cell,
     write_result,
 )
 from facecheck.faces import FaceAnalysis, FaceStage, scored_keypoints
@@ -265,22 +267,18 @@ def render(r: dict) -> str:
         "",
         provenance(r, "token_mil.py")
         + f" CLIP ViT-B/16 cut after layer 8, the shipped face crops; token heads trained "
-        f"{r['epochs']} epochs. Paired Δ: ROC-AUC difference against the shipped recipe on "
-        "the same out-of-fold scores, 95% paired bootstrap CI (share of draws below 0). See "
-        "the script's docstring.",
+        f"{r['epochs']} epochs. " + PAIRED_NOTE,
         "",
         "| head | CV ROC-AUC | CV recall @ 10% FPR | paired Δ out-of-fold "
         "| test ROC-AUC [95% CI] | test recall @ 10% FPR |",
         "|---|---|---|---|---|---|",
     ]
     for name, v in r["variants"].items():
-        ci = v["test_auc_ci"]
         lines.append(
             f"| {name} | {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f} "
             f"| {v['cv_recall_at_10fpr'][0]:.3f} ± {v['cv_recall_at_10fpr'][1]:.3f} "
             f"| {format_paired(v.get('paired_oof_vs_shipped'))} "
-            f"| {v['test_auc']:.3f} [{ci[0]:.3f}, {ci[1]:.3f}] "
-            f"| {v['test_recall_at_10fpr']:.3f} |"
+            f"| {test_cell(v)} | {v['test_recall_at_10fpr']:.3f} |"
         )
     return "\n".join(lines) + "\n"
 
