@@ -7,8 +7,8 @@ region boxes (5 x 768 numbers). A pasted eye or mouth leaves its seam in a few o
 tokens, and a box average dilutes them with the untouched ones around. Here a small network
 reads every token of the same pass (CLIP ViT-B/16 cut after layer 8, the shipped face crops):
 
-- each token standardised (training mean and sd per channel) and projected to 64 channels
-  (GELU, dropout);
+- each token standardised (mean and sd per channel over 256 of the training images) and
+  projected to 64 channels (GELU, dropout);
 - gated attention pooling (Ilse, Tomczak & Welling 2018): one weight per token, softmax over
   the 196, so the pooled vector can be one token's or a region's;
 - the image logit is a linear map of the pooled vector plus a linear map of the class token;
@@ -26,7 +26,8 @@ with the reference on the same out-of-fold scores, then P1's test split once (95
 CI).
 
 The tokens (float16, ~0.6 GB for P1's 2,041 images) are cached in
-``$FACECHECK_CACHE/tokens/``; extracting them costs about 7 minutes on 2 CPU cores.
+``$FACECHECK_CACHE/tokens/``; extracting them costs about 5 minutes on 2 CPU cores (311 s
+at commit 33981bd).
 Writes benchmarks/token_mil.md and .json.
 """
 
