@@ -126,6 +126,24 @@ def test_evaluate_region_aware_head_input(small_manifest, cache_dir, tmp_path, c
     assert "add --head-input image+regions" in capsys.readouterr().err
 
 
+def test_evaluate_token_head_input(small_manifest, cache_dir, tmp_path, capsys):
+    out = tmp_path / "tokens"
+    args = ["evaluate", "--data", str(small_manifest), "--protocols", "P1", "--backbones"]
+    args += ["lite0", "--heads", "tokenmil", "--head-input", "tokens", "--n-boot", "50"]
+    args += ["--cache-dir", str(cache_dir), "--scores-csv", str(tmp_path / "s.csv")]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert {r["model"] for r in rows} == {"efficientnet_lite0+tokens+tokenmil"}
+    assert all(0 <= float(r["roc_auc"]) <= 1 for r in rows)
+    # A head that reads no tokens is refused on them, and the token head without them.
+    logreg = [a if a != "tokenmil" else "logreg" for a in args]
+    assert main([*logreg, "--out", str(tmp_path / "y"), "--quiet"]) == 2
+    assert "does not read patch tokens" in capsys.readouterr().err
+    plain = [a for a in args if a not in ("--head-input", "tokens")]
+    assert main([*plain, "--out", str(tmp_path / "z"), "--quiet"]) == 2
+    assert "add --head-input tokens" in capsys.readouterr().err
+
+
 def test_check_scores_good_files_and_reports_bad_ones(trained, face_paths, tmp_path, capsys):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(face_paths[0].read_bytes()[:500])

@@ -50,6 +50,18 @@ def test_cache_hit_on_second_extraction(lite0, face_paths, tmp_path):
     np.testing.assert_allclose(first.features[0], direct, rtol=1e-5, atol=1e-5)
 
 
+def test_cache_keeps_wide_rows_in_half_precision(tmp_path):
+    cache = FeatureCache(tmp_path)
+    v32 = np.linspace(-3, 3, 10, dtype=np.float32)
+    cache.put_many("k32", {"a": v32})
+    cache.put_many("k16", {"a": v32}, np.float16)
+    got32, got16 = cache.get_many("k32", ["a"])["a"], cache.get_many("k16", ["a"])["a"]
+    assert got32.dtype == np.float32 and np.array_equal(got32, v32)
+    assert got16.dtype == np.float16 and np.array_equal(got16, v32.astype(np.float16))
+    with pytest.raises(ValueError, match="float32 or float16"):
+        cache.put_many("k64", {"a": v32}, np.float64)
+
+
 def test_cache_key_separates_backbone_weights_and_tta(lite0, face_paths, tmp_path):
     cache = FeatureCache(tmp_path)
     plain = FeatureExtractor(lite0, cache, progress=False)

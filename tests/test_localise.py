@@ -22,6 +22,7 @@ from facecheck.regions import (
     REGIONS,
     PooledRegionView,
     RegionView,
+    TokenView,
     box_weights,
     region_boxes,
     region_crops,
@@ -254,7 +255,12 @@ def test_bundle_with_other_region_crops_is_refused(p1_bundle, tmp_path):
 
 @pytest.mark.parametrize(
     ("head_input", "head"),
-    [("image", "logreg"), ("image+regions", "logreg"), ("image+regions", "regionmil")],
+    [
+        ("image", "logreg"),
+        ("image+regions", "logreg"),
+        ("image+regions", "regionmil"),
+        ("tokens", "tokenmil"),
+    ],
 )
 def test_bundle_with_pooled_region_features_round_trips(
     small_manifest, cache_dir, face_paths, tmp_path, head_input, head, monkeypatch
@@ -270,7 +276,8 @@ def test_bundle_with_pooled_region_features_round_trips(
     assert det.region_view == "pooled" and det.head_input == head_input
     assert isinstance(det.region_extractor.view, PooledRegionView)
     dim = det.backbone.dim
-    assert det.head.n_features_in == (5 * dim if head_input == "image+regions" else dim)
+    width = {"image": dim, "image+regions": 5 * dim, "tokens": TokenView((7, 7)).width(dim)}
+    assert det.head.n_features_in == det.extractor.dim == width[head_input]
     verdicts = det.check(face_paths[:3], regions="all")
     for v in verdicts:
         assert set(v.regions) == set(REGIONS)
@@ -279,16 +286,25 @@ def test_bundle_with_pooled_region_features_round_trips(
     assert np.allclose([v.fake_probability for v in verdicts], plain, atol=1e-4)
     regions_alone = det.regions.predict_proba(det.region_features(face_paths[:3]))
     assert np.allclose([list(v.regions.values()) for v in verdicts], regions_alone, atol=1e-3)
-    if head_input == "image+regions":
+    if head_input != "image":
         # One pass gives both: the head's input is the image's features, then the regions'
-        # (what the region scores read on their own), and the version says so.
+        # (what the region scores read on their own), and the version says so. Token rows
+        # are float16 (to its rounding), then every cell of the map and the boxes' weights.
         both = det.features(face_paths[:3])
         alone = det.extractor.backbone
         image = FeatureExtractor(alone, None, progress=False).extract(face_paths[:3]).features
         regions = det.region_extractor.extract(face_paths[:3]).features
-        assert np.allclose(both[:, :dim], image, atol=1e-4)
-        assert np.allclose(both[:, dim:], regions, atol=1e-4)
-        assert "+regions-" in det.version
+        tol = {"atol": 1e-4} if head_input == "image+regions" else {"rtol": 2e-3, "atol": 2e-3}
+        assert np.allclose(both[:, :dim], image, **tol)
+        assert np.allclose(both[:, det.region_columns], regions, **tol)
+        assert f"+{head_input.removeprefix('image+')}-" in det.version
+        if head_input == "tokens":
+            n_cells = 49
+            cells = both[:, 5 * dim : 5 * dim + n_cells * dim].reshape(3, n_cells, dim)
+            w = both[:, 5 * dim + n_cells * dim :].reshape(3, 4, n_cells).astype(np.float32)
+            assert np.allclose(w.sum(-1), 1, atol=2e-3)  # each region's weights
+            pooled = np.einsum("nrt,ntd->nrd", w, cells.astype(np.float32)).reshape(3, -1)
+            assert np.allclose(pooled, regions, rtol=1e-2, atol=1e-2)
     # explain draws the heatmap from the verdict's own pass (the map it pooled the regions
     # from) and reuses its face decision: one backbone pass, the same cells as a second.
     passes: list[int] = []
@@ -312,6 +328,10 @@ def test_bundle_with_pooled_region_features_round_trips(
         Detector(head_input="image+regions", region_view="crops")
     with pytest.raises(ValueError, match="image\\+regions"):
         Detector(head="regionmil", region_view="pooled")
+    with pytest.raises(ValueError, match="head_input tokens"):
+        Detector(head="tokenmil", region_view="pooled")
+    with pytest.raises(ValueError, match="does not read patch tokens"):
+        Detector(head="logreg", region_view="pooled", head_input="tokens")
 
 
 def test_explain_writes_pngs_of_the_inputs_size(p1_bundle, face_paths, tmp_path, capsys):

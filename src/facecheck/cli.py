@@ -33,11 +33,13 @@ See README.md for the protocols (P1-P7)."""
 def _head_input_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--head-input",
-        choices=["image", "image+regions"],
+        choices=["image", "image+regions", "tokens"],
         default="image",
-        help="what the head reads: the picture's features (default), or those and the four "
+        help="what the head reads: the picture's features (default); those and the four "
         "regions' pooled features from the same pass (region-aware; the shipped CLIP "
-        "detector's choice, see benchmarks/clip_p1.md)",
+        "detector's choice, see benchmarks/clip_p1.md); or those and every patch token "
+        "(for --head tokenmil: attention over the tokens, ~300 KB of cache per image, see "
+        "benchmarks/token_mil.md)",
     )
 
 
@@ -730,7 +732,7 @@ def cmd_evaluate(args) -> int:
     from .features import FeatureExtractor, face_stage_for, load_backbone, resolve_name
     from .models import HEADS, split_head_spec
     from .protocols import build, expand
-    from .regions import PooledRegionView
+    from .regions import REGIONS
     from .report import git_commit, machine_description, write_report
 
     t0 = time.perf_counter()
@@ -757,11 +759,15 @@ def cmd_evaluate(args) -> int:
     audit_feats = None
     # Region-aware: the picture's features, then the four regions' pooled from one pass
     # (what `train --head-input image+regions` fits), so the report's rows say "+regions".
-    regions = args.head_input == "image+regions"
+    regions = args.head_input != "image"
     if regions and (p6 or args.tta):
-        raise ValueError("--head-input image+regions takes no P6 or --tta")
-    if not regions and any(HEADS[split_head_spec(h)[0]].learns_regions for h in heads):
-        raise ValueError("--heads regionmil reads the regions: add --head-input image+regions")
+        raise ValueError(f"--head-input {args.head_input} takes no P6 or --tta")
+    for h in heads:
+        wants = HEADS[split_head_spec(h)[0]].head_input
+        if wants != "image" and wants != args.head_input:
+            raise ValueError(f"--heads {h} reads {wants}: add --head-input {wants}")
+        if args.head_input == "tokens" and wants != "tokens":
+            raise ValueError(f"--heads {h} does not read patch tokens (--head-input tokens)")
     for bb in backbones:
         t = time.perf_counter()
         members = bb.split("+")
@@ -769,16 +775,16 @@ def cmd_evaluate(args) -> int:
             raise ValueError("concatenated backbones (a+b) take no --perturb, --train-augment, P6")
         extractors = [
             FeatureExtractor(
-                _reencoded(load_backbone(m), args.reencode),
+                _reencoded(backbone, args.reencode),
                 cache,
                 tta=args.tta,
                 progress=not args.quiet,
                 face_stage=face_stage_for(m, args.face_stage),
-                view=PooledRegionView(with_image=True) if regions else None,
+                view=_evaluation_view(backbone, args.head_input),
             )
-            for m in members
+            for m, backbone in ((m, load_backbone(m)) for m in members)
         ]
-        label = f"{bb}+regions" if regions else bb
+        label = f"{bb}+{args.head_input.removeprefix('image+')}" if regions else bb
         parts = [extract_all(used, e) for e in extractors]
         ex = extractors[0]
         feats = {
@@ -789,6 +795,9 @@ def cmd_evaluate(args) -> int:
         errs = {k: v for _, e in parts for k, v in e.items()}
         if audit_feats is None:
             audit_feats = feats
+            if args.head_input == "tokens":  # the source probe reads no patch tokens
+                width = ex.backbone.dim * (1 + len(REGIONS))
+                audit_feats = {h: v[:width] for h, v in feats.items()}
         extract_s[label] = round(time.perf_counter() - t, 1)
         errors.update(errs)
         perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
@@ -826,6 +835,8 @@ def cmd_evaluate(args) -> int:
                 cv_folds=args.cv if proto.name in cv_on else 0,
                 perturbed=perturbed if proto.name in p5_on else None,
                 train_augment=augment if proto.name in p5_on else None,
+                # A token head learns where a row's parts lie from the backbone's width.
+                head_params={"dim": ex.backbone.dim} if args.head_input == "tokens" else None,
             )
             if not args.quiet:
                 print(
@@ -876,6 +887,16 @@ def cmd_evaluate(args) -> int:
     )
     print(f"report: {path}")
     return 0
+
+
+def _evaluation_view(backbone, head_input: str):
+    """The view an evaluation extracts for ``head_input`` (see pipeline.HEAD_INPUTS)."""
+    from .pipeline import map_grid
+    from .regions import PooledRegionView, TokenView
+
+    if head_input == "tokens":
+        return TokenView(map_grid(backbone))
+    return PooledRegionView(with_image=True) if head_input == "image+regions" else None
 
 
 def cmd_finetune(args) -> int:

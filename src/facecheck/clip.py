@@ -177,6 +177,11 @@ class ClipVision(nn.Module):
         return EMBED if not self.layers else WIDTH * len(self.layers)
 
     @property
+    def grid(self) -> tuple[int, int]:
+        """The patch-token map's (rows, cols)."""
+        return self.size // PATCH, self.size // PATCH
+
+    @property
     def runtime(self) -> str:
         """What besides the weights decides the features: for an ``int8`` model the
         ONNX Runtime that quantises and runs it (another version may round differently), so

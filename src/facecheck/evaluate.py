@@ -159,6 +159,7 @@ def evaluate_protocol(
     cv_folds: int = 0,
     perturbed: dict[str, dict[str, np.ndarray]] | None = None,
     train_augment: tuple[str, dict[str, np.ndarray]] | None = None,
+    head_params: dict[str, object] | None = None,
 ) -> list[ModelResult]:
     """Fit each head on train, choose its threshold on val, score each test set once.
 
@@ -168,8 +169,14 @@ def evaluate_protocol(
     also scored as ``<test set>+<perturbation>``, with the same head and threshold.
     ``train_augment`` = (name, features of augmented copies by original hash) adds one
     augmented copy of every training image, with its label; validation stays clean.
+    ``head_params`` go to every head (e.g. a token head's ``dim``).
     """
-    cv = cross_validate(protocol, feats, heads=heads, k=cv_folds, seed=seed) if cv_folds > 1 else {}
+    params = {"seed": seed, **(head_params or {})}
+    cv = (
+        cross_validate(protocol, feats, heads=heads, k=cv_folds, seed=seed, head_params=params)
+        if cv_folds > 1
+        else {}
+    )
     Xtr, ytr, d_tr = xy(protocol.split.train, feats)
     Rtr = regions_of(protocol.split.train, feats)
     if train_augment:
@@ -185,7 +192,7 @@ def evaluate_protocol(
     results = []
     for head_kind in heads:
         t0 = time.perf_counter()
-        head = fit_head(make_head(head_kind, seed=seed), Xtr, ytr, Rtr)
+        head = fit_head(make_head(head_kind, **params), Xtr, ytr, Rtr)
         fit_s = time.perf_counter() - t0
         s_val = head.predict_proba(Xva)[:, 1]
         thr = choose_threshold(yva, s_val, rule, groups=sources_of(protocol.split.val, feats))
@@ -235,6 +242,7 @@ def cross_validate(
     heads: Sequence[str],
     k: int = 5,
     seed: int = 0,
+    head_params: dict[str, object] | None = None,
 ) -> dict[str, tuple[float, float, list[float]]]:
     """k-fold ROC-AUC (mean, std, folds) per head over train + val, grouped by content hash.
 
@@ -251,7 +259,9 @@ def cross_validate(
     for head_kind in heads:
         aucs = []
         for tr, te in folds:
-            head = fit_head(make_head(head_kind, seed=seed), X[tr], y[tr], R[tr])
+            head = fit_head(
+                make_head(head_kind, **{"seed": seed, **(head_params or {})}), X[tr], y[tr], R[tr]
+            )
             aucs.append(float(roc_auc_score(y[te], head.predict_proba(X[te])[:, 1])))
         out[head_kind] = (float(np.mean(aucs)), float(np.std(aucs)), aucs)
     return out

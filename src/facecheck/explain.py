@@ -85,6 +85,8 @@ def cell_logits(
     cells = fmap.reshape(dim, -1).T
     if detector.regions is not None and detector.region_view == "pooled":
         return detector.regions.cell_logits(cells).reshape(rows, cols)
+    if detector.head_input == "tokens":  # the token head scores single cells itself
+        return detector.head.cell_logits(cells).reshape(rows, cols)  # type: ignore[union-attr]
     if detector.with_regions:
         # A region-aware head reads the picture and four regions: each cell is scored as if
         # it were all five (for a linear head: the five weight blocks summed).

@@ -527,19 +527,28 @@ class FeatureCache:
             chunk = unique[i : i + 500]
             marks = ",".join("?" * len(chunk))
             rows = conn.execute(
-                f"SELECT sha256, vec FROM features WHERE key=? AND sha256 IN ({marks})",
+                f"SELECT sha256, dim, vec FROM features WHERE key=? AND sha256 IN ({marks})",
                 [key, *chunk],
             )
-            for digest, blob in rows:
-                out[digest] = np.frombuffer(blob, dtype=np.float32)
+            for digest, dim, blob in rows:
+                # The blob's length says how the vector was stored (see put_many).
+                dtype = np.float16 if len(blob) == 2 * dim else np.float32
+                out[digest] = np.frombuffer(blob, dtype=dtype)
         return out
 
-    def put_many(self, key: str, items: dict[str, np.ndarray]) -> None:
+    def put_many(
+        self, key: str, items: dict[str, np.ndarray], dtype: np.dtype | type = np.float32
+    ) -> None:
+        """Store vectors as float32, or float16 (``dtype``) for wide ones such as
+        :class:`facecheck.regions.TokenView`'s: half the disk."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float16):
+            raise ValueError(f"the cache stores float32 or float16, not {dtype}")
         with self._conn() as conn:
             conn.executemany(
                 "INSERT OR REPLACE INTO features VALUES (?, ?, ?, ?)",
                 [
-                    (key, h, v.size, np.ascontiguousarray(v, np.float32).tobytes())
+                    (key, h, v.size, np.ascontiguousarray(v, dtype).tobytes())
                     for h, v in items.items()
                 ],
             )
@@ -606,7 +615,10 @@ class FeatureExtractor:
     ):
         self.backbone = backbone
         self.view = view
-        self.dim = backbone.dim * (view.n if view else 1)
+        width = getattr(view, "width", None)
+        self.dim = width(backbone.dim) if width else backbone.dim * (view.n if view else 1)
+        # Rows as the view keeps them (float16 for every patch token, float32 otherwise).
+        self.dtype = np.dtype(getattr(view, "dtype", np.float32))
         self.face_stage = face_stage if face_stage is not None and face_stage.active else None
         self.cache = cache
         self.tta = tta
@@ -681,10 +693,13 @@ class FeatureExtractor:
         w = np.stack(
             [self.view.weights(im, k, grid) for im, k in zip(images, keypoints, strict=True)]  # type: ignore[union-attr]
         )
-        pooled = torch.einsum("ndhw,nrhw->nrd", fmap, torch.from_numpy(w).to(fmap))
-        pooled = pooled.reshape(len(images), -1)
+        weights = torch.from_numpy(w).to(fmap)
+        pooled = torch.einsum("ndhw,nrhw->nrd", fmap, weights).reshape(len(images), -1)
         if with_image:
             pooled = torch.cat([feats.float(), pooled], dim=1)
+        if getattr(self.view, "tokens", False):  # every cell, then the regions' weights
+            cells = fmap.flatten(2).transpose(1, 2).reshape(len(images), -1)
+            pooled = torch.cat([pooled, cells, weights.reshape(len(images), -1)], dim=1)
         return pooled.cpu().numpy(), fmap.cpu().numpy()
 
     @torch.inference_mode()
@@ -731,7 +746,7 @@ class FeatureExtractor:
         if keep_maps and not pooled:
             raise ValueError("keep_maps needs a pooled view (its pass computes the map)")
         n = len(sources)
-        out = np.full((n, self.dim), np.nan, dtype=np.float32)
+        out = np.full((n, self.dim), np.nan, dtype=self.dtype)
         digests: list[str] = [""] * n
         errors: dict[int, ImageError] = {}
         raw: dict[int, bytes] = {}
@@ -807,7 +822,9 @@ class FeatureExtractor:
                 out[i] = f
             if self.cache and ok_idx:
                 for key in {keys[i] for i in ok_idx}:
-                    self.cache.put_many(key, {digests[i]: out[i] for i in ok_idx if keys[i] == key})
+                    self.cache.put_many(
+                        key, {digests[i]: out[i] for i in ok_idx if keys[i] == key}, self.dtype
+                    )
             computed += len(ok_idx)
             bar.update(len(chunk))
         bar.close()

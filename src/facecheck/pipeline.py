@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import __version__
 from .faces import FaceAnalysis, FaceError, FaceStage
@@ -36,10 +37,17 @@ from .localise import RegionScorer
 from .metrics import choose_threshold
 from .models import HEADS, Head, fit_head, make_head, split_head_spec
 from .policy import Calibrator
-from .regions import REGIONS, PooledRegionView, RegionView, region_view_kind
+from .regions import REGIONS, PooledRegionView, RegionView, TokenView, region_view_kind
 
 BUNDLE_FORMAT = "facecheck.detector"
 BUNDLE_VERSION = 1
+# What a head reads, and how a bundle's model version says it.
+HEAD_INPUTS = {
+    "image": "the picture's features",
+    "image+regions": "the picture and its four regions",
+    "tokens": "the picture, its four regions and every patch token",
+}
+_INPUT_TAG = {"image": "", "image+regions": "+regions", "tokens": "+tokens"}
 
 
 class BundleError(RuntimeError):
@@ -109,10 +117,13 @@ class Detector:
         # What the head reads: the picture's features, or those followed by the four
         # regions' pooled features from the same pass (a region-aware head; P1 0.956 against
         # 0.933 by CV with CLIP, benchmarks/clip_p1.md). Its region scores then reuse them.
-        if head_input not in ("image", "image+regions"):
-            raise ValueError(f"head_input must be image or image+regions, got {head_input!r}")
-        if head_input == "image+regions" and region_view != "pooled":
-            raise ValueError("head_input image+regions reads pooled region features")
+        # "tokens": those and every patch token of the pass, for a head that looks for the
+        # seam itself (models.TokenMILHead; benchmarks/token_mil.md).
+        if head_input not in HEAD_INPUTS:
+            choices = ", ".join(HEAD_INPUTS)
+            raise ValueError(f"head_input must be one of {choices}, got {head_input!r}")
+        if head_input != "image" and region_view != "pooled":
+            raise ValueError(f"head_input {head_input} reads pooled region features")
         self.head_input = head_input
         self.region_view = region_view
         self.face_stage = (
@@ -123,11 +134,14 @@ class Detector:
         # "mlp:focal" is kind "mlp" with imbalance "focal" (see models.make_head).
         self.head_kind, from_spec = split_head_spec(head)
         self.head_params = {**from_spec, **(head_params or {})}
-        if HEADS[self.head_kind].learns_regions and head_input != "image+regions":
+        wants = HEADS[self.head_kind].head_input
+        if wants != "image" and head_input != wants:
             raise ValueError(
-                f"head {self.head_kind!r} reads the picture and its four regions: "
-                "use head_input image+regions (--head-input image+regions)"
+                f"head {self.head_kind!r} reads {HEAD_INPUTS[wants]}: "
+                f"use head_input {wants} (--head-input {wants})"
             )
+        if head_input == "tokens" and wants != "tokens":
+            raise ValueError(f"head {self.head_kind!r} does not read patch tokens")
         self.tta = tta
         self.weights = weights
         self.allow_download = allow_download
@@ -156,9 +170,14 @@ class Detector:
                 tta=self.tta,
                 progress=self.progress,
                 face_stage=self.face_stage,
-                view=PooledRegionView(with_image=True) if self.with_regions else None,
+                view=self._head_view(bb),
             )
         return self._extractor
+
+    def _head_view(self, bb: Backbone) -> PooledRegionView | None:
+        if self.head_input == "tokens":
+            return TokenView(map_grid(bb))
+        return PooledRegionView(with_image=True) if self.with_regions else None
 
     @property
     def region_extractor(self) -> FeatureExtractor:
@@ -194,7 +213,14 @@ class Detector:
     @property
     def with_regions(self) -> bool:
         """Whether the head reads the regions' features after the picture's."""
-        return self.head_input == "image+regions"
+        return self.head_input != "image"
+
+    @property
+    def region_columns(self) -> slice:
+        """Where the four regions' pooled features lie in a row of :attr:`extractor`'s
+        (region-aware heads only)."""
+        dim = self.backbone.dim
+        return slice(dim, dim * (1 + len(REGIONS)))
 
     @property
     def backbone(self) -> Backbone:
@@ -231,7 +257,7 @@ class Detector:
         ``faces``: the face stage's decisions already made for these inputs, by index."""
         if self.with_regions:  # the image pass has them, after the picture's own features
             ex = self.extractor.extract(X, hashes, faces=faces)
-            return ex.features[:, self.backbone.dim :]
+            return ex.features[:, self.region_columns]
         ex = self.region_extractor.extract(X, hashes, desc="region features", faces=faces)
         return ex.features
 
@@ -255,8 +281,10 @@ class Detector:
     def fit_features(
         self, F: np.ndarray, y: np.ndarray, regions: np.ndarray | None = None
     ) -> Detector:
-        head = make_head(self.head_kind, **self.head_params)
-        self.head = fit_head(head, F, y, regions)
+        params = dict(self.head_params)
+        if self.head_input == "tokens":  # where a row's parts lie depends on the width
+            params.setdefault("dim", self.backbone.dim)
+        self.head = fit_head(make_head(self.head_kind, **params), F, y, regions)
         return self
 
     def score_features(self, F: np.ndarray) -> np.ndarray:
@@ -393,7 +421,9 @@ class Detector:
             wanted = ok if regions == "all" else ok & (np.nan_to_num(probs) >= self.threshold)
             if regions != "none" and self.regions is not None and wanted.any():
                 idx = np.flatnonzero(wanted)
-                if joint or self.with_regions:  # the image pass computed them
+                if self.with_regions:  # the image pass computed them
+                    F = ex.features[idx, self.region_columns]
+                elif joint:
                     F = ex.features[idx, dim:]
                 else:
                     # The image pass has made the face stage's decisions: not made again.
@@ -462,7 +492,7 @@ class Detector:
         self.metadata = {
             **self.metadata,
             **metadata,
-            "model_version": f"{bb.name}{'+regions' if self.with_regions else ''}-"
+            "model_version": f"{bb.name}{_INPUT_TAG[self.head_input]}-"
             f"{self.head_kind}-{digest[:10]}",
         }
         bundle = {
@@ -603,6 +633,19 @@ class Detector:
                 f"{bb.name} ({det.head_input}) gives {det.extractor.dim}"
             )
         return det
+
+
+def map_grid(bb: Backbone) -> tuple[int, int]:
+    """The (rows, cols) of the backbone's map at its input size (one blank pass if the
+    model does not say)."""
+    grid = getattr(bb.model, "grid", None)
+    if grid is None:
+        size = bb.preprocessing.size
+        device = next(bb.model.parameters()).device
+        with torch.inference_mode():
+            rows, cols = bb.feature_map(torch.zeros(1, 3, size, size, device=device)).shape[2:]
+        grid = (rows, cols)
+    return int(grid[0]), int(grid[1])
 
 
 def _name(x: Source) -> str:

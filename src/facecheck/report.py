@@ -623,8 +623,13 @@ def write_model_card(bundle_dir: Path, det) -> Path:
         f"- **Architecture**: frozen {bb.name} features ({bb.dim}-d, "
         f"{bb.preprocessing.size} px, weights `{bb.weights_id}`, {bb.licence})"
         + (
-            f", followed by the same pass's map pooled in the four region boxes "
-            f"({det.extractor.dim}-d in all: the head reads where the edits are) -> "
+            ", followed by the same pass's map pooled in the four region boxes "
+            + (
+                "and every patch token with the boxes' weights over them "
+                if det.head_input == "tokens"
+                else ""
+            )
+            + f"({det.extractor.dim}-d in all: the head reads where the edits are) -> "
             if det.with_regions
             else " -> "
         )
