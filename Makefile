@@ -56,10 +56,11 @@ lint: install
 # CLIP features of the 13k images takes about an hour on 2 CPU cores.
 BUNDLE_BACKBONE ?= clip_vit_b16_l8
 BUNDLE_HEAD_INPUT ?= image+regions
+BUNDLE_HEAD ?= logreg
 BUNDLE_FPR ?= 0.1
 bundle: install
 	$(BIN)/facecheck train --data $(DATA) --protocol ALL --seed $(SEED) \
-	    --backbone $(BUNDLE_BACKBONE) --head-input $(BUNDLE_HEAD_INPUT) \
+	    --backbone $(BUNDLE_BACKBONE) --head $(BUNDLE_HEAD) --head-input $(BUNDLE_HEAD_INPUT) \
 	    --max-fpr $(BUNDLE_FPR) --out src/facecheck/resources/default --quiet
 
 # Speed benchmarks (extraction throughput, check latency); writes benchmarks/speed.json.

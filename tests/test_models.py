@@ -151,6 +151,16 @@ def test_token_mil_head_finds_a_seam_in_a_few_tokens(tmp_path):
         X[:300], y[:300], R[:300]
     )
     np.testing.assert_array_equal(twice.predict_proba(X), head.predict_proba(X))
+    # attend="boxes": cells under no region box (hair, background) cannot move the score.
+    outside = np.flatnonzero(X[0, -4 * 36 :].astype(np.float32).reshape(4, 36).sum(0) == 0)
+    moved = X.copy().reshape(len(X), -1)
+    for c in outside:
+        moved[:, 5 * 8 + c * 8 : 5 * 8 + (c + 1) * 8] += np.float16(3)
+    for attend, same in (("boxes", True), ("all", False)):
+        quick = TokenMILHead(dim=8, hidden=8, epochs=2, fuse=False, attend=attend).fit(X, y)
+        assert np.array_equal(quick.predict_proba(moved), quick.predict_proba(X)) == same
+    with pytest.raises(ValueError, match="attend"):
+        TokenMILHead(dim=8, attend="face", fuse=False).fit(X, y)
     with pytest.raises(ValueError, match="no token row"):
         TokenMILHead(dim=7).fit(X, y)
     bad = X.copy()

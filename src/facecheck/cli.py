@@ -209,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="logreg (default) or mlp, optionally with an imbalance strategy: "
         "mlp:smote0.1+under0.5+focal, logreg:under (see README); or regionmil (with "
         "--head-input image+regions: region logits pooled into the image's, also taught "
-        "the rff file names' region bits; benchmarks/region_mil.md)",
+        "the rff file names' region bits; benchmarks/region_mil.md); or tokenmil (with "
+        "--head-input tokens: regionmil plus attention over every patch token; "
+        "benchmarks/token_mil.md, token_all.md)",
     )
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument(

@@ -456,8 +456,9 @@ class _TokenAttention(nn.Module):
     plus a linear score of the class token; also each region's logit from the projected
     tokens averaged with its box weights."""
 
-    def __init__(self, dim: int, hidden: int, dropout: float):
+    def __init__(self, dim: int, hidden: int, dropout: float, in_boxes: bool = False):
         super().__init__()
+        self.in_boxes = in_boxes  # attend only to cells under a region box
         self.project = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout))
         self.attend_v = nn.Linear(hidden, hidden)
         self.attend_u = nn.Linear(hidden, hidden)
@@ -471,6 +472,8 @@ class _TokenAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.project(patches)  # (n, cells, hidden)
         a = self.attend_w(torch.tanh(self.attend_v(h)) * torch.sigmoid(self.attend_u(h)))
+        if self.in_boxes:  # every picture has cells under its boxes (weights sum to 1)
+            a = a.masked_fill(weights.sum(1, keepdim=True).transpose(1, 2) <= 0, -torch.inf)
         pooled = (torch.softmax(a, dim=1) * h).sum(1)
         image = self.image(pooled)[:, 0] + self.cls(cls)[:, 0]
         regions = self.region(torch.einsum("nrt,nth->nrh", weights, h))[..., 0]
@@ -512,6 +515,7 @@ class TokenMILHead(Head):
         region_weight: float = 1.0,
         C: float | str = "auto",
         fuse: bool = True,
+        attend: str = "all",
         seed: int = 0,
     ):
         self.dim = dim
@@ -524,7 +528,15 @@ class TokenMILHead(Head):
         self.region_weight = region_weight
         self.C = C  # the RegionMILHead's
         self.fuse = fuse  # False: the token attention's logit alone (no RegionMILHead)
+        # "boxes": attention only over the cells under the four region boxes, so the head
+        # cannot read hair, background or framing (a real source's look; token_all.md).
+        self.attend = attend
         self.seed = seed
+
+    def _net(self) -> _TokenAttention:
+        if self.attend not in ("all", "boxes"):
+            raise ValueError(f"attend must be all or boxes, not {self.attend!r}")
+        return _TokenAttention(self.dim, self.hidden, self.dropout, self.attend == "boxes")
 
     def _mil(self) -> RegionMILHead:
         return RegionMILHead(C=self.C, region_weight=self.region_weight, seed=self.seed)
@@ -571,7 +583,7 @@ class TokenMILHead(Head):
         self.sd_ = torch.from_numpy(sample.std(0) + 1e-3)
         c = cls.astype(np.float32)
         self.mu_cls_, self.sd_cls_ = torch.from_numpy(c.mean(0)), torch.from_numpy(c.std(0) + 1e-3)
-        net = _TokenAttention(self.dim, self.hidden, self.dropout)
+        net = self._net()
         opt = torch.optim.AdamW(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         pos_weight = torch.tensor((y == 0).sum() / max((y == 1).sum(), 1), dtype=torch.float32)
         bce = nn.functional.binary_cross_entropy_with_logits
@@ -635,7 +647,7 @@ class TokenMILHead(Head):
         self.mu_cls_ = torch.from_numpy(state["mu_cls"])
         self.sd_cls_ = torch.from_numpy(state["sd_cls"])
         self.n_features_in_ = int(state["n_features"][0])
-        net = _TokenAttention(self.dim, self.hidden, self.dropout)
+        net = self._net()
         net.load_state_dict(
             {k[2:]: torch.from_numpy(v) for k, v in state.items() if k.startswith("w.")}
         )
