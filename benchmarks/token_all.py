@@ -168,6 +168,8 @@ def render(r: dict) -> str:
                 f"| {format_paired(t['paired'], empty='n/a')} "
                 f"| {a['recall']:.3f} / {b['recall']:.3f} | {a['fpr']:.3f} / {b['fpr']:.3f} |"
             )
+    if r.get("note"):
+        lines += ["", r["note"]]
     lines += [
         "",
         "Seconds to fit on each protocol's train split (2 CPU cores): "

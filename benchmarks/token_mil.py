@@ -21,8 +21,10 @@ batch 64) for a fixed number of epochs (no early stopping: nothing is fitted on 
 scores): the library's :class:`facecheck.models.TokenMILHead` with ``fuse=False``. Rows: the
 shipped logistic head on the pooled features (reference), the ``regionmil`` head (region
 weight 1) on the same features, the token heads, and the mean of two heads' logits (a fixed
-rule, nothing tuned). The last row, regionmil + token attention with region bits, is what
-``TokenMILHead`` itself computes (``--head tokenmil``).
+rule, nothing tuned). The fusion of regionmil with the token attention (region bits) is
+what ``TokenMILHead`` itself computes (``--head tokenmil``); ``in the boxes``: the attention
+reads only the cells under the four region boxes (``attend="boxes"``), not hair, background
+or framing.
 Compared by 5-fold CV over P1's train + val (grouped by content hash, seeded), each row paired
 with the reference on the same out-of-fold scores, then P1's test split once (95% bootstrap
 CI).
@@ -66,12 +68,20 @@ REFERENCE = "logistic · class token + pooled regions (shipped recipe)"
 MIL = "regionmil w=1 · class token + pooled regions"
 TOKENS = "token attention"
 TOKENS_BITS = "token attention + region bits"
-FUSIONS = [(REFERENCE, TOKENS), (REFERENCE, TOKENS_BITS), (MIL, TOKENS_BITS)]
+BOXES_BITS = "token attention in the boxes + region bits"
+FUSIONS = [
+    (REFERENCE, TOKENS),
+    (REFERENCE, TOKENS_BITS),
+    (MIL, TOKENS_BITS),
+    (MIL, BOXES_BITS),
+]
 
 
-def token_head(region_weight: float, args) -> TokenMILHead:
+def token_head(region_weight: float, args, attend: str = "all") -> TokenMILHead:
     """The library's token attention alone (``fuse=False``: no region-MIL logit)."""
-    return TokenMILHead(region_weight=region_weight, epochs=args.epochs, fuse=False, seed=args.seed)
+    return TokenMILHead(
+        region_weight=region_weight, epochs=args.epochs, fuse=False, attend=attend, seed=args.seed
+    )
 
 
 def main() -> None:
@@ -101,6 +111,7 @@ def main() -> None:
         MIL: (lambda: RegionMILHead(region_weight=1.0, seed=args.seed), Fp, Ft, True),
         TOKENS: (lambda: token_head(0.0, args), Tp, Tt, False),
         TOKENS_BITS: (lambda: token_head(1.0, args), Tp, Tt, True),
+        BOXES_BITS: (lambda: token_head(1.0, args, "boxes"), Tp, Tt, True),
     }
     for name, (make, P, T, bits) in heads.items():
         tv = time.perf_counter()

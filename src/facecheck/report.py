@@ -79,7 +79,9 @@ def git_commit() -> str:
     try:
         commit = git("rev-parse", "--short", "HEAD") or "unknown"
         # A report made from uncommitted code says so: its figures may not be reproducible.
-        return commit + ("+uncommitted-changes" if git("status", "--porcelain", "src") else "")
+        # By absolute path: a benchmark runs from benchmarks/, where "src" names nothing.
+        src = str(Path(__file__).resolve().parents[1])
+        return commit + ("+uncommitted-changes" if git("status", "--porcelain", src) else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
