@@ -39,9 +39,8 @@ from facecheck.data import load_dataset
 from facecheck.evaluate import ModelResult, evaluate_protocol, extract_all
 from facecheck.features import FeatureCache, FeatureExtractor, face_stage_for, load_backbone
 from facecheck.metrics import paired_auc_difference
-from facecheck.pipeline import map_grid
+from facecheck.pipeline import head_view
 from facecheck.protocols import build, expand
-from facecheck.regions import PooledRegionView, TokenView
 from facecheck.report import git_commit, machine_description
 
 HERE = Path(__file__).resolve().parent
@@ -95,7 +94,7 @@ def main() -> None:
     protocols = [build(p, ds, args.seed) for p in expand(args.protocols.split(","))]
     cache, bb = FeatureCache(), load_backbone(BACKBONE)
     stage = face_stage_for(BACKBONE, "auto")
-    views = {"shipped": PooledRegionView(with_image=True), "tokens": TokenView(map_grid(bb))}
+    views = {"shipped": head_view(bb, "image+regions"), "tokens": head_view(bb, "tokens")}
     feats, errors = {}, {}
     for name, view in views.items():
         ex = FeatureExtractor(bb, cache, face_stage=stage, view=view)

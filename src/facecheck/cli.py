@@ -733,6 +733,7 @@ def cmd_evaluate(args) -> int:
     )
     from .features import FeatureExtractor, face_stage_for, load_backbone, resolve_name
     from .models import HEADS, split_head_spec
+    from .pipeline import head_view
     from .protocols import build, expand
     from .regions import REGIONS
     from .report import git_commit, machine_description, write_report
@@ -782,7 +783,7 @@ def cmd_evaluate(args) -> int:
                 tta=args.tta,
                 progress=not args.quiet,
                 face_stage=face_stage_for(m, args.face_stage),
-                view=_evaluation_view(backbone, args.head_input),
+                view=head_view(backbone, args.head_input),
             )
             for m, backbone in ((m, load_backbone(m)) for m in members)
         ]
@@ -889,16 +890,6 @@ def cmd_evaluate(args) -> int:
     )
     print(f"report: {path}")
     return 0
-
-
-def _evaluation_view(backbone, head_input: str):
-    """The view an evaluation extracts for ``head_input`` (see pipeline.HEAD_INPUTS)."""
-    from .pipeline import map_grid
-    from .regions import PooledRegionView, TokenView
-
-    if head_input == "tokens":
-        return TokenView(map_grid(backbone))
-    return PooledRegionView(with_image=True) if head_input == "image+regions" else None
 
 
 def cmd_finetune(args) -> int:

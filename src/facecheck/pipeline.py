@@ -170,14 +170,9 @@ class Detector:
                 tta=self.tta,
                 progress=self.progress,
                 face_stage=self.face_stage,
-                view=self._head_view(bb),
+                view=head_view(bb, self.head_input),
             )
         return self._extractor
-
-    def _head_view(self, bb: Backbone) -> PooledRegionView | None:
-        if self.head_input == "tokens":
-            return TokenView(map_grid(bb))
-        return PooledRegionView(with_image=True) if self.with_regions else None
 
     @property
     def region_extractor(self) -> FeatureExtractor:
@@ -633,6 +628,13 @@ class Detector:
                 f"{bb.name} ({det.head_input}) gives {det.extractor.dim}"
             )
         return det
+
+
+def head_view(bb: Backbone, head_input: str) -> PooledRegionView | None:
+    """What the backbone's pass gives a head reading ``head_input`` (see HEAD_INPUTS)."""
+    if head_input == "tokens":
+        return TokenView(map_grid(bb))
+    return PooledRegionView(with_image=True) if head_input == "image+regions" else None
 
 
 def map_grid(bb: Backbone) -> tuple[int, int]:
