@@ -494,9 +494,12 @@ class TokenMILHead(Head):
     projection where seams are. Trained with AdamW on the class-weighted binary
     cross-entropy for a fixed number of epochs (nothing is held out to stop on). On P1 by
     5-fold CV: 0.967 +/- 0.006 against the logistic head's 0.956
-    (``benchmarks/token_mil.md``). ``fuse`` False leaves the token attention's logit alone
-    (no region-MIL head). Rows stay float16 until a batch is scored, so a training set of
-    10,000 images needs ~3 GB, not 6.
+    (``benchmarks/token_mil.md``); trained on protocol ALL it gains on the same source
+    but does worse on sources it never saw (P7; ``benchmarks/token_all.md``), so it is not
+    the shipped head. ``attend="boxes"`` keeps the attention on the cells under the region
+    boxes (less of that loss, ``token_boxes.md``); ``fuse`` False leaves the token
+    attention's logit alone (no region-MIL head). Rows stay float16 until a batch is
+    scored, so a training set of 10,000 images needs ~3 GB, not 6.
     """
 
     kind = "tokenmil"
