@@ -732,8 +732,7 @@ def cmd_evaluate(args) -> int:
         extract_perturbed,
     )
     from .features import FeatureExtractor, face_stage_for, load_backbone, resolve_name
-    from .models import HEADS, split_head_spec
-    from .pipeline import head_view
+    from .pipeline import check_head_input, head_view
     from .protocols import build, expand
     from .regions import REGIONS
     from .report import git_commit, machine_description, write_report
@@ -766,11 +765,7 @@ def cmd_evaluate(args) -> int:
     if regions and (p6 or args.tta):
         raise ValueError(f"--head-input {args.head_input} takes no P6 or --tta")
     for h in heads:
-        wants = HEADS[split_head_spec(h)[0]].head_input
-        if wants != "image" and wants != args.head_input:
-            raise ValueError(f"--heads {h} reads {wants}: add --head-input {wants}")
-        if args.head_input == "tokens" and wants != "tokens":
-            raise ValueError(f"--heads {h} does not read patch tokens (--head-input tokens)")
+        check_head_input(h, args.head_input)
     for bb in backbones:
         t = time.perf_counter()
         members = bb.split("+")

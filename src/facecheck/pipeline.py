@@ -134,14 +134,7 @@ class Detector:
         # "mlp:focal" is kind "mlp" with imbalance "focal" (see models.make_head).
         self.head_kind, from_spec = split_head_spec(head)
         self.head_params = {**from_spec, **(head_params or {})}
-        wants = HEADS[self.head_kind].head_input
-        if wants != "image" and head_input != wants:
-            raise ValueError(
-                f"head {self.head_kind!r} reads {HEAD_INPUTS[wants]}: "
-                f"use head_input {wants} (--head-input {wants})"
-            )
-        if head_input == "tokens" and wants != "tokens":
-            raise ValueError(f"head {self.head_kind!r} does not read patch tokens")
+        check_head_input(self.head_kind, head_input)
         self.tta = tta
         self.weights = weights
         self.allow_download = allow_download
@@ -628,6 +621,19 @@ class Detector:
                 f"{bb.name} ({det.head_input}) gives {det.extractor.dim}"
             )
         return det
+
+
+def check_head_input(head: str, head_input: str) -> None:
+    """ValueError unless a head of kind ``head`` can read rows of ``head_input``: a
+    region-aware head needs its input, and token rows suit only a token head."""
+    wants = HEADS[split_head_spec(head)[0]].head_input
+    if wants != "image" and head_input != wants:
+        raise ValueError(
+            f"head {head!r} reads {HEAD_INPUTS[wants]}: use head_input {wants} "
+            f"(add --head-input {wants})"
+        )
+    if head_input == "tokens" and wants != "tokens":
+        raise ValueError(f"head {head!r} does not read patch tokens (--head-input tokens)")
 
 
 def head_view(bb: Backbone, head_input: str) -> PooledRegionView | None:
