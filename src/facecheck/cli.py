@@ -732,7 +732,7 @@ def cmd_evaluate(args) -> int:
         extract_perturbed,
     )
     from .features import FeatureExtractor, face_stage_for, load_backbone, resolve_name
-    from .pipeline import check_head_input, head_view
+    from .pipeline import check_head_input, head_view, input_params
     from .protocols import build, expand
     from .regions import REGIONS
     from .report import git_commit, machine_description, write_report
@@ -833,8 +833,7 @@ def cmd_evaluate(args) -> int:
                 cv_folds=args.cv if proto.name in cv_on else 0,
                 perturbed=perturbed if proto.name in p5_on else None,
                 train_augment=augment if proto.name in p5_on else None,
-                # A token head learns where a row's parts lie from the backbone's width.
-                head_params={"dim": ex.backbone.dim} if args.head_input == "tokens" else None,
+                head_params=input_params(ex.backbone, args.head_input),
             )
             if not args.quiet:
                 print(

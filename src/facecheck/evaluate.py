@@ -173,7 +173,7 @@ def evaluate_protocol(
     """
     params = {"seed": seed, **(head_params or {})}
     cv = (
-        cross_validate(protocol, feats, heads=heads, k=cv_folds, seed=seed, head_params=params)
+        cross_validate(protocol, feats, heads=heads, k=cv_folds, seed=seed, head_params=head_params)
         if cv_folds > 1
         else {}
     )

@@ -269,9 +269,7 @@ class Detector:
     def fit_features(
         self, F: np.ndarray, y: np.ndarray, regions: np.ndarray | None = None
     ) -> Detector:
-        params = dict(self.head_params)
-        if self.head_input == "tokens":  # where a row's parts lie depends on the width
-            params.setdefault("dim", self.backbone.dim)
+        params = {**input_params(self.backbone, self.head_input), **self.head_params}
         self.head = fit_head(make_head(self.head_kind, **params), F, y, regions)
         return self
 
@@ -641,6 +639,12 @@ def head_view(bb: Backbone, head_input: str) -> PooledRegionView | None:
     if head_input == "tokens":
         return TokenView(map_grid(bb))
     return PooledRegionView(with_image=True) if head_input == "image+regions" else None
+
+
+def input_params(bb: Backbone, head_input: str) -> dict[str, object]:
+    """What a head reading ``head_input`` must be told about the backbone: a token row's
+    parts lie by the backbone's width (``dim``); the pooled rows need nothing."""
+    return {"dim": bb.dim} if head_input == "tokens" else {}
 
 
 def map_grid(bb: Backbone) -> tuple[int, int]:
