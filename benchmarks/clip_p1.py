@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
 from facecheck.blend import SelfBlender
@@ -262,6 +263,11 @@ def cross_validate(
     st[ok_t] = fit(ok_p).predict_proba(Ft[ok_t])[:, 1]
     row = cv_figures(oof, st, cv, seed)
     return CVScores(row, oof, st)
+
+
+def mean_logit(*scores: np.ndarray) -> np.ndarray:
+    """A fixed-rule fusion of heads' P(fake): the mean of their logits (nothing fitted)."""
+    return np.mean([logit(np.clip(p, 1e-6, 1 - 1e-6)) for p in scores], axis=0)
 
 
 def pair_with_first(

@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.special import logit
 
 from clip_p1 import (
     PAIRED_NOTE,
@@ -49,6 +48,7 @@ from clip_p1 import (
     cv_figures,
     cv_result,
     format_paired,
+    mean_logit,
     p1_folds,
     pair_with_first,
     provenance,
@@ -122,10 +122,7 @@ def main() -> None:
     # Fixed-rule fusion: the mean of two heads' logits (nothing fitted on top).
     for a, b in FUSIONS:
         fused = f"mean logit: {a} + {b}"
-        oof, test = (
-            (logit(np.clip(sa, 1e-6, 1 - 1e-6)) + logit(np.clip(sb, 1e-6, 1 - 1e-6))) / 2
-            for sa, sb in zip(scores[a], scores[b], strict=True)
-        )
+        oof, test = (mean_logit(*pair) for pair in zip(scores[a], scores[b], strict=True))
         rows[fused] = cv_figures(oof, test, cv, args.seed)
         scores[fused] = (oof, test)
         print(fused, rows[fused]["cv_auc"], rows[fused]["test_auc"], flush=True)
