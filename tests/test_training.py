@@ -159,3 +159,19 @@ def test_augmentation_pipeline_parses_and_keeps_shape():
     assert augment.build("none", 64) is None
     with pytest.raises(ValueError, match="unknown augmentation"):
         augment.build("mixup", 64)
+
+
+def test_a_short_training_run_improves_validation_auc_over_its_first_epoch(small_manifest):
+    """Issue 9's check that the loop learns: GAN faces against real photos (20 of each of
+    two sources per class), the small baseline CNN, four epochs on the CPU."""
+    ds = load_dataset(small_manifest)
+    recs = sorted((r for r in ds if r.source != "rff" or r.y == 0), key=lambda r: r.path.name)
+    train = ds.subset([r for i, r in enumerate(recs) if i % 10 >= 3])
+    val = ds.subset([r for i, r in enumerate(recs) if i % 10 < 3])
+    assert set(val.y) == {0, 1}
+    ft = FineTuner(_config(epochs=4, patience=10, augment="none"), device="cpu").fit(
+        train.paths, train.y, val.paths, val.y, progress=False
+    )
+    aucs = [row["val_roc_auc"] for row in ft.history]
+    assert len(aucs) == 4
+    assert aucs[-1] > aucs[0] + 0.05, aucs
