@@ -438,6 +438,10 @@ class FaceStage:
     def _shrink_factor(self, analysis: FaceAnalysis) -> int:
         return max(1, int(self._frame(analysis)[2] // MAX_CROP))
 
+    def _angle(self, face: Face) -> float:
+        """The crop's rotation in radians: the eye line's angle, or 0 with ``rotate=False``."""
+        return math.radians(face.eye_angle()) if self.rotate else 0.0
+
     def _frame(self, analysis: FaceAnalysis) -> tuple[float, float, float]:
         """The crop's centre (x, y) in the picture and its side, before rotation."""
         face = analysis.face
@@ -452,7 +456,7 @@ class FaceStage:
         # The box's framing (also for a detector without keypoints): the centre sits
         # crop_offset_y box widths from the box's centre, across the eye line.
         cx, cy = face.centre
-        theta = math.radians(face.eye_angle()) if self.rotate else 0.0
+        theta = self._angle(face)
         dy = self.crop_offset_y * face.width
         return cx - math.sin(theta) * dy, cy + math.cos(theta) * dy, face.width * self.crop_scale
 
@@ -473,7 +477,7 @@ class FaceStage:
         factor = max(1, int(side // MAX_CROP))
         n = round(side / factor)
         s = side / n
-        theta = math.radians(face.eye_angle()) if self.rotate else 0.0
+        theta = self._angle(face)
         cos, sin = math.cos(theta), math.sin(theta)
         a, b, d, e = s * cos, -s * sin, s * sin, s * cos
         return n, np.array([[a, b, ox - (a + b) * n / 2], [d, e, oy - (d + e) * n / 2]])
