@@ -48,8 +48,8 @@ from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
 from facecheck.localise import region_bits
 from facecheck.models import RegionMILHead, make_head
-from facecheck.pipeline import map_grid
-from facecheck.regions import PooledRegionView, RegionView, TokenView
+from facecheck.pipeline import head_view
+from facecheck.regions import RegionView
 from region_crops import per_region
 from token_mil import token_head
 
@@ -87,9 +87,9 @@ def main() -> None:
             for recs in (cv.pool, cv.test)
         )
 
-    pooled = rows_of(PooledRegionView(True))
+    pooled = rows_of(head_view(bb, "image+regions"))
     crops = rows_of(RegionView(224))
-    tokens = rows_of(TokenView(map_grid(bb)))
+    tokens = rows_of(head_view(bb, "tokens"))
     with_crops = tuple(per_region(p, c) for p, c in zip(pooled, crops, strict=True))
     Rp = region_bits(cv.pool)
     print(f"features ready, {time.perf_counter() - t0:.0f} s", flush=True)

@@ -59,8 +59,7 @@ from facecheck.faces import FaceStage
 from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
 from facecheck.localise import region_bits
 from facecheck.models import RegionMILHead, TokenMILHead, make_head
-from facecheck.pipeline import map_grid
-from facecheck.regions import PooledRegionView, TokenView
+from facecheck.pipeline import head_view
 
 HERE = Path(__file__).resolve().parent
 BACKBONE = "clip_vit_b16_l8"
@@ -99,8 +98,8 @@ def main() -> None:
             for recs in (cv.pool, cv.test)
         )
 
-    Fp, Ft = rows_of(PooledRegionView(True))
-    Tp, Tt = rows_of(TokenView(map_grid(bb)))  # float16, the library's token rows
+    Fp, Ft = rows_of(head_view(bb, "image+regions"))
+    Tp, Tt = rows_of(head_view(bb, "tokens"))  # float16, the library's token rows
     Rp = region_bits(cv.pool)
     print(f"tokens ready, {time.perf_counter() - t0:.0f} s", flush=True)
 
