@@ -38,6 +38,8 @@ RUNS = {
         "--lr 0.05 --imbalance smote0.1+under0.5+focal",
         "gpu-convnext_atto-class_weight": "--network convnext_atto --epochs 60 --lr 1e-3",
         "gpu-lite0-class_weight": "--network efficientnet_lite0 --epochs 30 --lr 3e-4",
+        # CLIP cut after layer 8 (the shipped backbone), all of it trained, gently.
+        "gpu-clip_b16_l8-class_weight": "--network clip_b16_l8 --epochs 10 --lr 1e-5",
     },
 }
 

@@ -41,7 +41,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "self-blend"
 KEYPOINTS = ROOT / "reports" / "self-blend" / "keypoints.json"
-SIZE = 224  # Lite0's input
+SIZE = 224  # Lite0's input (and CLIP's)
+# Networks that read the whole picture at SIZE (the others read four region crops), and the
+# learning rate of each: CLIP's pretrained backbone is fine-tuned gently.
+WHOLE_PICTURE = ("efficientnet_lite0", "clip_b16_l8")
+LR = {"efficientnet_lite0": 3e-4, "region_lite0": 3e-4, "clip_b16_l8": 1e-5}
 VARIANTS = {
     "rff": {"utk": False, "sbi": False, "rff_fakes": True},
     "rff+utk": {"utk": True, "sbi": False, "rff_fakes": True},
@@ -118,10 +122,10 @@ def pictures(records, kp_all: dict, network: str):
     from facecheck.regions import region_crops
 
     size = NETWORKS[network].preprocessing.size
-    whole = SIZE if network == "efficientnet_lite0" else 256  # rff's own resolution
+    whole = SIZE if network in WHOLE_PICTURE else 256  # rff's own resolution
     n = len(records)
     full = np.empty((n, whole, whole, 3), np.uint8)
-    shape = (n, 3, size, size) if network == "efficientnet_lite0" else (n, 4, 3, size, size)
+    shape = (n, 3, size, size) if network in WHOLE_PICTURE else (n, 4, 3, size, size)
     px = np.empty(shape, np.uint8)
     kps = []
     for i, r in enumerate(records):
@@ -129,7 +133,7 @@ def pictures(records, kp_all: dict, network: str):
         full[i] = np.asarray(img)
         kp = {k: (x * whole / SIZE, y * whole / SIZE) for k, (x, y) in kp_all[r.sha256].items()}
         kps.append(kp)
-        if network == "efficientnet_lite0":
+        if network in WHOLE_PICTURE:
             px[i] = full[i].transpose(2, 0, 1)
         else:
             px[i] = region_crops(full[i], kp, size).transpose(0, 3, 1, 2)
@@ -171,7 +175,7 @@ def _job(spec: tuple[str, str, list[int], list[int], list[int]]) -> dict:
         network=G["network"],
         epochs=G["epochs"],
         batch_size=32,
-        lr=3e-4,
+        lr=G["lr"],
         patience=3,
         seed=seed,
         device=G["device"],
@@ -234,6 +238,7 @@ def run(args) -> None:
         full=full,
         kps=kps,
         network=args.network,
+        lr=LR[args.network],
         y=np.array([r.y for r in records]),
         src=[r.source for r in records],
         utk=list(range(len(pool) + len(test), len(records))),
@@ -320,6 +325,13 @@ def tabulate() -> str:
 
     meta = json.loads((_out() / "records.json").read_text())
     recs = meta["records"]
+    clip_note = (
+        "Variants named `clip_b16_l8-...` fine-tune CLIP ViT-B/16 cut after layer 8 (the "
+        "shipped backbone, from its offline weights; a linear logit on the class token) at "
+        f"AdamW lr {LR['clip_b16_l8']:g}. "
+        if any(_out().glob("clip_b16_l8-*"))
+        else ""
+    )
     lines = [
         "# Self-blended fakes on P1 (issue 9)",
         "",
@@ -328,7 +340,8 @@ def tabulate() -> str:
         f"{meta['epochs']} epochs with early stopping (patience 3), default augmentation; "
         f"seed {meta['seed']}; {meta['folds']}-fold CV over P1 train+val (hash-grouped); "
         f"{meta['utk']} UTKFace reals; self-blended fakes per epoch = "
-        f"{meta['sbi_share']:g} x the training reals. Variants named `region_lite0-...` use "
+        f"{meta['sbi_share']:g} x the training reals. {clip_note}"
+        "Variants named `region_lite0-...` use "
         "the region-aware network instead (`region_lite0`: the same ImageNet Lite0 on four "
         "112 px crops cut at 256 px around the face stage's eye, nose and mouth keypoints, "
         f"max-pooled to one logit); `...-aux<W>`: trained with the rff fakes' region bits as an "
@@ -340,7 +353,7 @@ def tabulate() -> str:
         "|---|---|---|---|---|---|---|",
     ]
     oof: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    names = [run_name(n, v) for n in ("efficientnet_lite0", "region_lite0") for v in VARIANTS]
+    names = [run_name(n, v) for n in LR for v in VARIANTS]
     names += sorted(d.name for d in _out().glob("*-aux*") if d.is_dir())
     for variant in names:
         files = sorted((_out() / variant).glob("cv*.json"))
@@ -419,8 +432,9 @@ def main() -> None:
     ap.add_argument(
         "--network",
         default="efficientnet_lite0",
-        choices=["efficientnet_lite0", "region_lite0"],
-        help="whole picture at 224 px, or the region-aware model on 4 landmark crops",
+        choices=list(LR),
+        help="whole picture at 224 px (Lite0, or CLIP cut after layer 8), or the "
+        "region-aware model on 4 landmark crops",
     )
     ap.add_argument("--only", default="", help="'-': only rewrite the table")
     ap.add_argument(

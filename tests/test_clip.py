@@ -226,3 +226,27 @@ def test_a_window_of_the_view_reads_its_cells_positions(onnx_path, face_paths):
     for size, origin in ((150, (0, 0)), (240, (0, 0)), (160, (5, 2)), (160, (4, -1))):
         with pytest.raises(ValueError, match="CLIP"):
             ClipVision((8,), size=size, origin=origin)
+
+
+def test_the_fine_tunable_clip_starts_as_the_frozen_backbone_and_trains(onnx_path, face_paths):
+    """``clip_b16_l8`` (issue 9's fine-tuning route) loads the offline weights: its class
+    token is the frozen backbone's feature; one CPU epoch moves the backbone's weights."""
+    from facecheck.networks import NETWORKS, build_network, count_parameters
+    from facecheck.training import FineTuner
+
+    net = build_network("clip_b16_l8").eval()
+    x = torch.from_numpy(_pixels(face_paths[:2]))
+    with torch.no_grad():
+        assert torch.allclose(net.net(x), load_backbone("clip_vit_b16_l8").model(x), atol=1e-5)
+        assert net(x).shape == (2,)
+    assert NETWORKS["clip_b16_l8"].preprocessing.size == 224
+    assert count_parameters(net) < 60_000_000  # the layers past the cut are dropped
+    before = net.net.vision_model.encoder.layers[0].mlp.fc1.weight.detach().clone()
+
+    paths, y = face_paths[:8], np.array([0] * 4 + [1] * 4)  # rff reals, rff fakes
+    ft = FineTuner(
+        network="clip_b16_l8", epochs=1, batch_size=4, lr=1e-5, augment="none", device="cpu"
+    ).fit(paths[1:7], y[1:7], paths[::7], y[::7], progress=False)
+    after = ft.net.net.vision_model.encoder.layers[0].mlp.fc1.weight
+    assert np.isfinite(ft.history[0]["train_loss"])
+    assert not torch.equal(before, after.detach())

@@ -11,7 +11,11 @@ start from scratch, or from a local weights file (``weights=``), never from a do
   256-512-1024-2048, 125 px; about 190 M parameters: a GPU model);
 - ``efficientnet_lite0``: EfficientNet-Lite0 from its ImageNet weights, new 1-logit head, 224 px;
 - ``region_lite0``: the same network on four landmark-placed region crops (eyes, nose,
-  mouth; 112 px each, cut at full resolution), max-pooled to one logit (issue 9).
+  mouth; 112 px each, cut at full resolution), max-pooled to one logit (issue 9);
+- ``clip_b16_l8``: CLIP ViT-B/16 cut after encoder layer 8 (the shipped backbone) with a
+  linear logit on its class token, all of it trained: the frozen features' heads stop at
+  ~0.97 ROC-AUC on P1 (``benchmarks/fusion_p1.md``), so the next step lets the backbone
+  learn the seams. 57 M parameters trained at 224 px: a GPU model (issue 9).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .clip import CLIP_MEAN, CLIP_STD, ClipVision, onnx_file, state_dict_from_onnx
 from .features import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, _package_file
 
 
@@ -147,6 +152,22 @@ class RegionMax(_LogitOf):
         return self.pool(self.region_logits(x))
 
 
+class ClipLogit(_LogitOf):
+    """CLIP's image tower cut after ``layers`` with a linear logit on their class tokens.
+
+    ``net`` is a :class:`facecheck.clip.ClipVision` without the layers past the cut, so its
+    weights load from the same offline ONNX file as the frozen backbone's.
+    """
+
+    def __init__(self, layers: tuple[int, ...] = (8,)):
+        super().__init__(ClipVision(layers))
+        del self.net.vision_model.encoder.layers[max(layers) :]  # never run: not trained
+        self.head = nn.Linear(self.net.dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x)).squeeze(-1)
+
+
 def _region_lite0() -> nn.Module:
     return RegionMax(_lite0().net)
 
@@ -200,6 +221,13 @@ NETWORKS: dict[str, NetworkEntry] = {
         "(eyes, nose, mouth at full resolution), max-pooled; input (N, 4, 3, 112, 112)",
         default_weights=_lite0_weights,
     ),
+    "clip_b16_l8": NetworkEntry(
+        ClipLogit,
+        Preprocessing(224, CLIP_MEAN, CLIP_STD, "bicubic"),
+        "CLIP ViT-B/16 cut after layer 8 (its offline weights), a linear logit on the class "
+        "token, trained end to end at 224 px; GPU-sized (57 M parameters)",
+        default_weights=onnx_file,
+    ),
 }
 
 
@@ -222,8 +250,7 @@ def build_network(
     default = entry.default_weights() if entry.default_weights else None
     path = Path(weights) if weights else default
     if path is not None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        state = _state_dict(path)
         target = net.net if isinstance(net, _LogitOf) else net
         own = target.state_dict()
         fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -231,6 +258,14 @@ def build_network(
             raise ValueError(f"no tensor in {path} fits {name}")
         target.load_state_dict(fitting, strict=False)
     return net
+
+
+def _state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a weights file: a PyTorch checkpoint or CLIP's ONNX file."""
+    if path.suffix == ".onnx":
+        return state_dict_from_onnx(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
 def count_parameters(net: nn.Module) -> int:
