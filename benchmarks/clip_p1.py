@@ -265,6 +265,47 @@ def cross_validate(
     return CVScores(row, oof, st)
 
 
+def p1_rows(cv: P1Folds, ex: FeatureExtractor) -> tuple[np.ndarray, np.ndarray]:
+    """The extractor's feature rows of P1's pool and of its test split (NaN: unscorable)."""
+    return tuple(  # type: ignore[return-value]
+        ex.extract([r.path for r in recs], [r.sha256 for r in recs]).features
+        for recs in (cv.pool, cv.test)
+    )
+
+
+def run_heads(
+    heads: dict[str, tuple[Callable[[], Any], tuple[np.ndarray, np.ndarray], bool]],
+    cv: P1Folds,
+    seed: int,
+    regions: np.ndarray,
+) -> tuple[dict[str, dict], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """Each head (name -> factory, (pool rows, test rows), learns the region bits) through
+    :func:`cross_validate`: its figures (with seconds) and its (out-of-fold, test) scores."""
+    rows, scores = {}, {}
+    for name, (make, (P, T), bits) in heads.items():
+        tv = time.perf_counter()
+        fitted = cross_validate(make, P, T, cv, seed, regions if bits else None)
+        rows[name] = {**fitted.row, "seconds": round(time.perf_counter() - tv, 1)}
+        scores[name] = (fitted.oof, fitted.test)
+        print(name, rows[name]["cv_auc"], rows[name]["test_auc"], flush=True)
+    return rows, scores
+
+
+def add_fusions(
+    fusions: dict[str, list[str]],
+    rows: dict[str, dict],
+    scores: dict[str, tuple[np.ndarray, np.ndarray]],
+    cv: P1Folds,
+    seed: int,
+) -> None:
+    """A row per fusion (name -> the rows fused by :func:`mean_logit`), with its scores."""
+    for fused, members in fusions.items():
+        oof, test = (mean_logit(*(scores[m][i] for m in members)) for i in (0, 1))
+        rows[fused] = {**cv_figures(oof, test, cv, seed), "members": members}
+        scores[fused] = (oof, test)
+        print(fused, rows[fused]["cv_auc"], rows[fused]["test_auc"], flush=True)
+
+
 def mean_logit(*scores: np.ndarray) -> np.ndarray:
     """A fixed-rule fusion of heads' P(fake): the mean of their logits (nothing fitted)."""
     return np.mean([logit(np.clip(p, 1e-6, 1 - 1e-6)) for p in scores], axis=0)

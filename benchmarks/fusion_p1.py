@@ -32,15 +32,15 @@ import numpy as np
 
 from clip_p1 import (
     PAIRED_NOTE,
-    cross_validate,
+    add_fusions,
     cv_arguments,
-    cv_figures,
     cv_result,
     format_paired,
-    mean_logit,
     p1_folds,
+    p1_rows,
     pair_with_first,
     provenance,
+    run_heads,
     test_cell,
     write_result,
 )
@@ -81,11 +81,7 @@ def main() -> None:
     cache, bb, stage = FeatureCache(), load_backbone(BACKBONE), FaceStage()
 
     def rows_of(view) -> tuple[np.ndarray, np.ndarray]:
-        ex = FeatureExtractor(bb, cache, face_stage=stage, view=view)
-        return tuple(  # type: ignore[return-value]
-            ex.extract([r.path for r in recs], [r.sha256 for r in recs]).features
-            for recs in (cv.pool, cv.test)
-        )
+        return p1_rows(cv, FeatureExtractor(bb, cache, face_stage=stage, view=view))
 
     pooled = rows_of(head_view(bb, "image+regions"))
     crops = rows_of(RegionView(224))
@@ -102,19 +98,8 @@ def main() -> None:
     for s, name in zip(SEEDS, TOKENS, strict=True):
         args_s = type(args)(**{**vars(args), "seed": s})
         heads[name] = (lambda a=args_s: token_head(1.0, a), tokens, True)
-    rows: dict[str, dict] = {}
-    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # out-of-fold pool, test
-    for name, (make, (P, T), bits) in heads.items():
-        tv = time.perf_counter()
-        fitted = cross_validate(make, P, T, cv, args.seed, Rp if bits else None)
-        rows[name] = {**fitted.row, "seconds": round(time.perf_counter() - tv, 1)}
-        scores[name] = (fitted.oof, fitted.test)
-        print(name, rows[name]["cv_auc"], rows[name]["test_auc"], flush=True)
-    for fused, members in FUSIONS.items():
-        oof, test = (mean_logit(*(scores[m][i] for m in members)) for i in (0, 1))
-        rows[fused] = {**cv_figures(oof, test, cv, args.seed), "members": members}
-        scores[fused] = (oof, test)
-        print(fused, rows[fused]["cv_auc"], rows[fused]["test_auc"], flush=True)
+    rows, scores = run_heads(heads, cv, args.seed, Rp)
+    add_fusions(FUSIONS, rows, scores, cv, args.seed)
     oof = {k: v[0] for k, v in scores.items()}
     both = pair_with_first(rows, oof, cv.y, args.seed)
     best_first = {CROPS: oof[CROPS], **{k: v for k, v in oof.items() if k != CROPS}}

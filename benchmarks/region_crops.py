@@ -42,6 +42,7 @@ from clip_p1 import (
     cv_result,
     format_paired,
     p1_folds,
+    p1_rows,
     pair_with_first,
     provenance,
     test_cell,
@@ -91,10 +92,7 @@ def main() -> None:
     }
     feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, ex in extractors.items():
-        feats[name] = tuple(  # type: ignore[assignment]
-            ex.extract([r.path for r in recs], [r.sha256 for r in recs]).features
-            for recs in (cv.pool, cv.test)
-        )
+        feats[name] = p1_rows(cv, ex)
         print(f"{name}: {feats[name][0].shape}, {time.perf_counter() - t0:.0f} s", flush=True)
     Rp = region_bits(cv.pool)
     difficulty = np.array([r.difficulty or "" for r in cv.pool], dtype=object)

@@ -43,15 +43,15 @@ import numpy as np
 
 from clip_p1 import (
     PAIRED_NOTE,
-    cross_validate,
+    add_fusions,
     cv_arguments,
-    cv_figures,
     cv_result,
     format_paired,
-    mean_logit,
     p1_folds,
+    p1_rows,
     pair_with_first,
     provenance,
+    run_heads,
     test_cell,
     write_result,
 )
@@ -92,39 +92,23 @@ def main() -> None:
     cache, bb = FeatureCache(), load_backbone(BACKBONE)
 
     def rows_of(view) -> tuple[np.ndarray, np.ndarray]:
-        ex = FeatureExtractor(bb, cache, face_stage=FaceStage(), view=view)
-        return tuple(  # type: ignore[return-value]
-            ex.extract([r.path for r in recs], [r.sha256 for r in recs]).features
-            for recs in (cv.pool, cv.test)
-        )
+        return p1_rows(cv, FeatureExtractor(bb, cache, face_stage=FaceStage(), view=view))
 
-    Fp, Ft = rows_of(head_view(bb, "image+regions"))
-    Tp, Tt = rows_of(head_view(bb, "tokens"))  # float16, the library's token rows
+    pooled = rows_of(head_view(bb, "image+regions"))
+    tokens = rows_of(head_view(bb, "tokens"))  # float16, the library's token rows
     Rp = region_bits(cv.pool)
     print(f"tokens ready, {time.perf_counter() - t0:.0f} s", flush=True)
 
-    rows: dict[str, dict] = {}
-    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # out-of-fold pool, test
-    heads = {  # name -> (head factory, pool and test inputs, learns the region bits)
-        REFERENCE: (lambda: make_head("logreg", seed=args.seed), Fp, Ft, False),
-        MIL: (lambda: RegionMILHead(region_weight=1.0, seed=args.seed), Fp, Ft, True),
-        TOKENS: (lambda: token_head(0.0, args), Tp, Tt, False),
-        TOKENS_BITS: (lambda: token_head(1.0, args), Tp, Tt, True),
-        BOXES_BITS: (lambda: token_head(1.0, args, "boxes"), Tp, Tt, True),
+    heads = {  # name -> (head factory, pool and test rows, learns the region bits)
+        REFERENCE: (lambda: make_head("logreg", seed=args.seed), pooled, False),
+        MIL: (lambda: RegionMILHead(region_weight=1.0, seed=args.seed), pooled, True),
+        TOKENS: (lambda: token_head(0.0, args), tokens, False),
+        TOKENS_BITS: (lambda: token_head(1.0, args), tokens, True),
+        BOXES_BITS: (lambda: token_head(1.0, args, "boxes"), tokens, True),
     }
-    for name, (make, P, T, bits) in heads.items():
-        tv = time.perf_counter()
-        fitted = cross_validate(make, P, T, cv, args.seed, Rp if bits else None)
-        rows[name] = {**fitted.row, "seconds": round(time.perf_counter() - tv, 1)}
-        scores[name] = (fitted.oof, fitted.test)
-        print(name, rows[name]["cv_auc"], rows[name]["test_auc"], flush=True)
+    rows, scores = run_heads(heads, cv, args.seed, Rp)
     # Fixed-rule fusion: the mean of two heads' logits (nothing fitted on top).
-    for a, b in FUSIONS:
-        fused = f"mean logit: {a} + {b}"
-        oof, test = (mean_logit(*pair) for pair in zip(scores[a], scores[b], strict=True))
-        rows[fused] = cv_figures(oof, test, cv, args.seed)
-        scores[fused] = (oof, test)
-        print(fused, rows[fused]["cv_auc"], rows[fused]["test_auc"], flush=True)
+    add_fusions({f"mean logit: {a} + {b}": [a, b] for a, b in FUSIONS}, rows, scores, cv, args.seed)
     both = pair_with_first(rows, {k: v[0] for k, v in scores.items()}, cv.y, args.seed)
     result = cv_result(args, cv, t0, rows, int(both.sum()), epochs=args.epochs)
     write_result(args.out, result, render)
