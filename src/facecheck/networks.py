@@ -16,7 +16,7 @@ from CLIP's installed ONNX file; the others start from scratch, or from a local 
 - ``clip_b16_l8``: CLIP ViT-B/16 cut after encoder layer 8 (the shipped backbone) with a
   linear logit on its class token, all of it trained: the frozen features' heads stop at
   ~0.97 ROC-AUC on P1 (``benchmarks/fusion_p1.md``), so the next step lets the backbone
-  learn the seams. 57 M parameters trained at 224 px: a GPU model (issue 9).
+  learn the seams. 58 M parameters trained at 224 px: a GPU model (issue 9).
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ NETWORKS: dict[str, NetworkEntry] = {
         ClipLogit,
         Preprocessing(224, CLIP_MEAN, CLIP_STD, "bicubic"),
         "CLIP ViT-B/16 cut after layer 8 (its offline weights), a linear logit on the class "
-        "token, trained end to end at 224 px; GPU-sized (57 M parameters)",
+        "token, trained end to end at 224 px; GPU-sized (58 M parameters)",
         default_weights=onnx_file,
     ),
 }
