@@ -30,6 +30,9 @@ RUNS = {
         "lite0-class_weight": "--network efficientnet_lite0 --epochs 5 --lr 3e-4 --batch-size 16",
         "lite0-balanced_batches": "--network efficientnet_lite0 --epochs 5 --lr 3e-4 "
         "--batch-size 16 --imbalance balanced_batches",
+        # CLIP cut after layer 8: ~12 min per epoch of P1's training split on 2 cores.
+        "cpu-clip_b16_l8-class_weight": "--network clip_b16_l8 --epochs 3 --lr 1e-5 "
+        "--batch-size 16",
     },
     "gpu": {
         "gpu-thesis_convnext-smote": "--network thesis_convnext --epochs 60 --optimizer sgd "
