@@ -96,8 +96,7 @@ def main() -> None:
         CROPS: (lambda: RegionMILHead(region_weight=1.0, seed=args.seed), with_crops, True),
     }
     for s, name in zip(SEEDS, TOKENS, strict=True):
-        args_s = type(args)(**{**vars(args), "seed": s})
-        heads[name] = (lambda a=args_s: token_head(1.0, a), tokens, True)
+        heads[name] = (lambda s=s: token_head(1.0, args, seed=s), tokens, True)
     rows, scores = run_heads(heads, cv, args.seed, Rp)
     add_fusions(FUSIONS, rows, scores, cv, args.seed)
     oof = {k: v[0] for k, v in scores.items()}

@@ -76,10 +76,17 @@ FUSIONS = [
 ]
 
 
-def token_head(region_weight: float, args, attend: str = "all") -> TokenMILHead:
-    """The library's token attention alone (``fuse=False``: no region-MIL logit)."""
+def token_head(
+    region_weight: float, args, attend: str = "all", seed: int | None = None
+) -> TokenMILHead:
+    """The library's token attention alone (``fuse=False``: no region-MIL logit), trained
+    with ``seed`` (default: the run's)."""
     return TokenMILHead(
-        region_weight=region_weight, epochs=args.epochs, fuse=False, attend=attend, seed=args.seed
+        region_weight=region_weight,
+        epochs=args.epochs,
+        fuse=False,
+        attend=attend,
+        seed=args.seed if seed is None else seed,
     )
 
 
