@@ -364,6 +364,12 @@ PAIRED_NOTE = (
 )
 
 
+def cv_cells(v: dict) -> str:
+    """A row's CV ROC-AUC and CV recall at 10% FPR, each mean ± sd over the folds."""
+    (a, sa), (r, sr) = v["cv_auc"], v["cv_recall_at_10fpr"]
+    return f"{a:.3f} ± {sa:.3f} | {r:.3f} ± {sr:.3f}"
+
+
 def test_cell(v: dict) -> str:
     """A row's test ROC-AUC with its 95% bootstrap CI."""
     ci = v["test_auc_ci"]

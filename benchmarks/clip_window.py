@@ -44,6 +44,7 @@ from clip_p1 import (
     all_headline,
     cross_validate,
     cv_arguments,
+    cv_cells,
     cv_result,
     format_paired,
     p1_folds,
@@ -218,8 +219,7 @@ def render(r: dict) -> str:
     for name, v in r["variants"].items():
         delta = format_paired(v.get("paired_oof_vs_shipped"))
         lines.append(
-            f"| {name} | {v['tokens']} | {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f} "
-            f"| {v['cv_recall_at_10fpr'][0]:.3f} ± {v['cv_recall_at_10fpr'][1]:.3f} | {delta} "
+            f"| {name} | {v['tokens']} | {cv_cells(v)} | {delta} "
             f"| {test_cell(v)} | {v['test_recall_at_10fpr']:.3f} |"
         )
     lines += [

@@ -45,6 +45,7 @@ from clip_p1 import (
     PAIRED_NOTE,
     add_fusions,
     cv_arguments,
+    cv_cells,
     cv_result,
     format_paired,
     p1_folds,
@@ -135,8 +136,8 @@ def render(r: dict) -> str:
     ]
     for name, v in r["variants"].items():
         lines.append(
-            f"| {name} | {v['cv_auc'][0]:.3f} ± {v['cv_auc'][1]:.3f} "
-            f"| {v['cv_recall_at_10fpr'][0]:.3f} ± {v['cv_recall_at_10fpr'][1]:.3f} "
+            f"| {name} | {cv_cells(v)} "
+            f""
             f"| {format_paired(v.get('paired_oof_vs_shipped'))} "
             f"| {test_cell(v)} | {v['test_recall_at_10fpr']:.3f} |"
         )
