@@ -11,6 +11,11 @@ import pytest
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
+# The suite runs the same numeric path on every CPU: left on "auto", a CPU with native
+# bf16 would run CLIP in bf16 and an AVX2-only one in fp32. test_precision.py tries "auto"
+# as each kind of CPU would choose, and bf16 against fp32, explicitly.
+os.environ["FACECHECK_PRECISION"] = "fp32"
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -39,13 +39,16 @@ def test_the_rebuild_matches_the_onnx_graph_without_activation_quantisation(onnx
     with torch.no_grad():
         ours = load_clip(onnx_path)(torch.from_numpy(x)).numpy()
     assert np.abs(ours - reference).max() < 1e-4
-    # The graph as shipped quantises activations and gives other features (cosine ~0.4-0.5).
-    shipped = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(
-        ["image_embeds"], {"pixel_values": x}
-    )[0]
-    cos = (shipped * reference).sum(1) / np.linalg.norm(shipped, axis=1)
-    cos /= np.linalg.norm(reference, axis=1)
-    assert cos.max() < 0.9
+    # The graph as shipped quantises every linear layer's activations; the reference keeps
+    # none of that. How far the shipped graph's features then are from fp32 depends on the
+    # CPU (u8 x s8 products saturate without VNNI: cosine ~0.4 on AVX2, ~0.97 with VNNI), so
+    # that is a benchmark figure (benchmarks/cpu_int8.md), not something to assert here.
+    shipped_ops = [n.op_type for n in onnx.load(str(onnx_path)).graph.node]
+    # Six linear layers a block, and the projection.
+    assert shipped_ops.count("MatMulInteger") == 6 * 12 + 1
+    assert "DynamicQuantizeLinear" in shipped_ops
+    ref_ops = [n.op_type for n in float_graph(onnx_path).graph.node]
+    assert "MatMulInteger" not in ref_ops and "DynamicQuantizeLinear" not in ref_ops
 
 
 def test_clip_backbones_in_the_registry(face_paths):

@@ -39,6 +39,10 @@ GRID = 224 // PATCH  # CLIP's 14 x 14 patch grid at its 224 px input
 # the one whose input (after the GELU) has outlier channels, so INT8_NO_FC2 keeps it fp32.
 INT8_ALL = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 INT8_NO_FC2 = INT8_ALL[:-1]
+# How an INT8 model's weights are quantised: "u8" unsigned with one scale per tensor (the
+# products u8 x u8 are exact on every CPU); "s8-pc" signed with one scale per output channel
+# (u8 x s8 products: exact with VNNI or AMX, saturated on AVX2 alone; facecheck.cpu.has_vnni).
+INT8_WEIGHTS = ("u8", "s8-pc")
 
 
 def onnx_file() -> Path | None:
@@ -142,6 +146,7 @@ class ClipVision(nn.Module):
         int8: Sequence[str] = (),
         size: int = 224,
         origin: tuple[int, int] = (0, 0),
+        int8_weights: str = "u8",
     ):
         super().__init__()
         if size % PATCH or not PATCH <= size <= 224:
@@ -158,6 +163,12 @@ class ClipVision(nn.Module):
         self.int8 = tuple(int8)
         if not set(self.int8) <= set(INT8_ALL):
             raise ValueError(f"CLIP int8 layers must be among {INT8_ALL}, got {self.int8}")
+        if int8_weights not in INT8_WEIGHTS:
+            raise ValueError(f"CLIP int8 weights must be one of {INT8_WEIGHTS}, not {int8_weights}")
+        self.int8_weights = int8_weights
+        # The precision of a CPU pass without gradients: "bf16" runs it under bfloat16
+        # autocast in PyTorch (set_precision; features within ~1e-4 of fp32 in cosine).
+        self.precision = "fp32"
         vm = nn.Module()
         vm.embeddings = nn.Module()
         vm.embeddings.class_embedding = nn.Parameter(torch.zeros(WIDTH))
@@ -186,7 +197,24 @@ class ClipVision(nn.Module):
         """What besides the weights decides the features: for an ``int8`` model the
         ONNX Runtime that quantises and runs it (another version may round differently), so
         caches and bundles can tell; empty for fp32, whose runtimes agree to ~1e-5."""
-        return f"onnxruntime{_onnxruntime_version()}-u8u8" if self.int8 else ""
+        if not self.int8:
+            return ""
+        return f"onnxruntime{_onnxruntime_version()}-u8{self.int8_weights}"
+
+    def set_precision(self, precision: str) -> None:
+        """Run later CPU passes without gradients in ``precision`` ("fp32" or "bf16").
+
+        bf16 is PyTorch's autocast (matrix products in bfloat16, accumulated in fp32, layer
+        norms and softmax in fp32): about 2x the fp32 throughput on a CPU with AVX-512 BF16
+        or AMX, and features close enough that heads fitted on fp32 features keep their
+        verdicts (``benchmarks/cpu_precision.md``). Without native bf16 it is emulated and
+        slower, so callers choose it by :func:`facecheck.cpu.resolve_precision`. An INT8
+        model has no bf16 path."""
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"CLIP precision must be fp32 or bf16, not {precision!r}")
+        if precision == "bf16" and self.int8:
+            raise ValueError("an INT8 CLIP model runs in ONNX Runtime: it has no bf16 pass")
+        self.precision = precision
 
     def use_onnxruntime(self, threads: int, file: Path | None = None) -> bool:
         """Run later CPU passes without gradients in ONNX Runtime (fp32, ``threads`` intra-op
@@ -229,17 +257,20 @@ class ClipVision(nn.Module):
 
     def _quantised(self, graph: bytes) -> bytes:
         """``graph`` with the ``int8`` linear layers' products dynamically quantised: uint8
-        weights with one scale per tensor, uint8 activations.
+        activations, weights as ``int8_weights`` says (by default uint8, one scale per
+        tensor).
 
-        Unsigned weights because the u8 x s8 kernels of CPUs without VNNI (AVX2) add pairs of
-        products in int16 and saturate (on this graph ~1 product in 10^5, some off by a tenth
-        of the largest), while VNNI CPUs do not: the same bundle would see other features on
-        another server. u8 x u8 products are widened first and exact on every CPU (a pass
-        15% faster than fp32 here, against 20% signed). One scale per tensor: per-channel
-        scales saturate far more."""
+        Unsigned weights by default because the u8 x s8 kernels of CPUs without VNNI (AVX2)
+        add pairs of products in int16 and saturate (on this graph ~1 product in 10^5, some
+        off by a tenth of the largest), while VNNI CPUs do not: the same bundle would see
+        other features on another server. u8 x u8 products are widened first and exact on
+        every CPU (a pass 15% faster than fp32 on AVX2, against 20% signed). One scale per
+        tensor: per-channel scales saturate far more there. "s8-pc" (signed, per channel)
+        is for VNNI CPUs only, where its products are exact (``benchmarks/cpu_precision.md``)."""
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
+        signed = self.int8_weights.startswith("s8")
         model = onnx.load_from_string(graph)
         weights = {t.name for t in model.graph.initializer}
         nodes = [  # the linear layers' MatMuls (x @ W), not attention's (q @ k)
@@ -252,7 +283,13 @@ class ClipVision(nn.Module):
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(graph)
-            quantize_dynamic(src, dst, nodes_to_quantize=nodes, weight_type=QuantType.QUInt8)
+            quantize_dynamic(
+                src,
+                dst,
+                nodes_to_quantize=nodes,
+                weight_type=QuantType.QInt8 if signed else QuantType.QUInt8,
+                per_channel=self.int8_weights.endswith("-pc"),
+            )
             return dst.read_bytes()
 
     def _ort_tokens(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,7 +323,11 @@ class ClipVision(nn.Module):
         """Tokens of the picked layers after the final layer norm, concatenated along
         channels (projected for the embedding): (n, dim) for the class token alone, else
         (n, 1 + patches, dim) with the class token first."""
-        if self._onnx and (self.int8 or (x.device.type == "cpu" and not torch.is_grad_enabled())):
+        cpu_pass = x.device.type == "cpu" and not torch.is_grad_enabled()
+        if self.precision == "bf16" and cpu_pass:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return self._torch_tokens(x, class_only).float()
+        if self._onnx and (self.int8 or cpu_pass):
             tokens = self._ort_tokens(x)
             return tokens[:, 0] if class_only else tokens
         if self.int8:
@@ -360,9 +401,10 @@ def load_clip(
     int8: Sequence[str] = (),
     size: int = 224,
     origin: tuple[int, int] = (0, 0),
+    int8_weights: str = "u8",
 ) -> ClipVision:
     """The model from the ONNX file, fp32 weights (about 3 s)."""
-    model = ClipVision(layers, int8, size, origin)
+    model = ClipVision(layers, int8, size, origin, int8_weights)
     missing, unexpected = model.load_state_dict(state_dict_from_onnx(path), strict=False)
     if missing or unexpected:
         raise RuntimeError(f"{path}: not the CLIP ViT-B/16 file (missing {missing[:3]}...)")

@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
+from .cpu import resolve_precision
 from .faces import FaceAnalysis, FaceError, FaceStage, scored_keypoints
 from .imageio import DecodedImage, ImageError, content_hash, decode, read_bytes
 
@@ -114,8 +115,14 @@ class Backbone:
         Runtime version), or empty."""
         return str(getattr(self.model, "runtime", ""))
 
+    @property
+    def precision(self) -> str:
+        """The precision its CPU passes run in ("fp32", or "bf16" once chosen)."""
+        return str(getattr(self.model, "precision", "fp32"))
+
     def cache_key(self, tta: bool) -> str:
-        runtime = f"|{self.runtime}" if self.runtime else ""
+        # bf16 rows differ from fp32 ones (~1e-4 in cosine): cached apart, never mixed.
+        runtime = "".join(f"|{r}" for r in (self.runtime, self.precision) if r not in ("", "fp32"))
         return f"{self.name}@{self.weights_id}{runtime}|{self.preprocessing.key()}|tta={int(tta)}"
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -612,6 +619,7 @@ class FeatureExtractor:
         optimize: bool = True,
         face_stage: FaceStage | None = None,
         view: View | None = None,
+        precision: str | None = None,
     ):
         self.backbone = backbone
         self.view = view
@@ -629,7 +637,14 @@ class FeatureExtractor:
         self.optimize = optimize
         self.backbone.model.to(self.device)
         self._runner: Callable[[torch.Tensor], torch.Tensor] | None = None
-        # CLIP's passes run in ONNX Runtime on CPU: same features, ~1.25x faster.
+        # Where the CPU multiplies bfloat16 natively, CLIP's CPU passes run in bf16 (about 2x
+        # fp32, features within ~1e-4 in cosine: benchmarks/cpu_precision.md); ``precision``
+        # (else FACECHECK_PRECISION, else "auto") decides. Elsewhere they run in ONNX
+        # Runtime on CPU: same features as PyTorch's fp32, ~1.25x faster.
+        set_precision = getattr(backbone.model, "set_precision", None)
+        if set_precision is not None and not getattr(backbone.model, "int8", ()):
+            cpu_bf16 = self.device.type == "cpu" and resolve_precision(precision) == "bf16"
+            set_precision("bf16" if cpu_bf16 else "fp32")
         # The exported graph is kept beside the feature cache, named for the weights and the
         # torch that wrote it (and the ONNX Runtime that quantised it), so only the first
         # process on a machine pays for the export.
@@ -642,6 +657,7 @@ class FeatureExtractor:
         self.onnxruntime = bool(
             use_ort
             and (needs_ort or (optimize and self.device.type == "cpu"))
+            and self.backbone.precision == "fp32"
             and use_ort(torch.get_num_threads(), graph)
         )
 
@@ -662,7 +678,9 @@ class FeatureExtractor:
             self._runner = model
             # A model that runs in ONNX Runtime must not be traced: the trace would record
             # its outputs as constants.
-            if self.optimize and self.device.type == "cpu" and not self.onnxruntime:
+            # A bf16 pass is autocast inside the model, which a trace would not keep.
+            traceable = not self.onnxruntime and self.backbone.precision == "fp32"
+            if self.optimize and self.device.type == "cpu" and traceable:
                 size = self.backbone.preprocessing.size
                 example = torch.zeros(2, 3, size, size).to(memory_format=torch.channels_last)
                 try:

@@ -50,22 +50,18 @@ CSV_FIELDS = [
 
 
 def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The machine a figure was measured on: CPU, its instruction sets (they decide which
+    kernels run, and for INT8 whether products are exact), cores, GPU, Python and torch."""
     import os
 
     import torch
 
+    from .cpu import cpu_name, instruction_sets
+
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{cpu}, {os.cpu_count()} cores, {gpu}, Python {platform.python_version()}, "
-        f"torch {torch.__version__}"
+        f"{cpu_name()} ({instruction_sets()}), {os.cpu_count()} cores, {gpu}, "
+        f"Python {platform.python_version()}, torch {torch.__version__}"
     )
 
 
