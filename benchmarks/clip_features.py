@@ -33,15 +33,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from facecheck.clip import WIDTH  # noqa: E402
-from facecheck.data import load_dataset, with_hashes  # noqa: E402
-from facecheck.features import (  # noqa: E402
-    CLIP_LAYERS,
-    FeatureCache,
-    FeatureExtractor,
-    load_backbone,
-    seconds_per_image,
-)
+from facecheck.backbones.clip import WIDTH  # noqa: E402
+from facecheck.backbones.registry import CLIP_LAYERS, load_backbone, seconds_per_image  # noqa: E402
+from facecheck.evaluation.data import load_dataset, with_hashes  # noqa: E402
+from facecheck.features.cache import FeatureCache  # noqa: E402
+from facecheck.features.extract import FeatureExtractor  # noqa: E402
 
 ORDER = ("gan", "rff", "utkface")  # folders, smallest first
 

@@ -28,8 +28,8 @@ from PIL import Image
 from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-from facecheck.clip import CLIP_MEAN, CLIP_STD, load_clip, onnx_file
-from facecheck.report import git_commit, machine_description
+from facecheck.backbones.clip import CLIP_MEAN, CLIP_STD, load_clip, onnx_file
+from facecheck.evaluation.report import git_commit, machine_description
 
 HERE = Path(__file__).resolve().parent
 ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")

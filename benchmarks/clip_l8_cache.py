@@ -20,11 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from facecheck.clip import WIDTH
-from facecheck.data import load_dataset
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.regions import PooledRegionView
+from facecheck.backbones.clip import WIDTH
+from facecheck.backbones.registry import load_backbone
+from facecheck.evaluation.data import load_dataset
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView
+from facecheck.image.faces import FaceStage
 
 HERE = Path(__file__).resolve().parent
 

@@ -48,15 +48,14 @@ from clip_p1 import (
     provenance,
     write_result,
 )
-from facecheck.faces import FaceStage
-from facecheck.features import (
-    FeatureCache,
-    FeatureExtractor,
-    load_backbone,
-)
-from facecheck.metrics import paired_auc_difference
-from facecheck.models import make_head
-from facecheck.regions import REGIONS, PooledRegionView
+from facecheck.backbones.registry import load_backbone
+from facecheck.evaluation.metrics import paired_auc_difference
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView
+from facecheck.heads.models import make_head
+from facecheck.image.faces import FaceStage
+from facecheck.image.regions import REGIONS
 
 HERE = Path(__file__).resolve().parent
 BASE = "clip_vit_b16_l8"

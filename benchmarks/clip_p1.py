@@ -2,7 +2,7 @@
 
     python benchmarks/clip_p1.py [--data ../shared/data] [--seed 0] [--folds 5] [--utk 1000]
 
-Every variant is a logistic head (``facecheck.models.LogisticHead``, C by inner CV) on frozen
+Every variant is a logistic head (``facecheck.heads.models.LogisticHead``, C by inner CV) on frozen
 features, compared by 5-fold CV over P1's train + val (stratified, grouped by content hash,
 seeded); the best is then fitted on all of train + val and P1's test split scored once.
 
@@ -10,9 +10,9 @@ Variants differ in backbone and in what the head trains on:
 
 - ``rff``: P1's own rff reals and rff fakes;
 - ``+utk``: plus UTKFace reals (a second real source; in training only, never tested);
-- ``+sbi``: plus one self-blended fake (``facecheck.blend``) per training real, from both real
-  sources in their own shares: an eye, the nose or the mouth pasted from another real face of
-  the same source and the same fold (or a jittered copy of the face itself) through a
+- ``+sbi``: plus one self-blended fake (``facecheck.training.blend``) per training real, from
+  both real sources in their own shares: an eye, the nose or the mouth pasted from another
+  real face of the same source and the same fold (or a jittered copy of the face itself) through a
   feathered mask, then saved as JPEG at its source's quality (rff 95, UTKFace 75) so that
   format says nothing about the label;
 - ``sbi only``: reals of both sources against self-blended fakes, no rff fakes at all;
@@ -44,24 +44,21 @@ from PIL import Image
 from scipy.special import logit
 from sklearn.metrics import roc_auc_score
 
-from facecheck.blend import SelfBlender
-from facecheck.data import Dataset, grouped_folds, load_dataset
-from facecheck.ensemble import VotingClassifier
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.imageio import content_hash
-from facecheck.localise import region_targets
-from facecheck.metrics import (
-    bootstrap_ci,
-    paired_auc_difference,
-    recall_at_fpr,
-    review_matrix,
-    review_metrics,
-)
-from facecheck.models import make_head
-from facecheck.protocols import all_sources, p1
-from facecheck.regions import REGIONS, PooledRegionView, typical_keypoints
-from facecheck.report import git_commit, machine_description
+from facecheck.backbones.registry import load_backbone
+from facecheck.decision.ensemble import VotingClassifier
+from facecheck.decision.review import review_matrix, review_metrics
+from facecheck.evaluation.data import Dataset, grouped_folds, load_dataset, region_targets
+from facecheck.evaluation.metrics import bootstrap_ci, paired_auc_difference, recall_at_fpr
+from facecheck.evaluation.protocols import all_sources, p1
+from facecheck.evaluation.report import git_commit, machine_description
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView
+from facecheck.heads.models import make_head
+from facecheck.image.decode import content_hash
+from facecheck.image.faces import FaceStage
+from facecheck.image.regions import REGIONS, typical_keypoints
+from facecheck.training.blend import SelfBlender
 from self_blend import utk_subset
 
 HERE = Path(__file__).resolve().parent

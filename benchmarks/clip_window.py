@@ -53,20 +53,28 @@ from clip_p1 import (
     test_cell,
     write_result,
 )
-from facecheck.clip import CLIP_MEAN, CLIP_STD, GRID, PATCH, WIDTH, ClipVision, state_dict_from_onnx
-from facecheck.faces import FaceStage, scored_keypoints
-from facecheck.features import (
+from facecheck.backbones.clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    GRID,
+    PATCH,
+    WIDTH,
+    ClipVision,
+    state_dict_from_onnx,
+)
+from facecheck.backbones.registry import (
     WINDOW_FRAMING,
     WINDOW_SIZE,
     Backbone,
-    FeatureCache,
-    FeatureExtractor,
     Preprocessing,
     load_backbone,
 )
-from facecheck.metrics import paired_auc_difference
-from facecheck.models import make_head
-from facecheck.regions import PooledRegionView
+from facecheck.evaluation.metrics import paired_auc_difference
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView
+from facecheck.heads.models import make_head
+from facecheck.image.faces import FaceStage, scored_keypoints
 
 HERE = Path(__file__).resolve().parent
 SHIPPED = "224 px whole face, 197 tokens (shipped)"

@@ -4,7 +4,7 @@
     python benchmarks/cpu_precision.py [--data ../shared/data] [--seed 0] [--folds 5]
 
 Which numeric path is fastest, and which is exact enough, depends on the CPU's instruction
-sets (``facecheck.cpu``): u8 x s8 INT8 products saturate on AVX2 alone and are exact with
+sets (``facecheck.backbones.cpu``): u8 x s8 INT8 products saturate on AVX2 alone and are exact with
 VNNI; bf16 is native with AVX-512 BF16 or AMX and emulated (slow) elsewhere. So every run
 names the CPU and its sets, and the variants it cannot run natively are marked.
 
@@ -33,7 +33,7 @@ Per variant:
 
 A variant is *as accurate* when the paired P1 and ALL differences' 95% CIs lie within
 ±0.005 and at most 1% of ALL test verdicts change (the issue's tolerance); the load-time
-choice (``facecheck.cpu.resolve_precision``) follows this table.
+choice (``facecheck.backbones.cpu.resolve_precision``) follows this table.
 
 Writes benchmarks/cpu_precision.md and .json. Cold cache: ~3,400 images per variant
 (about 8 minutes each on 2 cores).
@@ -59,13 +59,15 @@ from clip_p1 import (
     provenance,
     write_result,
 )
-from facecheck.clip import INT8_ALL, INT8_NO_FC2, load_clip, onnx_file
-from facecheck.cpu import has_bf16, has_vnni, instruction_sets
-from facecheck.features import Backbone, FeatureCache, FeatureExtractor, load_backbone
-from facecheck.metrics import paired_auc_difference
-from facecheck.models import make_head
-from facecheck.pipeline import Detector, default_bundle_path
-from facecheck.protocols import all_sources
+from facecheck.backbones.clip import INT8_ALL, INT8_NO_FC2, load_clip, onnx_file
+from facecheck.backbones.cpu import has_bf16, has_vnni, instruction_sets
+from facecheck.backbones.registry import Backbone, load_backbone
+from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.evaluation.metrics import paired_auc_difference
+from facecheck.evaluation.protocols import all_sources
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.heads.models import make_head
 
 HERE = Path(__file__).resolve().parent
 BASE = "clip_vit_b16_l8"

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facecheck.explain import explain, render, save_png
-from facecheck.imageio import load_image
-from facecheck.pipeline import Detector, default_bundle_path
-from facecheck.report import git_commit, machine_description
+from facecheck.detector.explain import explain, render, save_png
+from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.evaluation.report import git_commit, machine_description
+from facecheck.image.decode import load_image
 from speed import sample_paths
 
 HERE = Path(__file__).resolve().parent

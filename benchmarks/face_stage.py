@@ -18,7 +18,7 @@ import json
 import re
 from pathlib import Path
 
-from facecheck.cli import main as facecheck
+from facecheck.cli.main import main as facecheck
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "reports" / "face-stage"
@@ -34,8 +34,8 @@ def framing(data: Path) -> dict[str, dict[str, float]]:
     import numpy as np
     from PIL import Image
 
-    from facecheck.data import load_dataset
-    from facecheck.faces import FaceStage, get_face_detector
+    from facecheck.evaluation.data import load_dataset
+    from facecheck.image.faces import FaceStage, get_face_detector
 
     stage = FaceStage(mode="align")
     detector = get_face_detector(stage.detector)

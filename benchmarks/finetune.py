@@ -16,8 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from facecheck.cli import main as facecheck
-from facecheck.report import git_commit, machine_description
+from facecheck.cli.main import main as facecheck
+from facecheck.evaluation.report import git_commit, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> finetune arguments. CPU runs are short (2 cores): a handful of epochs each.

@@ -45,12 +45,14 @@ from clip_p1 import (
     test_cell,
     write_result,
 )
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.localise import region_bits
-from facecheck.models import RegionMILHead, make_head
-from facecheck.pipeline import head_view
-from facecheck.regions import RegionView
+from facecheck.backbones.registry import load_backbone
+from facecheck.detector.pipeline import head_view
+from facecheck.evaluation.data import region_bits
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import RegionView
+from facecheck.heads.models import RegionMILHead, make_head
+from facecheck.image.faces import FaceStage
 from region_crops import per_region
 from token_mil import token_head
 

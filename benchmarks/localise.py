@@ -7,8 +7,9 @@
    contexts) or from the backbone's map pooled inside the region boxes, one head per region
    or the eyes sharing one. Figures: how often a fake's top-scoring region is a replaced
    one, and the mean per-region ROC-AUC.
-2. Each backbone's best configuration by CV on P1's test split, once (``facecheck.evaluate.
-   evaluate_localisation``, as ``facecheck evaluate --protocols P6`` runs it), ranking
+2. Each backbone's best configuration by CV on P1's test split, once
+   (``facecheck.evaluation.evaluate.evaluate_localisation``, as ``facecheck evaluate
+   --protocols P6`` runs it), ranking
    regions by the region scores and by the heatmap.
 3. ``explain`` latency on CPU: p50/p95 over tight crops and over 1200 x 900 pictures with a
    300 px face (warm: the first call is not counted; no feature cache).
@@ -28,16 +29,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from facecheck.data import grouped_folds, load_dataset
-from facecheck.evaluate import evaluate_localisation, extract_all
-from facecheck.explain import explain
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.localise import RegionScorer, region_targets
-from facecheck.metrics import localisation_metrics
-from facecheck.protocols import p1
-from facecheck.regions import PooledRegionView, RegionView
-from facecheck.report import machine_description
+from facecheck.backbones.registry import load_backbone
+from facecheck.detector.explain import explain
+from facecheck.detector.localise import RegionScorer
+from facecheck.evaluation.data import grouped_folds, load_dataset, region_targets
+from facecheck.evaluation.evaluate import evaluate_localisation, extract_all
+from facecheck.evaluation.metrics import localisation_metrics
+from facecheck.evaluation.protocols import p1
+from facecheck.evaluation.report import machine_description
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView, RegionView
+from facecheck.image.faces import FaceStage
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,7 +62,7 @@ def cross_validate(F, Y, y, records, *, shared_eyes: bool, k: int, seed: int) ->
 
 
 def latency(det, pictures: list[Image.Image]) -> dict[str, float]:
-    from facecheck.imageio import DecodedImage
+    from facecheck.image.decode import DecodedImage
 
     times = []
     for i, pic in enumerate([pictures[0], *pictures]):

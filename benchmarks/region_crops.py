@@ -48,11 +48,14 @@ from clip_p1 import (
     test_cell,
     write_result,
 )
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.localise import region_bits
-from facecheck.models import RegionMILHead, make_head
-from facecheck.regions import REGIONS, PooledRegionView, RegionView
+from facecheck.backbones.registry import load_backbone
+from facecheck.evaluation.data import region_bits
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView, RegionView
+from facecheck.heads.models import RegionMILHead, make_head
+from facecheck.image.faces import FaceStage
+from facecheck.image.regions import REGIONS
 
 HERE = Path(__file__).resolve().parent
 # row -> (head, feature sets concatenated); "mil" rows pair each region's pooled tokens with

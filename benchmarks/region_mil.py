@@ -9,11 +9,11 @@ in the head and in what it learns from:
 
 - ``logistic`` (the shipped head) on the concatenation, with the shipped localiser (a
   logistic head per region, eyes sharing one) for region scores;
-- ``MIL``: :class:`facecheck.models.RegionMILHead`, whose image logit adds the soft maximum
+- ``MIL``: :class:`facecheck.heads.models.RegionMILHead`, whose image logit adds the soft maximum
   of four region logits to a linear score of the class tokens, trained on the image label
   alone (``w=0``) or with the file names' region bits as an auxiliary target of the region
   logits (``w`` = that loss's weight; reals' regions all untouched; the 3-bit name unknown);
-- ``+ self-blended``: plus one self-blended fake (``facecheck.blend``) per training rff
+- ``+ self-blended``: plus one self-blended fake (``facecheck.training.blend``) per training rff
   real, its region bits those its mask covers (the same fakes as ``clip_p1.py``'s, donors
   from the same fold), used only in folds where they are training images.
 
@@ -36,13 +36,17 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from clip_p1 import cv_arguments, p1_folds, synthetic_fakes, write_result
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.localise import RegionScorer, region_bits
-from facecheck.metrics import bootstrap_ci, localisation_metrics, recall_at_fpr
-from facecheck.models import RegionMILHead, make_head
-from facecheck.regions import REGIONS, PooledRegionView
-from facecheck.report import git_commit, machine_description
+from facecheck.backbones.registry import load_backbone
+from facecheck.detector.localise import RegionScorer
+from facecheck.evaluation.data import region_bits
+from facecheck.evaluation.metrics import bootstrap_ci, localisation_metrics, recall_at_fpr
+from facecheck.evaluation.report import git_commit, machine_description
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView
+from facecheck.heads.models import RegionMILHead, make_head
+from facecheck.image.faces import FaceStage
+from facecheck.image.regions import REGIONS
 
 HERE = Path(__file__).resolve().parent
 D = 1536  # width of each part: two layers' 768-d tokens

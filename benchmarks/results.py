@@ -410,7 +410,7 @@ def _csv_rows(path: Path) -> list[dict]:
 
 def thesis_section() -> list[str]:
     """Issue 4: strategies and ensembles on P2/P3 (benchmarks/thesis_method.py) + fine-tunes."""
-    from facecheck.metrics import matrix_metrics
+    from facecheck.decision.review import matrix_metrics
     from thesis_method import _group, _mean, _p, _sd
 
     if not (THESIS_DIR / "strategies.csv").exists():

@@ -65,9 +65,9 @@ def prepare(args) -> None:
     """Face-stage keypoints of every rff image and of the UTKFace subset, at SIZE px."""
     from PIL import Image
 
-    from facecheck.data import load_dataset
-    from facecheck.faces import FaceStage
-    from facecheck.regions import keypoints_at
+    from facecheck.evaluation.data import load_dataset
+    from facecheck.image.faces import FaceStage
+    from facecheck.image.regions import keypoints_at
 
     ds = load_dataset(args.data)
     stage = FaceStage()
@@ -107,7 +107,7 @@ class RegionCropsOf:
         self.synthetic, self.size = synthetic, size
 
     def __call__(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        from facecheck.regions import region_crops
+        from facecheck.image.regions import region_crops
 
         imgs, _, _, kps = self.synthetic.draw(n, rng)
         return np.stack([region_crops(im, kp, self.size) for im, kp in zip(imgs, kps, strict=True)])
@@ -117,9 +117,9 @@ def pictures(records, kp_all: dict, network: str):
     """Network inputs, whole pictures for blending (uint8 N x H x W x 3) and their keypoints."""
     from PIL import Image
 
-    from facecheck.imageio import load_image
-    from facecheck.networks import NETWORKS
-    from facecheck.regions import region_crops
+    from facecheck.backbones.networks import NETWORKS
+    from facecheck.image.decode import load_image
+    from facecheck.image.regions import region_crops
 
     size = NETWORKS[network].preprocessing.size
     whole = SIZE if network in WHOLE_PICTURE else 256  # rff's own resolution
@@ -144,8 +144,8 @@ def _job(spec: tuple[str, str, list[int], list[int], list[int]]) -> dict:
     """Train one variant on `train`, early-stop on `val`, score `test` (indices into G)."""
     import torch
 
-    from facecheck.blend import SyntheticFakes
-    from facecheck.training import FineTuner
+    from facecheck.training.blend import SyntheticFakes
+    from facecheck.training.finetune import FineTuner
 
     torch.set_num_threads(1)
     variant, fold, train, val, test = spec
@@ -213,9 +213,8 @@ def _job(spec: tuple[str, str, list[int], list[int], list[int]]) -> dict:
 def run(args) -> None:
     from sklearn.model_selection import train_test_split
 
-    from facecheck.data import grouped_folds, load_dataset
-    from facecheck.localise import region_targets
-    from facecheck.protocols import build
+    from facecheck.evaluation.data import grouped_folds, load_dataset, region_targets
+    from facecheck.evaluation.protocols import build
 
     ds = load_dataset(args.data)
     proto = build("P1", ds, args.seed)
@@ -320,8 +319,8 @@ def tabulate() -> str:
     """benchmarks/self_blend.md from the job files."""
     from sklearn.metrics import roc_auc_score
 
-    from facecheck.data import _RFF_NAME
-    from facecheck.metrics import bootstrap_ci, recall_at_fpr
+    from facecheck.evaluation.data import _RFF_NAME
+    from facecheck.evaluation.metrics import bootstrap_ci, recall_at_fpr
 
     meta = json.loads((_out() / "records.json").read_text())
     recs = meta["records"]

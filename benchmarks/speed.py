@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from facecheck.data import load_manifest
-from facecheck.features import FeatureExtractor, face_stage_for, load_backbone
-from facecheck.pipeline import Detector, default_bundle_path
-from facecheck.report import machine_description
+from facecheck.backbones.registry import face_stage_for, load_backbone
+from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.evaluation.data import load_manifest
+from facecheck.evaluation.report import machine_description
+from facecheck.features.extract import FeatureExtractor
 
 
 def sample_paths(data: Path, n: int, seed: int = 0) -> list[Path]:
@@ -61,8 +62,8 @@ def face_stage(paths: list[Path]) -> dict[str, dict[str, float]]:
     the same faces at 300 px in a 1200x900 picture (found, refined, aligned and cropped)."""
     from PIL import Image
 
-    from facecheck.faces import FaceStage
-    from facecheck.imageio import load_image
+    from facecheck.image.decode import load_image
+    from facecheck.image.faces import FaceStage
 
     stage = FaceStage()
     crops = [load_image(p).image for p in paths]
@@ -98,8 +99,8 @@ def explain_latency(det: Detector, paths: list[Path]) -> dict[str, float]:
     """`explain` + the overlay PNG for one decoded picture at a time (no feature cache)."""
     import io
 
-    from facecheck.explain import explain, render, save_png
-    from facecheck.imageio import load_image
+    from facecheck.detector.explain import explain, render, save_png
+    from facecheck.image.decode import load_image
 
     pictures = [load_image(p) for p in paths]
     times = []

@@ -27,22 +27,24 @@ from pathlib import Path
 
 import numpy as np
 
-from facecheck.data import load_dataset
-from facecheck.ensemble import StackingClassifier, VotingClassifier
-from facecheck.evaluate import extract_all, xy
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.imbalance import STANDARD, Imbalance
-from facecheck.metrics import (
-    binary_metrics,
+from facecheck.backbones.registry import load_backbone
+from facecheck.decision.ensemble import StackingClassifier, VotingClassifier
+from facecheck.decision.policy import Policy
+from facecheck.decision.review import (
     decisions_from_threshold,
     matrix_metrics,
     review_matrix,
     review_metrics,
 )
-from facecheck.models import make_head
-from facecheck.policy import Policy
-from facecheck.protocols import build
-from facecheck.report import git_commit, machine_description, write_csv
+from facecheck.evaluation.data import load_dataset
+from facecheck.evaluation.evaluate import extract_all, xy
+from facecheck.evaluation.metrics import binary_metrics
+from facecheck.evaluation.protocols import build
+from facecheck.evaluation.report import git_commit, machine_description, write_csv
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.heads.imbalance import STANDARD, Imbalance
+from facecheck.heads.models import make_head
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKBONES = {"lite0": "efficientnet_lite0", "mnv2": "mobilenet_v2"}

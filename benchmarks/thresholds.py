@@ -28,15 +28,16 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from facecheck.data import Dataset, load_dataset
-from facecheck.evaluate import extract_all, sources_of, xy
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.metrics import choose_threshold
-from facecheck.models import make_head
-from facecheck.policy import threshold_for_fpr
-from facecheck.protocols import build
-from facecheck.report import machine_description
+from facecheck.backbones.registry import load_backbone
+from facecheck.decision.policy import choose_threshold, threshold_for_fpr
+from facecheck.evaluation.data import Dataset, load_dataset
+from facecheck.evaluation.evaluate import extract_all, sources_of, xy
+from facecheck.evaluation.protocols import build
+from facecheck.evaluation.report import machine_description
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.heads.models import make_head
+from facecheck.image.faces import FaceStage
 
 HERE = Path(__file__).resolve().parent
 PROTOCOLS = ["P7-TPDNE", "P7-FAKEFACES", "P7-HARD", "P7-UTKFACE", "P7-RFF", "ALL"]

@@ -8,13 +8,14 @@ Both detectors read one pass of CLIP ViT-B/16 cut after layer 8 over the shipped
 
 - ``shipped``: the logistic head (C by inner CV) on the class token and the patch tokens
   pooled in the four region boxes (``facecheck train --head-input image+regions``);
-- ``tokens``: :class:`facecheck.models.TokenMILHead` (``--head tokenmil --head-input
+- ``tokens``: :class:`facecheck.heads.models.TokenMILHead` (``--head tokenmil --head-input
   tokens``): the region-MIL head on those, and gated attention over all 196 patch tokens
   taught the region bits, fused by the mean of their logits (on P1 by CV 0.967 against
   0.956, ``benchmarks/token_mil.md``); ``--attend boxes``: its attention only over the
   cells under the four region boxes (``token_boxes.md``).
 
-Each protocol as ``facecheck evaluate`` runs it (:func:`facecheck.evaluate.evaluate_protocol`):
+Each protocol as ``facecheck evaluate`` runs it
+(:func:`facecheck.evaluation.evaluate.evaluate_protocol`):
 both heads fitted on its train split, the threshold chosen on its validation split by the
 bundle's rule (at most 10% of each real source's validation reals flagged), every test set
 scored once. Each test set's ROC-AUC difference (tokens minus shipped) on the same images
@@ -35,13 +36,15 @@ import time
 from pathlib import Path
 
 from clip_p1 import format_paired, write_result
-from facecheck.data import load_dataset
-from facecheck.evaluate import ModelResult, evaluate_protocol, extract_all
-from facecheck.features import FeatureCache, FeatureExtractor, face_stage_for, load_backbone
-from facecheck.metrics import paired_auc_difference
-from facecheck.pipeline import head_view
-from facecheck.protocols import build, expand
-from facecheck.report import git_commit, machine_description
+from facecheck.backbones.registry import face_stage_for, load_backbone
+from facecheck.detector.pipeline import head_view
+from facecheck.evaluation.data import load_dataset
+from facecheck.evaluation.evaluate import ModelResult, evaluate_protocol, extract_all
+from facecheck.evaluation.metrics import paired_auc_difference
+from facecheck.evaluation.protocols import build, expand
+from facecheck.evaluation.report import git_commit, machine_description
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
 
 HERE = Path(__file__).resolve().parent
 BACKBONE = "clip_vit_b16_l8"

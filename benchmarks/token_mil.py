@@ -18,7 +18,7 @@ reads every token of the same pass (CLIP ViT-B/16 cut after layer 8, the shipped
 
 Trained on the class-weighted binary cross-entropy with AdamW (lr 1e-3, weight decay 1e-2,
 batch 64) for a fixed number of epochs (no early stopping: nothing is fitted on the fold it
-scores): the library's :class:`facecheck.models.TokenMILHead` with ``fuse=False``. Rows: the
+scores): the library's :class:`facecheck.heads.models.TokenMILHead` with ``fuse=False``. Rows: the
 shipped logistic head on the pooled features (reference), the ``regionmil`` head (region
 weight 1) on the same features, the token heads, and the mean of two heads' logits (a fixed
 rule, nothing tuned). The fusion of regionmil with the token attention (region bits) is
@@ -29,7 +29,7 @@ Compared by 5-fold CV over P1's train + val (grouped by content hash, seeded), e
 with the reference on the same out-of-fold scores, then P1's test split once (95% bootstrap
 CI).
 
-The token rows (:class:`facecheck.regions.TokenView`, float16, ~0.6 GB for P1's 2,041
+The token rows (:class:`facecheck.features.views.TokenView`, float16, ~0.6 GB for P1's 2,041
 images) are kept in the feature cache; extracting them costs about 5 minutes on 2 CPU cores.
 Writes benchmarks/token_mil.md and .json.
 """
@@ -56,11 +56,13 @@ from clip_p1 import (
     test_cell,
     write_result,
 )
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-from facecheck.localise import region_bits
-from facecheck.models import RegionMILHead, TokenMILHead, make_head
-from facecheck.pipeline import head_view
+from facecheck.backbones.registry import load_backbone
+from facecheck.detector.pipeline import head_view
+from facecheck.evaluation.data import region_bits
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.heads.models import RegionMILHead, TokenMILHead, make_head
+from facecheck.image.faces import FaceStage
 
 HERE = Path(__file__).resolve().parent
 BACKBONE = "clip_vit_b16_l8"

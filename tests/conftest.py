@@ -26,7 +26,7 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def full_dataset(shared_data):
-    from facecheck.data import load_dataset
+    from facecheck.evaluation.data import load_dataset
 
     return load_dataset(shared_data)
 
@@ -60,7 +60,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lite0():
-    from facecheck.features import load_backbone
+    from facecheck.backbones.registry import load_backbone
 
     return load_backbone("efficientnet_lite0")
 
@@ -116,7 +116,7 @@ def database_url(request, tmp_path):
 
 @pytest.fixture
 def store(database_url):
-    from facecheck.store import Store
+    from facecheck.service.store import Store
 
     st = Store(database_url)
     yield st
@@ -126,6 +126,6 @@ def store(database_url):
 @pytest.fixture(scope="session")
 def shipped_detector():
     """The detector bundle shipped inside the package, loaded once."""
-    from facecheck.pipeline import Detector
+    from facecheck.detector.pipeline import Detector
 
     return Detector.load(None)

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from facecheck.audit import class_summary, file_facts, shortcut_aucs, source_probe
+from facecheck.evaluation.audit import class_summary, file_facts, shortcut_aucs, source_probe
 
 
 def _reencode(path, quality: int) -> bytes:
@@ -45,7 +45,8 @@ def test_a_planted_jpeg_quality_shortcut_is_found(shared_data):
 
 
 def test_the_two_real_sources_are_told_apart_by_features(shared_data, lite0, cache_dir):
-    from facecheck.features import FeatureCache, FeatureExtractor
+    from facecheck.features.cache import FeatureCache
+    from facecheck.features.extract import FeatureExtractor
 
     rff = sorted((shared_data / "rff" / "real").glob("*.jpg"))[:30]
     utk = sorted((shared_data / "utkface" / "real").glob("*.jpg"))[:30]

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecheck.blend import SelfBlender, SyntheticFakes
-from facecheck.faces import FaceStage
-from facecheck.regions import REGIONS, keypoints_at, region_boxes, typical_keypoints
+from facecheck.image.faces import FaceStage
+from facecheck.image.regions import REGIONS, keypoints_at, region_boxes, typical_keypoints
+from facecheck.training.blend import SelfBlender, SyntheticFakes
 
 SIZE = 224
 
@@ -98,7 +98,7 @@ def test_synthetic_fakes_come_from_both_sources_in_equal_shares(faces):
 
 def test_finetuner_trains_on_synthetic_fakes_repeatably(faces):
     """Reals only + self-blended fakes each epoch: both classes are seen, runs repeat."""
-    from facecheck.training import FineTuner
+    from facecheck.training.finetune import FineTuner
 
     px = np.concatenate([faces["rff"][0], faces["utkface"][0]])
     small = np.stack([np.asarray(Image.fromarray(p).resize((128, 128))) for p in px])

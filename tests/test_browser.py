@@ -12,9 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from facecheck.service import create_app
-from facecheck.settings import ServiceSettings
-from facecheck.store import Store
+from facecheck.service.app import create_app
+from facecheck.service.settings import ServiceSettings
+from facecheck.service.store import Store
 
 CHROMIUM = "/usr/bin/chromium"
 # As the machine notes say: no background networking on a closed network, no sandbox as root.

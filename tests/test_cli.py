@@ -10,8 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from facecheck.cli import main
-from facecheck.pipeline import Detector, default_bundle_path
+from facecheck.cli.main import main
+from facecheck.detector.pipeline import Detector, default_bundle_path
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +42,12 @@ def test_train_writes_bundle_and_model_card(trained):
     assert 0.0 <= meta["threshold"] <= 1.0 and meta["threshold_rule"] == "youden"
     card = (trained / "MODEL_CARD.md").read_text()
     assert "non-commercial" in card and "GPL-3.0" in card
+    assert card.index("Terms of use") < card.index("What it does")  # the terms on top
+    # Equal treatment on the held-out test split's UTKFace reals (labels from file names).
+    stored = meta["equal_treatment"]
+    assert stored["threshold"] == meta["threshold"] and stored["images"] > 0
+    assert {r["attribute"] for r in stored["rows"]} == {"age", "gender", "race"}
+    assert "### Equal treatment: held-out test split" in card
 
 
 def test_evaluate_writes_report_and_accumulates_scores(small_manifest, cache_dir, tmp_path):
@@ -78,6 +84,10 @@ def test_evaluate_writes_report_and_accumulates_scores(small_manifest, cache_dir
         "P1_same-source_roc_pr.png",
     ):
         assert needle in report
+    # Equal treatment where the data carry group labels (UTKFace's names: P3, P4), not P1;
+    # the few UTKFace test photos of this small subset are pooled, and said so.
+    assert "### Equal treatment: P3" in report and "### Equal treatment: P1" not in report
+    assert "| gender | pooled: " in report
     for png in ("P1_same-source_roc_pr.png", "P3_mixed-source_confusion.png"):
         assert (tmp_path / "r1" / png).read_bytes()[:4] == b"\x89PNG"
     rows = list(csv.DictReader((tmp_path / "r1" / "metrics.csv").open()))
@@ -98,9 +108,11 @@ def test_evaluate_writes_report_and_accumulates_scores(small_manifest, cache_dir
 
 
 def test_evaluate_region_aware_head_input(small_manifest, cache_dir, tmp_path, capsys):
-    from facecheck.data import load_dataset
-    from facecheck.features import FeatureCache, FeatureExtractor, load_backbone
-    from facecheck.regions import PooledRegionView
+    from facecheck.backbones.registry import load_backbone
+    from facecheck.evaluation.data import load_dataset
+    from facecheck.features.cache import FeatureCache
+    from facecheck.features.extract import FeatureExtractor
+    from facecheck.features.views import PooledRegionView
 
     out = tmp_path / "regions"
     args = ["evaluate", "--data", str(small_manifest), "--protocols", "P1", "--backbones"]
@@ -228,8 +240,8 @@ def test_finetune_one_epoch_with_policy_and_evaluation(small_manifest, tmp_path)
 
 
 def test_train_max_fpr_holds_each_real_source_on_validation(small_manifest, cache_dir, tmp_path):
-    from facecheck.data import load_dataset
-    from facecheck.protocols import build
+    from facecheck.evaluation.data import load_dataset
+    from facecheck.evaluation.protocols import build
 
     out = tmp_path / "fpr"
     args = ["train", "--data", str(small_manifest), "--protocol", "P4", "--out", str(out)]
@@ -301,7 +313,7 @@ def test_policy_options_are_exclusive(small_manifest, tmp_path, capsys):
 
 
 def test_evaluate_p7_scores_the_held_out_source(small_manifest, cache_dir, tmp_path):
-    from facecheck.data import load_dataset
+    from facecheck.evaluation.data import load_dataset
 
     hard = sum(r.difficulty == "hard" for r in load_dataset(small_manifest))
     assert hard > 0

@@ -10,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from facecheck.clip import INT8_ALL, WIDTH, ClipVision, float_graph, load_clip, onnx_file
-from facecheck.features import FeatureExtractor, load_backbone
+from facecheck.backbones.clip import INT8_ALL, WIDTH, ClipVision, float_graph, load_clip, onnx_file
+from facecheck.backbones.registry import load_backbone
+from facecheck.features.extract import FeatureExtractor
 
 pytestmark = pytest.mark.slow
 
@@ -234,8 +235,8 @@ def test_a_window_of_the_view_reads_its_cells_positions(onnx_path, face_paths):
 def test_the_fine_tunable_clip_starts_as_the_frozen_backbone_and_trains(onnx_path, face_paths):
     """``clip_b16_l8`` (issue 9's fine-tuning route) loads the offline weights: its class
     token is the frozen backbone's feature; one CPU epoch moves the backbone's weights."""
-    from facecheck.networks import NETWORKS, build_network, count_parameters
-    from facecheck.training import FineTuner
+    from facecheck.backbones.networks import NETWORKS, build_network, count_parameters
+    from facecheck.training.finetune import FineTuner
 
     net = build_network("clip_b16_l8").eval()
     x = torch.from_numpy(_pixels(face_paths[:2]))

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecheck.cli import main
-from facecheck.imageio import ImageError, load_image
+from facecheck.cli.main import main
+from facecheck.image.decode import ImageError, load_image
 
 OK = "ok"
 
@@ -232,7 +232,7 @@ def test_batch_check_scores_the_good_and_reports_the_bad(corpus, capsys):
 @pytest.mark.parametrize("orientation", [3, 6, 8, 2])
 def test_exif_rotated_copy_scores_like_the_upright_image(shared_data, orientation):
     """A phone photo stored sideways with an EXIF tag scores as the upright picture does."""
-    from facecheck.pipeline import Detector
+    from facecheck.detector.pipeline import Detector
 
     face = Image.open(shared_data / "rff" / "fake" / "easy_100_1111.jpg").convert("RGB")
     # Store the pixels as the camera would, so that applying the tag gives `face` back.

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from facecheck import cpu
-from facecheck.report import machine_description
+from facecheck.backbones import cpu
+from facecheck.evaluation.report import machine_description
 
 AVX2_ONLY = "processor : 0\nmodel name : AMD EPYC\nflags : fpu sse4_2 avx avx2 fma\n"
 VNNI = (

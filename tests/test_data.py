@@ -8,8 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from facecheck.data import SPLITS, Record, grouped_folds, load_dataset, split_by_hash
-from facecheck.protocols import P2_FAKES, P3_RATIO, build
+from facecheck.evaluation.data import SPLITS, Record, grouped_folds, load_dataset, split_by_hash
+from facecheck.evaluation.protocols import P2_FAKES, P3_RATIO, build
 
 
 def _split_hashes(split) -> dict[str, set[str]]:
@@ -165,7 +165,7 @@ def test_rff_difficulty_from_name(shared_data):
 def test_p7_never_trains_on_the_held_out_source(full_dataset):
     from dataclasses import replace
 
-    from facecheck.protocols import expand
+    from facecheck.evaluation.protocols import expand
 
     names = expand(["P1", "P7"])
     assert names[0] == "P1" and len(names) == 6

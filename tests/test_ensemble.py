@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from facecheck.ensemble import StackingClassifier, VotingClassifier
-from facecheck.metrics import FAKE, REAL, REVIEW, choose_threshold, review_matrix, review_metrics
-from facecheck.policy import (
+from facecheck.decision.ensemble import StackingClassifier, VotingClassifier
+from facecheck.decision.policy import (
     Calibrator,
     Policy,
+    choose_threshold,
     threshold_for_budget,
     threshold_for_fpr,
     threshold_for_recall,
 )
+from facecheck.decision.review import FAKE, REAL, REVIEW, review_matrix, review_metrics
 
 
 def test_unanimous_vote_on_a_constructed_example():

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecheck.data import load_dataset
-from facecheck.faces import (
+from facecheck.detector.pipeline import BundleError, Detector
+from facecheck.evaluation.data import load_dataset
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.image.faces import (
     FACE_DETECTORS,
     FaceAnalysis,
     FaceStage,
@@ -18,8 +21,6 @@ from facecheck.faces import (
     NoFaceError,
     get_face_detector,
 )
-from facecheck.features import FeatureCache, FeatureExtractor
-from facecheck.pipeline import BundleError, Detector
 
 
 def _rgb(path) -> Image.Image:
@@ -204,8 +205,8 @@ def test_bundle_records_the_face_stage_and_old_bundles_score_as_given(
 def test_a_window_on_the_region_boxes_holds_them_all(rff_faces):
     """anchor="regions": the crop is centred on the eye, nose and mouth boxes and sized by
     the inter-ocular distance; upright, it keeps the picture's axes (a plain scaled crop)."""
-    from facecheck.faces import scored_keypoints
-    from facecheck.regions import eye_frame, region_boxes
+    from facecheck.image.faces import scored_keypoints
+    from facecheck.image.regions import eye_frame, region_boxes
 
     assert FaceStage().key == FaceStage(anchor="box", rotate=True).key  # caches stay valid
     with pytest.raises(ValueError, match="anchor"):

@@ -7,8 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from facecheck.features import FeatureCache, FeatureExtractor, load_backbone, resolve_name
-from facecheck.imageio import load_image
+from facecheck.backbones.registry import load_backbone, resolve_name
+from facecheck.features.cache import FeatureCache
+from facecheck.features.extract import FeatureExtractor
+from facecheck.image.decode import load_image
 
 
 def test_backbones_load_offline(lite0):
@@ -100,7 +102,7 @@ def test_bytes_and_paths_agree(lite0, face_paths):
 def test_reencoding_at_load_changes_pixels_and_the_cache_key(face_paths):
     from dataclasses import replace
 
-    from facecheck.features import Preprocessing
+    from facecheck.backbones.registry import Preprocessing
 
     plain = Preprocessing(224)
     q50 = replace(plain, jpeg_quality=50)
@@ -114,9 +116,11 @@ def test_reencoding_at_load_changes_pixels_and_the_cache_key(face_paths):
 
 
 def test_a_run_knows_how_much_extraction_is_left(face_paths, lite0, tmp_path, capsys):
-    from facecheck.data import Dataset, Record, with_hashes
-    from facecheck.evaluate import extract_all, extraction_estimate
-    from facecheck.features import FeatureCache, FeatureExtractor, seconds_per_image
+    from facecheck.backbones.registry import seconds_per_image
+    from facecheck.evaluation.data import Dataset, Record, with_hashes
+    from facecheck.evaluation.evaluate import extract_all, extraction_estimate
+    from facecheck.features.cache import FeatureCache
+    from facecheck.features.extract import FeatureExtractor
 
     ds = with_hashes(Dataset([Record(p, "real") for p in face_paths[:4]]))
     ex = FeatureExtractor(lite0, FeatureCache(tmp_path), progress=False)

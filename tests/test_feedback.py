@@ -5,10 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from facecheck.cli import main
-from facecheck.data import load_dataset, with_hashes
-from facecheck.feedback import agreement, agreement_csv, export
-from facecheck.protocols import build
+from facecheck.cli.main import main
+from facecheck.evaluation.data import load_dataset, with_hashes
+from facecheck.evaluation.protocols import build
+from facecheck.service.feedback import agreement, agreement_csv, export
 
 LEASE = dt.timedelta(minutes=5)
 
@@ -80,7 +80,7 @@ def test_agreement_by_period_and_model(store):
 def test_exported_feedback_trains_a_model_without_leaking_test_images(
     small_manifest, cache_dir, tmp_path, shared_data
 ):
-    from facecheck.store import Store
+    from facecheck.service.store import Store
 
     store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
     ann = store.add_reviewer("ann", "password-a")

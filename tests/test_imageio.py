@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecheck import imageio
-from facecheck.imageio import (
+from facecheck.image import decode as imageio
+from facecheck.image.decode import (
     AnimatedImageError,
     BadDimensionsError,
     CorruptImageError,

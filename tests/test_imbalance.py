@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from facecheck.imbalance import STANDARD, FocalLoss, Imbalance
-from facecheck.models import LogisticHead, MLPHead
+from facecheck.heads.imbalance import STANDARD, FocalLoss, Imbalance
+from facecheck.heads.models import LogisticHead, MLPHead
 
 
 def _rows(n_real: int = 864, n_fake: int = 72, d: int = 8, seed: int = 0):

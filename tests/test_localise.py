@@ -10,23 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecheck.cli import main
-from facecheck.data import Record
-from facecheck.explain import cell_logits, explain
-from facecheck.faces import FaceStage, scored_keypoints
-from facecheck.features import Backbone, FeatureExtractor, load_backbone
-from facecheck.localise import region_bits, region_targets
-from facecheck.metrics import localisation_metrics, pattern_name, wilson_interval
-from facecheck.pipeline import BundleError, Detector
-from facecheck.regions import (
-    REGIONS,
-    PooledRegionView,
-    RegionView,
-    TokenView,
-    box_weights,
-    region_boxes,
-    region_crops,
-)
+from facecheck.backbones.registry import Backbone, load_backbone
+from facecheck.cli.main import main
+from facecheck.detector.explain import cell_logits, explain
+from facecheck.detector.pipeline import BundleError, Detector
+from facecheck.evaluation.data import Record, region_bits, region_targets
+from facecheck.evaluation.metrics import localisation_metrics, pattern_name, wilson_interval
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView, RegionView, TokenView, box_weights
+from facecheck.image.faces import FaceStage, scored_keypoints
+from facecheck.image.regions import REGIONS, region_boxes, region_crops
 
 
 def test_region_bits_for_all_sixteen_patterns_and_the_three_bit_name(full_dataset):
@@ -168,8 +161,8 @@ def test_region_cell_logits_average_to_the_region_scores(face_paths):
     region heads' map of cells a heatmap that agrees with the region scores."""
     import torch
 
-    from facecheck.localise import RegionScorer
-    from facecheck.metrics import logit
+    from facecheck.detector.localise import RegionScorer
+    from facecheck.heads.link import logit
 
     bb = load_backbone("efficientnet_lite0")
     paths = face_paths[:12]
@@ -383,7 +376,7 @@ def test_a_window_backbone_aligns_every_face_and_explains_on_the_input(
 ):
     """clip_vit_b16_l8_window reads a 160 px window of the aligned face: its detectors align
     every face with the window's framing, and explain still draws on the whole input."""
-    from facecheck.features import WINDOW_FRAMING
+    from facecheck.backbones.registry import WINDOW_FRAMING
 
     det = Detector("clip_vit_b16_l8_window")
     assert det.face_stage.mode == "align"

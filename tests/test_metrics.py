@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from facecheck.metrics import (
+from facecheck.decision.policy import choose_threshold
+from facecheck.evaluation.metrics import (
     binary_metrics,
     bootstrap_ci,
-    choose_threshold,
     flagged_per_10k,
     paired_auc_difference,
     recall_at_fpr,

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from sklearn.base import clone
 
-from facecheck.data import load_dataset
-from facecheck.features import FeatureCache
-from facecheck.models import LogisticHead, MLPHead, RegionMILHead, make_head
-from facecheck.pipeline import BundleError, Detector
+from facecheck.detector.pipeline import BundleError, Detector
+from facecheck.evaluation.data import load_dataset
+from facecheck.features.cache import FeatureCache
+from facecheck.heads.models import LogisticHead, MLPHead, RegionMILHead, make_head
 
 
 def _blobs(n=300, d=20, seed=0):
@@ -123,8 +123,8 @@ def _token_rows(n=400, dim=8, grid=6, seed=0):
 def test_token_mil_head_finds_a_seam_in_a_few_tokens(tmp_path):
     from sklearn.metrics import roc_auc_score
 
-    from facecheck.models import TokenMILHead
-    from facecheck.regions import TokenView
+    from facecheck.features.views import TokenView
+    from facecheck.heads.models import TokenMILHead
 
     X, y, R = _token_rows()
     assert X.shape[1] == TokenView((6, 6)).width(8)

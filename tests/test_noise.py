@@ -6,8 +6,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from facecheck.features import FeatureExtractor, load_backbone
-from facecheck.noise import DIM, FILTERS, GRID, NoiseResiduals
+from facecheck.backbones.noise import DIM, FILTERS, GRID, NoiseResiduals
+from facecheck.backbones.registry import load_backbone
+from facecheck.features.extract import FeatureExtractor
 
 LEVELS, PER_FILTER = 5, 55
 

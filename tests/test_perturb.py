@@ -1,4 +1,5 @@
-"""Protocol P5's perturbations, and the harness scoring perturbed copies of test sets."""
+"""Processing chains (P5's perturbations and P8's chains), and the harness scoring
+perturbed copies of test sets."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from facecheck.cli import main
-from facecheck.imageio import ImageError, load_image
-from facecheck.perturb import perturb
+from facecheck.cli.main import main
+from facecheck.image.decode import ImageError, load_image
+from facecheck.image.faces import FaceStage
+from facecheck.image.perturb import P8_CHAINS, perturb
 
 
 def _pixels(data: bytes) -> np.ndarray:
@@ -123,3 +125,33 @@ def test_training_augmentation_adds_a_model_variant(small_manifest, cache_dir, t
         ("P4", "efficientnet_lite0+logreg"),
     }
     assert "training augmentation | degrade" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_every_p8_chain_is_deterministic_and_decodes(face_paths):
+    """P8's chains: the same picture gives the same bytes (seeded by its content and the
+    chain's name), another picture other bytes, and the decoder reads every output."""
+    a, b = face_paths[0], face_paths[8]
+    for chain in P8_CHAINS:
+        once = perturb(a, chain)
+        assert perturb(a, chain) == once, chain
+        assert perturb(b, chain) != once, chain
+        picture = load_image(once).image
+        assert picture.mode == "RGB", chain
+    sizes = {c: load_image(perturb(a, c)).image.size for c in ("down0.5", "up2", "up3")}
+    assert sizes == {"down0.5": (128, 128), "up2": (512, 512), "up3": (768, 768)}
+    # PNG with alpha really carries an alpha channel, partly transparent.
+    with Image.open(io.BytesIO(perturb(a, "png_alpha"))) as png:
+        assert png.mode == "RGBA" and png.getchannel("A").getextrema() == (0, 255)
+
+
+def test_the_face_in_a_larger_photo_is_found_again(face_paths):
+    """in_photo puts the face at a seeded place in a 1200 x 900 photo; the face stage finds
+    exactly one face there and crops it (what P8 measures the detector on)."""
+    stage = FaceStage()
+    for chain in ("in_photo", "in_photo_up2", "print_recapture"):
+        data = perturb(face_paths[8], chain)
+        picture = load_image(data).image
+        if chain.startswith("in_photo"):
+            assert picture.size == (1200, 900)
+        analysis = stage.analyse(picture)
+        assert (analysis.action, analysis.n_faces) == ("aligned", 1), chain

@@ -10,12 +10,13 @@ import onnx
 import pytest
 import torch
 
-from facecheck import cpu
-from facecheck.clip import INT8_NO_FC2, load_clip, onnx_file
-from facecheck.faces import FaceStage
-from facecheck.features import FeatureExtractor, load_backbone
-from facecheck.pipeline import Detector, default_bundle_path
-from facecheck.regions import PooledRegionView
+from facecheck.backbones import cpu
+from facecheck.backbones.clip import INT8_NO_FC2, load_clip, onnx_file
+from facecheck.backbones.registry import load_backbone
+from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.features.extract import FeatureExtractor
+from facecheck.features.views import PooledRegionView
+from facecheck.image.faces import FaceStage
 
 pytestmark = pytest.mark.slow
 

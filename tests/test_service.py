@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from facecheck.service import create_app
-from facecheck.settings import ServiceSettings
-from facecheck.store import Store
+from facecheck.service.app import create_app
+from facecheck.service.settings import ServiceSettings
+from facecheck.service.store import Store
 
 
 def _png(img: Image.Image) -> bytes:
@@ -299,7 +299,7 @@ def test_first_start_creates_one_key_and_one_reviewer(tmp_path, shipped_detector
 
 
 def test_settings_from_the_environment_and_admin_commands(tmp_path, monkeypatch, capsys):
-    from facecheck.cli import main
+    from facecheck.cli.main import main
 
     monkeypatch.setenv("FACECHECK_DATA_DIR", str(tmp_path))
     monkeypatch.setenv("FACECHECK_FAKE_ABOVE", "0.9")

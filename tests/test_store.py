@@ -8,8 +8,8 @@ import threading
 import pytest
 from sqlalchemy import inspect, text
 
-from facecheck.migrations import current
-from facecheck.store import Base, Store, utcnow
+from facecheck.service.migrations import current
+from facecheck.service.store import Base, Store, utcnow
 
 LEASE = dt.timedelta(minutes=5)
 

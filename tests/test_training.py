@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from facecheck import augment
-from facecheck.data import load_dataset
-from facecheck.imageio import ImageError
-from facecheck.networks import NETWORKS, build_network, count_parameters
-from facecheck.training import FineTuner, TrainConfig
+from facecheck.backbones.networks import NETWORKS, build_network, count_parameters
+from facecheck.evaluation.data import load_dataset
+from facecheck.image.decode import ImageError
+from facecheck.training import augment
+from facecheck.training.finetune import FineTuner, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +65,8 @@ def test_resume_continues_from_the_last_epoch(rff_small, tmp_path):
 
 def _region_crops(ds) -> np.ndarray:
     """(N, 4, 3, 112, 112) region crops at the rff crops' typical keypoints."""
-    from facecheck.imageio import load_image
-    from facecheck.regions import region_crops, typical_keypoints
+    from facecheck.image.decode import load_image
+    from facecheck.image.regions import region_crops, typical_keypoints
 
     out = []
     for r in ds:
@@ -77,8 +77,8 @@ def _region_crops(ds) -> np.ndarray:
 
 
 def test_region_targets_are_an_auxiliary_loss_of_the_region_logits(rff_small):
-    from facecheck.localise import region_targets
-    from facecheck.training import region_loss
+    from facecheck.evaluation.data import region_targets
+    from facecheck.training.finetune import region_loss
 
     # The loss reads the known targets only, and unknown ones pass no gradient.
     logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]], requires_grad=True)

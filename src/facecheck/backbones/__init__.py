@@ -1,0 +1,1 @@
+"""One registry of backbones: weights, preprocessing, cost; frozen and fine-tunable."""

@@ -1,0 +1,1 @@
+"""The `facecheck` command line."""

@@ -1,0 +1,5 @@
+"""`python -m facecheck.cli`."""
+
+from facecheck.cli.main import main
+
+raise SystemExit(main())

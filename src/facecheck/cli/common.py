@@ -1,0 +1,82 @@
+"""Helpers the commands share: option parsing, the cache, records of protocols."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+
+def _rule(args) -> str:
+    """The validation threshold rule, from --target-recall, --review-budget or --threshold-rule."""
+    if getattr(args, "target_recall", None) is not None:
+        return f"recall:{args.target_recall:g}"
+    if getattr(args, "review_budget", None) is not None:
+        return f"budget:{args.review_budget:g}"
+    if getattr(args, "max_fpr", None) is not None:
+        return f"fpr:{args.max_fpr:g}"
+    return args.threshold_rule
+
+
+def _cache(args):
+    from facecheck.features.cache import FeatureCache
+
+    return FeatureCache(args.cache_dir) if getattr(args, "cache_dir", None) else FeatureCache()
+
+
+def _names(text: str, *, upper: bool = False) -> list[str]:
+    """A comma-separated option as a list of names."""
+    return [t.strip().upper() if upper else t.strip() for t in text.split(",") if t.strip()]
+
+
+def _records_of(ds, protocols, splits: tuple[str, ...], only: list[str] | None = None):
+    """The unique images (by content hash) of these splits of these protocols; with "test",
+    also every image of their named test sets (P7's held-out sources lie outside the split)."""
+    picked = {}
+    for p in protocols:
+        if only is not None and p.name not in only:
+            continue
+        parts = [p.split[s] for s in splits]
+        if "test" in splits:
+            parts += list(p.test_sets.values())
+        picked.update({r.sha256: r for part in parts for r in part})
+    return ds.subset(picked.values())
+
+
+def _expand(paths: list[Path]) -> list[Path]:
+    from facecheck.evaluation.data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            out.append(p)  # missing or odd files are reported per file by the pipeline
+    return out
+
+
+def _detector_and_files(args):
+    """The bundle and the image files of `check` / `explain`; (None, []) after printing why
+    when either is missing (exit status 2)."""
+    from facecheck.detector.pipeline import BundleError, Detector
+
+    cache = _cache(args) if args.cache_dir else None
+    try:
+        det = Detector.load(args.model, cache=cache)
+    except (BundleError, OSError, KeyError, RuntimeError) as exc:
+        print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
+        return None, []
+    files = _expand(args.images)
+    if not files:
+        print("facecheck: no images found", file=sys.stderr)
+    return det, files
+
+
+def _reencoded(backbone, quality: int | None):
+    """The backbone with every picture re-encoded as JPEG ``quality`` first (None: as is)."""
+    if not quality:
+        return backbone
+    if not 1 <= quality <= 100:
+        raise ValueError(f"--reencode takes a JPEG quality 1-100, not {quality}")
+    prep = dataclasses.replace(backbone.preprocessing, jpeg_quality=quality)
+    return dataclasses.replace(backbone, preprocessing=prep)

@@ -1,0 +1,107 @@
+"""`facecheck serve`, `apikey`, `reviewer`, `feedback`: the service and its store."""
+
+from __future__ import annotations
+
+import sys
+
+
+def _settings(args, **overrides):
+    from facecheck.service.settings import ServiceSettings
+
+    return ServiceSettings.from_env(
+        data_dir=args.data_dir, database_url=args.database_url, **overrides
+    )
+
+
+def _open_store(args):
+    from facecheck.service.store import Store
+
+    return Store(_settings(args).url)
+
+
+def cmd_serve(args) -> int:
+    from facecheck.service.app import serve
+
+    settings = _settings(
+        args,
+        model=args.model,
+        fake_above=args.fake_above,
+        cases_for_fakes=False if args.no_fake_cases else None,
+        retention_days=args.retention_days,
+        max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
+        lease_seconds=args.lease_seconds,
+        max_batch=args.max_batch,
+        secure_cookies=True if args.secure_cookies else None,
+    )
+    print(
+        f"facecheck serve: http://{args.host}:{args.port}/docs (API), /review (queue); "
+        f"data in {settings.data_dir if not settings.database_url else settings.database_url}",
+        file=sys.stderr,
+    )
+    serve(settings, args.host, args.port)
+    return 0
+
+
+def cmd_apikey(args) -> int:
+    store = _open_store(args)
+    if args.action == "create":
+        key = store.create_api_key(args.name or "unnamed")
+        print(key)
+        print("(shown once; only its hash is stored)", file=sys.stderr)
+    elif args.action == "list":
+        for k in store.list_api_keys():
+            state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
+            print(f"{k['id']:4d}  {k['prefix']}...  {k['name']:20s} {k['created_at']}  {state}")
+    else:
+        if not (args.name or "").isdigit():
+            raise ValueError("apikey revoke needs the key's id (see `facecheck apikey list`)")
+        if not store.revoke_api_key(int(args.name)):
+            raise ValueError(f"no active key with id {args.name}")
+        print(f"revoked key {args.name}")
+    return 0
+
+
+def cmd_reviewer(args) -> int:
+    import getpass
+
+    from facecheck.service.security import new_token
+
+    if args.generate:
+        password = new_token()[:20]
+    elif args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"password for {args.username}: ")
+    store = _open_store(args)
+    if args.action == "add":
+        store.add_reviewer(args.username, password)
+    else:
+        store.set_password(args.username, password)
+    print(f"reviewer {args.username}: " + (password if args.generate else "password set"))
+    return 0
+
+
+def cmd_feedback(args) -> int:
+    from facecheck.service.feedback import agreement, agreement_csv, export
+
+    store = _open_store(args)
+    if args.action == "export":
+        if args.out is None:
+            raise ValueError("feedback export needs --out FOLDER")
+        s = export(store, args.out)
+        print(
+            f"wrote {s.manifest}: {s.exported} reviewed images ({s.real} real, {s.fake} fake); "
+            f"{s.without_image} decided cases had no image left (retention)"
+        )
+        return 0
+    rows = agreement(store, args.by)
+    if args.csv:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        args.csv.write_text(agreement_csv(rows))
+    print(f"{args.by:10s} {'model':40s} {'decided':>8s} {'fake':>6s} {'agree':>7s}")
+    for r in rows:
+        print(
+            f"{r['period']!s:10s} {r['model_version']!s:40s} {r['decided']:8d} "
+            f"{r['decided_fake']:6d} {r['agreement']:7.1%}"
+        )
+    return 0

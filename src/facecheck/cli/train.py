@@ -1,0 +1,128 @@
+"""`facecheck train`: fit a detector on a protocol's split and save its bundle."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from facecheck.cli.common import _cache, _rule
+
+
+def cmd_train(args) -> int:
+    import numpy as np
+
+    from facecheck.detector.pipeline import Detector
+    from facecheck.evaluation.data import load_dataset, region_bits
+    from facecheck.evaluation.groups import held_out_table
+    from facecheck.evaluation.metrics import binary_metrics
+    from facecheck.evaluation.protocols import build
+    from facecheck.evaluation.report import write_model_card
+
+    ds = load_dataset(args.data)
+    proto = build(args.protocol, ds, args.seed)
+    det = Detector(
+        args.backbone,
+        args.head,
+        tta=args.tta,
+        weights=args.weights,
+        allow_download=args.allow_download,
+        cache=_cache(args),
+        head_params={"seed": args.seed},
+        progress=not args.quiet,
+        face_stage=args.face_stage,
+        region_view=args.region_view,
+        head_input=args.head_input,
+    )
+    train, val = proto.split.train, proto.split.val
+    added = _added_training(args.add_manifest, proto) if args.add_manifest else None
+    if added is not None:
+        train = train.subset([*train.records, *added.records])
+    t0 = time.perf_counter()
+    # Pictures the face stage refuses (no face, several) are left out of training and of
+    # threshold choice, and counted in the bundle.
+    Ft = det.features(train.paths, train.hashes, skip_faceless=True)
+    Fv = det.features(val.paths, val.hashes, skip_faceless=True)
+    keep_t, keep_v = ~np.isnan(Ft).any(axis=1), ~np.isnan(Fv).any(axis=1)
+    Ft, yt, Fv = Ft[keep_t], train.y[keep_t], Fv[keep_v]
+    val_y, val_sources = val.y[keep_v], val.sources[keep_v]
+    det.fit_features(Ft, yt, region_bits(train.records)[keep_t])
+    region_counts = _fit_regions(det, train) if not args.no_regions else None
+    if args.calibrate:
+        det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
+    thr = det.set_threshold_from(Fv, val_y, rule=_rule(args), features=True, groups=val_sources)
+    val_metrics = binary_metrics(val_y, det.score_features(Fv), thr)
+    det.save(
+        args.out,
+        training={
+            "protocol": proto.name,
+            "title": proto.title,
+            "seed": args.seed,
+            "data": str(args.data),
+            "data_fingerprint": train.fingerprint(),
+            "train_counts": train.counts(),
+            "val_counts": val.counts(),
+            "left_out_by_face_stage": {
+                "train": int((~keep_t).sum()),
+                "val": int((~keep_v).sum()),
+            },
+            "region_training": region_counts,
+            "added": None
+            if added is None
+            else {"manifests": [str(m) for m in args.add_manifest], **added.counts()},
+            "seconds": round(time.perf_counter() - t0, 1),
+        },
+        metrics_val=val_metrics,
+        # Equal treatment on the held-out test split (scored for this table only; the
+        # threshold is already fixed): how often each group's honest photos are flagged.
+        equal_treatment=held_out_table(det, proto.split.test, seed=args.seed),
+    )
+    write_model_card(args.out, det)
+    print(
+        f"saved {args.out} ({det.version}); threshold {thr:.3f} chosen on validation "
+        f"({_rule(args)})"
+    )
+    print(
+        "validation: "
+        + ", ".join(f"{k} {val_metrics[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr"))
+    )
+    return 0
+
+
+def _added_training(manifests: list[Path], proto):
+    """Records of ``manifests`` for the training split, minus copies of val/test images."""
+    from facecheck.evaluation.data import Dataset, load_dataset, with_hashes
+
+    held_out = {r.sha256 for name in ("val", "test") for r in proto.split[name].records}
+    held_out |= {r.sha256 for ds in proto.test_sets.values() for r in ds.records}
+    records = [r for m in manifests for r in with_hashes(load_dataset(m)).records]
+    kept = [r for r in records if r.sha256 not in held_out]
+    if len(kept) < len(records):
+        print(
+            f"facecheck train: {len(records) - len(kept)} added images are copies of "
+            "validation/test images and were left out",
+            file=sys.stderr,
+        )
+    return Dataset(kept)
+
+
+def _fit_regions(det, train) -> dict[str, int] | None:
+    """Fit the detector's region scores on the training images that have region labels
+    (rff reals and the rff fakes' file-name bits); None if there are no such fakes."""
+    import numpy as np
+
+    from facecheck.evaluation.data import region_targets
+
+    Y, known = region_targets(train.records)
+    labelled = train.subset(r for r, k in zip(train.records, known, strict=True) if k)
+    n_fakes = sum(r.y for r in labelled)
+    if n_fakes < 10:
+        return None
+    F = det.region_features(labelled.paths, labelled.hashes)
+    ok = ~np.isnan(F).any(axis=1)
+    try:
+        det.fit_regions(F[ok], Y[known][ok])
+    except ValueError as exc:  # e.g. a region replaced in fewer than two training fakes
+        print(f"facecheck: no region scores ({exc})", file=sys.stderr)
+        return None
+    return {"images": int(ok.sum()), "fakes": int(labelled.y[ok].sum())}

@@ -1,0 +1,1 @@
+"""Threshold rules, calibration, operating-point policies and the human-review vote."""

@@ -1,0 +1,249 @@
+"""Operating-point policy and calibration, both fitted on validation outputs only.
+
+Neither seed has a policy: the thesis takes its networks' argmax. A bank asks one of two
+questions instead, and each is answered on the validation split, then reported on test:
+
+- ``target_recall``: catch at least this share of fakes, sending as few images as possible
+  to a person (:func:`threshold_for_recall`);
+- ``review_budget``: a person can look at this share of applications; catch as many fakes as
+  fit (:func:`threshold_for_budget`). The share is taken at a stated fake rate (1:1000 for the
+  bank), not at the validation split's own ratio, which is far richer in fakes.
+
+A third, ``fpr``, is fitted on the validation *reals* alone (:func:`threshold_for_fpr`): flag
+at most this share of genuine photos, of each real source. It is the one that transfers: a
+threshold tuned to the known fakes' scores sits wherever those fakes happen to score (near 1
+for a generator seen in training, so an unseen generator's fakes fall under it; P7), and a
+threshold tuned on a mix of real sources sits where the largest source puts it (the shipped
+detector's ALL threshold flagged 48% of rff-like photos). The reals of a deployment are
+plentiful and their false-alarm rate is what a bank pays for; recall follows from the ranking.
+
+:class:`Calibrator` maps scores to probabilities (temperature scaling or isotonic regression
+on validation), with an optional prior shift to the deployed fake rate, so a score of 0.3
+means about a 30% chance the image is fake at that rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from facecheck.heads.link import logit, sigmoid
+
+# A bank's fake rate: one application in a thousand.
+DEPLOYED_FAKE_RATE = 1 / 1000
+
+
+def choose_threshold(
+    y: np.ndarray, score: np.ndarray, rule: str = "youden", groups: np.ndarray | None = None
+) -> float:
+    """Pick a threshold on *validation* outputs.
+
+    Rules: ``youden`` (max recall - FPR), ``f1`` (max F1), ``recall:0.95`` (the highest
+    threshold whose recall reaches the target, i.e. the fewest false alarms that do),
+    ``budget:0.015`` (the best recall flagging at most 1.5% of a 1:1000 stream) and
+    ``fpr:0.05`` (flag at most 5% of the reals of each group in ``groups``, e.g. each real
+    source); the last three are :mod:`facecheck.decision.policy`'s.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    score = np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("choosing a threshold needs both classes in the validation split")
+    if rule == "youden":
+        fpr, tpr, thr = roc_curve(y, score)
+        best = int(np.argmax(tpr - fpr))
+        return float(min(thr[best], 1.0))
+    if rule == "f1":
+        prec, rec, thr = precision_recall_curve(y, score)
+        f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+        return float(thr[int(np.argmax(f1[:-1]))])
+    if rule.startswith(("recall:", "budget:", "fpr:")):
+        # the operating-point policies live there
+
+        return Policy.parse(rule).threshold(y, score, groups)
+    raise ValueError(
+        f"unknown threshold rule {rule!r}: use youden, f1, recall:<target>, budget:<share> "
+        "or fpr:<rate>"
+    )
+
+
+def _checked(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    if len(np.unique(y)) < 2:
+        raise ValueError("an operating point needs both classes in the validation outputs")
+    return y, score
+
+
+def threshold_for_recall(y: np.ndarray, score: np.ndarray, target: float) -> float:
+    """The highest threshold whose validation recall reaches ``target`` (fewest flags that do)."""
+    if not 0 < target <= 1:
+        raise ValueError(f"target recall must be in (0, 1], got {target}")
+    y, score = _checked(y, score)
+    _fpr, tpr, thr = roc_curve(y, score)
+    return float(min(thr[np.flatnonzero(tpr >= target - 1e-12)[0]], 1.0))
+
+
+def flagged_share(
+    y: np.ndarray, score: np.ndarray, threshold: float, fake_rate: float | None = None
+) -> float:
+    """Share of images at or above ``threshold``, at ``fake_rate`` (default: as in ``y``)."""
+    y, score = _checked(y, score)
+    flagged = score >= threshold
+    if fake_rate is None:
+        return float(flagged.mean())
+    return float(fake_rate * flagged[y == 1].mean() + (1 - fake_rate) * flagged[y == 0].mean())
+
+
+def threshold_for_budget(
+    y: np.ndarray,
+    score: np.ndarray,
+    budget: float,
+    fake_rate: float | None = DEPLOYED_FAKE_RATE,
+) -> float:
+    """The lowest threshold (best recall) whose flagged share at ``fake_rate`` fits ``budget``."""
+    if not 0 <= budget <= 1:
+        raise ValueError(f"review budget must be in [0, 1], got {budget}")
+    y, score = _checked(y, score)
+    fpr, tpr, thr = roc_curve(y, score)
+    pi = float(y.mean()) if fake_rate is None else fake_rate
+    share = pi * tpr + (1 - pi) * fpr
+    ok = np.flatnonzero(share <= budget + 1e-12)  # share grows along roc_curve's thresholds
+    return float(min(thr[ok[-1]], 1.0 + 1e-9)) if ok.size else float("inf")
+
+
+def threshold_for_fpr(
+    y: np.ndarray, score: np.ndarray, target: float, groups: np.ndarray | None = None
+) -> float:
+    """The lowest threshold that flags at most ``target`` of the reals (y == 0), of every
+    group (e.g. real source) when ``groups`` is given: the highest of the groups' thresholds.
+    Fakes play no part."""
+    if not 0 <= target <= 1:
+        raise ValueError(f"target false-positive rate must be in [0, 1], got {target}")
+    y, score = np.asarray(y, dtype=np.int64), np.asarray(score, dtype=np.float64)
+    reals = y == 0
+    if not reals.any():
+        raise ValueError("a false-positive-rate threshold needs reals in the validation outputs")
+    groups = np.zeros(len(y), int) if groups is None else np.asarray(groups)
+    best = -np.inf
+    for g in np.unique(groups[reals]):
+        s = np.sort(score[reals & (groups == g)])[::-1]  # highest first
+        allowed = int(np.floor(target * len(s) + 1e-9))  # reals that may score above
+        if allowed < len(s):
+            # Just above the first real that must not be flagged (scores >= t are flagged).
+            best = max(best, float(np.nextafter(s[allowed], np.inf)))
+    return best if np.isfinite(best) else 0.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy: ``recall:0.97``, ``budget:0.015``, ``fpr:0.05`` or a plain rule."""
+
+    kind: str  # "recall", "budget", "fpr" or a metrics.choose_threshold rule (youden, f1)
+    value: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Policy:
+        if ":" in text:
+            kind, value = text.split(":", 1)
+            if kind not in ("recall", "budget", "fpr"):
+                raise ValueError(
+                    f"unknown policy {text!r}: use recall:<r>, budget:<share>, fpr:<rate>"
+                )
+            return cls(kind, float(value))
+        if text not in ("youden", "f1"):
+            raise ValueError(
+                f"unknown policy {text!r}: use youden, f1, recall:<r>, budget:<s>, fpr:<rate>"
+            )
+        return cls(text)
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
+
+    def threshold(
+        self, y: np.ndarray, score: np.ndarray, groups: np.ndarray | None = None
+    ) -> float:
+        """The threshold on validation outputs; ``groups`` (each image's source) matter to
+        ``fpr`` only, which holds every real source to the rate."""
+        if self.kind == "fpr":
+            return threshold_for_fpr(y, score, float(self.value), groups)
+        if self.kind == "recall":
+            return threshold_for_recall(y, score, float(self.value))
+        if self.kind == "budget":
+            return threshold_for_budget(y, score, float(self.value))
+
+        return choose_threshold(y, score, self.kind)
+
+
+class Calibrator:
+    """Scores -> probabilities, fitted on validation outputs.
+
+    ``temperature``: p = sigmoid(logit(s) / T + b), T and b by log-loss (Platt scaling, which
+    keeps the ranking); ``isotonic``: scikit-learn's monotone step fit. ``fake_rate`` shifts
+    the prior from the validation split's fake share to the deployed rate (Bayes' rule on
+    the odds), so probabilities describe the bank's stream, not the split.
+    """
+
+    def __init__(self, method: str = "temperature", fake_rate: float | None = None):
+        if method not in ("temperature", "isotonic"):
+            raise ValueError(f"unknown calibration {method!r}: use temperature or isotonic")
+        self.method = method
+        self.fake_rate = fake_rate
+
+    def fit(self, score: np.ndarray, y: np.ndarray) -> Calibrator:
+        y, score = _checked(y, score)
+        self.val_rate_ = float(y.mean())
+        if self.method == "isotonic":
+            self.iso_ = IsotonicRegression(y_min=1e-6, y_max=1 - 1e-6, out_of_bounds="clip")
+            self.iso_.fit(score, y)
+            return self
+        z = logit(score)
+
+        def nll(params: np.ndarray) -> float:
+            t, b = params
+            q = np.clip(sigmoid(z / t + b), 1e-12, 1 - 1e-12)
+            return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
+
+        # 1-D search on T nested around the best bias for it: robust and dependency-light.
+        def best_b(t: float) -> tuple[float, float]:
+            r = minimize_scalar(lambda b: nll(np.array([t, b])), bounds=(-20, 20), method="bounded")
+            return float(r.fun), float(r.x)
+
+        r = minimize_scalar(lambda lt: best_b(np.exp(lt))[0], bounds=(-4, 4), method="bounded")
+        self.temperature_ = float(np.exp(r.x))
+        self.bias_ = best_b(self.temperature_)[1]
+        return self
+
+    def transform(self, score: np.ndarray) -> np.ndarray:
+        score = np.asarray(score, dtype=np.float64)
+        if self.method == "isotonic":
+            p = self.iso_.predict(score)
+        else:
+            p = sigmoid(logit(score) / self.temperature_ + self.bias_)
+        if self.fake_rate is None:
+            return p
+        shift = np.log(self.fake_rate / (1 - self.fake_rate)) - np.log(
+            self.val_rate_ / (1 - self.val_rate_)
+        )
+        return sigmoid(logit(p) + shift)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain values for a bundle (temperature scaling only: isotonic is a step table)."""
+        if self.method != "temperature":
+            raise ValueError("only temperature calibration can be saved in a bundle")
+        return {
+            "method": self.method,
+            "temperature": self.temperature_,
+            "bias": self.bias_,
+            "val_rate": self.val_rate_,
+            "fake_rate": self.fake_rate,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Calibrator:
+        cal = cls(str(d["method"]), d.get("fake_rate"))
+        cal.temperature_, cal.bias_ = float(d["temperature"]), float(d["bias"])
+        cal.val_rate_ = float(d["val_rate"])
+        return cal

@@ -1,0 +1,1 @@
+"""The detector: features -> head -> decision, its bundle, regions and heatmaps."""

@@ -1,0 +1,1 @@
+"""Data sets and splits, protocols, metrics, audit and reports."""

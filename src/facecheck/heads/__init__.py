@@ -1,0 +1,1 @@
+"""Heads with scikit-learn's estimator API, imbalance strategies, the logit link."""

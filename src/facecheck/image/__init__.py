@@ -1,0 +1,1 @@
+"""Image input: decoding untrusted bytes, the face stage, region geometry, processing."""

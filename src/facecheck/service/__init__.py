@@ -1,0 +1,1 @@
+"""The FastAPI scoring service, review pages, store, security and settings."""

@@ -1,0 +1,271 @@
+"""The review queue's web pages (server-rendered HTML under ``/review``).
+
+A reviewer logs in, sees the open cases oldest first, opens one (which claims it: a lease of
+``lease_seconds``, so two reviewers never work on the same case), looks at the image, the
+heatmap and the region scores, and decides real or fake with an optional comment. The
+decision, reviewer and time are stored and the case leaves the queue.
+
+Sessions are random tokens in an HttpOnly, SameSite=Strict cookie (stored hashed); every form
+carries the session's CSRF token (the login form a double-submit one), and pages are sent
+with a Content-Security-Policy that allows no scripts at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from facecheck.detector.explain import explain, render, save_png
+from facecheck.image.decode import load_image
+from facecheck.image.regions import REGIONS
+from facecheck.service.scoring import sniff
+from facecheck.service.security import new_token, same
+from facecheck.service.store import CaseView, SessionInfo, Store, utcnow
+
+SESSION_COOKIE = "fc_review"
+LOGIN_CSRF_COOKIE = "fc_login_csrf"
+CSP = (
+    "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+
+router = APIRouter(prefix="/review", include_in_schema=False)
+templates = Jinja2Templates(directory=str(resources.files("facecheck") / "resources" / "templates"))
+
+
+def _age(t: dt.datetime) -> str:
+    s = max(0, int((utcnow() - t).total_seconds()))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h"
+    return f"{s // 86400} d"
+
+
+templates.env.filters["age"] = _age
+templates.env.filters["pct"] = lambda p: "–" if p is None else f"{100 * p:.1f}%"
+
+
+def _page(request: Request, name: str, status: int = 200, **context) -> HTMLResponse:
+    response = templates.TemplateResponse(request, name, context, status_code=status)
+    _harden(response)
+    return response
+
+
+def _harden(response: Response) -> None:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Cache-Control"] = "no-store"
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+async def _reviewer(request: Request) -> SessionInfo:
+    """The logged-in reviewer, or a redirect to the login page."""
+    info = await asyncio.to_thread(_store(request).session, request.cookies.get(SESSION_COOKIE))
+    if info is None:
+        raise HTTPException(303, "log in first", headers={"Location": "/review/login"})
+    return info
+
+
+def _check_csrf(info: SessionInfo, token: str) -> None:
+    if not same(info.csrf_token, token):
+        raise HTTPException(403, "invalid or missing CSRF token: reload the page")
+
+
+def _lease(request: Request) -> dt.timedelta:
+    return dt.timedelta(seconds=request.app.state.settings.lease_seconds)
+
+
+def _top_region(case: CaseView) -> str | None:
+    if not case.regions:
+        return None
+    return max(case.regions, key=lambda r: case.regions[r])
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_form(request: Request, error: str | None = None):
+    token = new_token()
+    response = _page(request, "login.html", csrf_token=token, error=error)
+    response.set_cookie(
+        LOGIN_CSRF_COOKIE,
+        token,
+        httponly=True,
+        samesite="strict",
+        secure=request.app.state.settings.secure_cookies,
+        path="/review",
+    )
+    return response
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    username: Annotated[str, Form(max_length=100)],
+    password: Annotated[str, Form(max_length=200)],
+    csrf_token: Annotated[str, Form()] = "",
+):
+    if not same(request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
+        raise HTTPException(403, "invalid or missing CSRF token: reload the login page")
+    st = _store(request)
+    reviewer_id = await asyncio.to_thread(st.authenticate, username, password)
+    if reviewer_id is None:
+        return RedirectResponse("/review/login?error=1", status_code=303)
+    ttl = dt.timedelta(hours=request.app.state.settings.session_hours)
+    token, _csrf = await asyncio.to_thread(st.new_session, reviewer_id, ttl)
+    response = RedirectResponse("/review", status_code=303)
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        max_age=int(ttl.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=request.app.state.settings.secure_cookies,
+        path="/review",
+    )
+    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/review")
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, csrf_token: Annotated[str, Form()] = ""):
+    info = await _reviewer(request)
+    _check_csrf(info, csrf_token)
+    await asyncio.to_thread(_store(request).end_session, request.cookies.get(SESSION_COOKIE))
+    response = RedirectResponse("/review/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE, path="/review")
+    return response
+
+
+@router.get("", response_class=HTMLResponse)
+async def queue(request: Request, decided: int | None = None, none: int | None = None):
+    info = await _reviewer(request)
+    cases = await asyncio.to_thread(_store(request).open_cases)
+    now = utcnow()
+    return _page(
+        request,
+        "queue.html",
+        me=info,
+        cases=cases,
+        now=now,
+        top_region=_top_region,
+        decided=await asyncio.to_thread(_store(request).case, decided) if decided else None,
+        empty_claim=bool(none),
+    )
+
+
+@router.post("/next")
+async def claim_next(request: Request, csrf_token: Annotated[str, Form()] = ""):
+    info = await _reviewer(request)
+    _check_csrf(info, csrf_token)
+    case_id = await asyncio.to_thread(_store(request).claim_next, info.reviewer_id, _lease(request))
+    if case_id is None:
+        return RedirectResponse("/review?none=1", status_code=303)
+    return RedirectResponse(f"/review/cases/{case_id}", status_code=303)
+
+
+@router.get("/cases/{case_id}", response_class=HTMLResponse)
+async def case_page(request: Request, case_id: int):
+    info = await _reviewer(request)
+    st = _store(request)
+    case = await asyncio.to_thread(st.case, case_id)
+    if case is None:
+        raise HTTPException(404, "no such case")
+    mine = False
+    if case.status == "open":
+        # Opening a case claims it (or renews the claim) unless another reviewer holds it.
+        mine = await asyncio.to_thread(st.claim, case_id, info.reviewer_id, _lease(request))
+        case = await asyncio.to_thread(st.case, case_id)
+    return _page(
+        request,
+        "case.html",
+        me=info,
+        case=case,
+        mine=mine,
+        regions=REGIONS,
+        top_region=_top_region(case),
+        lease_minutes=request.app.state.settings.lease_seconds // 60,
+    )
+
+
+@router.post("/cases/{case_id}/decision")
+async def decide(
+    request: Request,
+    case_id: int,
+    decision: Annotated[str, Form()],
+    comment: Annotated[str, Form(max_length=2000)] = "",
+    csrf_token: Annotated[str, Form()] = "",
+):
+    info = await _reviewer(request)
+    _check_csrf(info, csrf_token)
+    if decision not in ("real", "fake"):
+        raise HTTPException(422, "decision must be real or fake")
+    ok = await asyncio.to_thread(
+        _store(request).decide, case_id, info.reviewer_id, decision, comment
+    )
+    if not ok:
+        return _page(
+            request,
+            "message.html",
+            status=409,
+            me=info,
+            title="Not recorded",
+            message="This case is no longer yours to decide: it was decided already, or your "
+            "claim on it ran out and another reviewer took it.",
+        )
+    return RedirectResponse(f"/review?decided={case_id}", status_code=303)
+
+
+@router.post("/cases/{case_id}/release")
+async def release(request: Request, case_id: int, csrf_token: Annotated[str, Form()] = ""):
+    info = await _reviewer(request)
+    _check_csrf(info, csrf_token)
+    await asyncio.to_thread(_store(request).release, case_id, info.reviewer_id)
+    return RedirectResponse("/review", status_code=303)
+
+
+async def _case_image(request: Request, case_id: int) -> tuple[bytes, str]:
+    await _reviewer(request)
+    st = _store(request)
+    case = await asyncio.to_thread(st.case, case_id)
+    found = None if case is None else await asyncio.to_thread(st.image, case.check_id)
+    if found is None:
+        raise HTTPException(404, "no image (deleted after the retention period)")
+    return found
+
+
+@router.get("/cases/{case_id}/image")
+async def case_image(request: Request, case_id: int):
+    data, _media = await _case_image(request, case_id)
+    # The stored bytes are served as the type they sniff as, never as the client declared.
+    response = Response(data, media_type=sniff(data) or "application/octet-stream")
+    _harden(response)
+    return response
+
+
+@router.get("/cases/{case_id}/explain.png")
+async def case_explain(request: Request, case_id: int):
+    data, _media = await _case_image(request, case_id)
+
+    def render_png() -> bytes:
+
+        decoded = load_image(data)
+        out = io.BytesIO()
+        save_png(render(decoded.image, explain(request.app.state.detector, decoded, "case")), out)
+        return out.getvalue()
+
+    png = await request.app.state.scorer.run(render_png)
+    response = Response(png, media_type="image/png")
+    _harden(response)
+    return response

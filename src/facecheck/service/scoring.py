@@ -1,0 +1,137 @@
+"""Scoring uploads for the service: content sniffing, the review band, request batching.
+
+The detector runs in one worker thread (PyTorch already uses every core for one image), fed
+by :class:`BatchScorer`: with ``max_batch > 1``, whatever requests are waiting when the worker
+becomes free are scored as one batch (there is no batching window, so a lone request never
+waits). On the 2-core CPU this bought nothing (benchmarks/load.md), so the service's default
+is 1; the option is there for GPU hosts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from facecheck.detector.pipeline import Detector, Verdict
+
+# Magic numbers of the formats imageio accepts: the client's Content-Type is never trusted.
+_MAGIC: tuple[tuple[bytes, int, str], ...] = (
+    (b"\xff\xd8\xff", 0, "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", 0, "image/png"),
+    (b"WEBP", 8, "image/webp"),
+    (b"GIF87a", 0, "image/gif"),
+    (b"GIF89a", 0, "image/gif"),
+    (b"BM", 0, "image/bmp"),
+    (b"II*\x00", 0, "image/tiff"),
+    (b"MM\x00*", 0, "image/tiff"),
+)
+
+VERDICTS = ("real", "fake", "review", "no_face", "multiple_faces", "invalid_image")
+
+
+def sniff(data: bytes) -> str | None:
+    """The media type the bytes start with, or None if they are no accepted image format."""
+    for magic, offset, media in _MAGIC:
+        if data[offset : offset + len(magic)] == magic:
+            if media == "image/webp" and not data.startswith(b"RIFF"):
+                continue
+            return media
+    return None
+
+
+def service_verdict(v: Verdict, fake_above: float | None) -> str:
+    """The detector's real/fake split into real / review / fake by the review band.
+
+    Below the detector's validation threshold: real. At or above ``fake_above``: fake.
+    Between (or at or above the threshold when no ``fake_above`` is set): review.
+    """
+    if v.verdict not in ("real", "fake"):
+        return v.verdict if v.verdict in VERDICTS else "invalid_image"
+    if v.verdict == "real":
+        return "real"
+    p = float(v.fake_probability or 0.0)
+    return "fake" if fake_above is not None and p >= fake_above else "review"
+
+
+@dataclass
+class Scored:
+    verdict: Verdict
+    service_verdict: str
+    timing_ms: float
+    batch_size: int
+
+
+class BatchScorer:
+    """Scores uploads with one detector in one worker thread, batching waiting requests."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        fake_above: float | None = None,
+        max_batch: int = 16,
+        regions: str = "flagged",
+    ):
+        self.detector = detector
+        self.fake_above = fake_above
+        self.max_batch = max_batch
+        self.regions = regions
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecheck-model")
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self.executor.shutdown(wait=True)
+
+    async def run(self, fn, *args):
+        """Run anything else that uses the detector (e.g. ``explain``) on the model thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def score(self, data: bytes, name: str = "upload") -> Scored:
+        if self._queue is None:
+            raise RuntimeError("BatchScorer.start() was not awaited")
+        fut: asyncio.Future = asyncio.get_running_loop().create_future()
+        await self._queue.put((data, name, fut, time.perf_counter()))
+        return await fut
+
+    async def _run(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = [await self._queue.get()]
+            while len(batch) < self.max_batch and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            try:
+                verdicts = await loop.run_in_executor(
+                    self.executor,
+                    lambda b=batch: self.detector.check(
+                        [x[0] for x in b], [x[1] for x in b], regions=self.regions
+                    ),
+                )
+            except Exception as exc:  # a model failure fails these requests, not the server
+                for *_, fut, _t0 in batch:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                continue
+            done = time.perf_counter()
+            for (_d, _n, fut, t0), v in zip(batch, verdicts, strict=True):
+                if not fut.done():
+                    fut.set_result(
+                        Scored(
+                            v,
+                            service_verdict(v, self.fake_above),
+                            round((done - t0) * 1000, 1),
+                            len(batch),
+                        )
+                    )

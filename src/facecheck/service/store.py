@@ -1,0 +1,569 @@
+"""Storage for the service: checks, their images, review cases, API keys, reviewers.
+
+SQLAlchemy over SQLite (the embedded default: one file under the data directory, in WAL mode
+with full fsync, so a killed server keeps every committed row) or PostgreSQL (by URL). The
+schema is created and upgraded by Alembic (:mod:`facecheck.migrations`), never by
+``create_all``, so a database made by an older release is upgraded in place.
+
+A case is claimed with a lease: claiming and deciding are single conditional UPDATEs (compare
+and set on the claim), so two reviewers can never both decide a case, on either database.
+Images are personal data: :meth:`Store.purge_images` deletes them after the retention period
+(open cases keep theirs until they are decided).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    create_engine,
+    delete,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from facecheck.service.migrations import upgrade
+from facecheck.service.security import (
+    hash_password,
+    new_api_key,
+    new_token,
+    token_hash,
+    verify_password,
+)
+
+DECISIONS = ("real", "fake")
+
+
+def utcnow() -> dt.datetime:
+    """Naive UTC: what both SQLite and PostgreSQL columns hold here."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def iso(t: dt.datetime | None) -> str | None:
+    return None if t is None else t.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    prefix: Mapped[str] = mapped_column(String(12))  # shown in listings; not a secret
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Reviewer(Base):
+    __tablename__ = "reviewers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(100), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class ReviewSession(Base):
+    __tablename__ = "review_sessions"
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"))
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
+
+
+class Check(Base):
+    __tablename__ = "checks"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
+    external_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    verdict: Mapped[str] = mapped_column(String(20), index=True)
+    fake_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    regions: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    face: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    model_version: Mapped[str] = mapped_column(String(64))
+    timing_ms: Mapped[float] = mapped_column(Float)
+
+
+class StoredImage(Base):
+    __tablename__ = "images"
+    check_id: Mapped[str] = mapped_column(ForeignKey("checks.id"), primary_key=True)
+    content: Mapped[bytes] = mapped_column(LargeBinary)
+    media_type: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+
+
+class Case(Base):
+    __tablename__ = "cases"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    check_id: Mapped[str] = mapped_column(ForeignKey("checks.id"), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    status: Mapped[str] = mapped_column(String(10), index=True)  # open | decided
+    claimed_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), nullable=True)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    decision: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    decided_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), nullable=True)
+    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    reviewer_id: int
+    username: str
+    csrf_token: str
+
+
+@dataclass(frozen=True)
+class CaseView:
+    """One case with its check, as the review page and the export see it."""
+
+    id: int
+    check_id: str
+    created_at: dt.datetime
+    status: str
+    verdict: str
+    fake_probability: float | None
+    threshold: float | None
+    regions: dict | None
+    model_version: str
+    external_id: str | None
+    claimed_by: str | None
+    lease_until: dt.datetime | None
+    decision: str | None
+    comment: str | None
+    decided_by: str | None
+    decided_at: dt.datetime | None
+    has_image: bool
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # pragma: no cover - exercised by every test
+        cur = dbapi_conn.cursor()
+        # WAL: readers never block the writer. synchronous=FULL: a commit is on disk before
+        # it returns, so SIGKILL (or a power cut) loses nothing that was acknowledged.
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.execute("PRAGMA busy_timeout=10000")
+        cur.close()
+
+
+def _claimable(reviewer_id: int, now: dt.datetime):
+    """An open case this reviewer may take: nobody's, already theirs, or its lease ran out."""
+    return or_(Case.claimed_by.is_(None), Case.claimed_by == reviewer_id, Case.lease_until < now)
+
+
+class Store:
+    """All reads and writes of the service, each in its own short transaction."""
+
+    def __init__(self, url: str, *, migrate: bool = True):
+        self.url = url
+        kwargs: dict[str, object] = {"future": True}
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine = create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            _sqlite_pragmas(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        if migrate:
+            self.migrate()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema to the newest Alembic revision."""
+
+        upgrade(self.engine)
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> bool:
+        with self._session() as s:
+            return s.execute(select(1)).scalar() == 1
+
+    # -- API keys
+    def create_api_key(self, name: str) -> str:
+        """Store a new key's hash and return the key itself (shown once, never stored)."""
+        key = new_api_key()
+        with self._session.begin() as s:
+            s.add(ApiKey(name=name, prefix=key[:10], key_hash=token_hash(key), created_at=utcnow()))
+        return key
+
+    def api_key_id(self, key: str | None) -> int | None:
+        """The id of a live key, or None."""
+        if not key:
+            return None
+        with self._session() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == token_hash(key)))
+            return row.id if row is not None and row.revoked_at is None else None
+
+    def list_api_keys(self) -> list[dict[str, object]]:
+        with self._session() as s:
+            rows = s.scalars(select(ApiKey).order_by(ApiKey.id)).all()
+            return [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "prefix": r.prefix,
+                    "created_at": iso(r.created_at),
+                    "revoked_at": iso(r.revoked_at),
+                }
+                for r in rows
+            ]
+
+    def revoke_api_key(self, key_id: int) -> bool:
+        with self._session.begin() as s:
+            res = s.execute(
+                update(ApiKey)
+                .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
+                .values(revoked_at=utcnow())
+            )
+            return res.rowcount == 1
+
+    def count_api_keys(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count(ApiKey.id))) or 0)
+
+    # -- reviewers and their sessions
+    def add_reviewer(self, username: str, password: str) -> int:
+        username = username.strip()
+        if not username or len(username) > 100:
+            raise ValueError("a reviewer name needs 1 to 100 characters")
+        with self._session.begin() as s:
+            if s.scalar(select(Reviewer).where(Reviewer.username == username)) is not None:
+                raise ValueError(f"reviewer {username!r} exists")
+            r = Reviewer(
+                username=username, password_hash=hash_password(password), created_at=utcnow()
+            )
+            s.add(r)
+            s.flush()
+            return r.id
+
+    def set_password(self, username: str, password: str) -> None:
+        with self._session.begin() as s:
+            res = s.execute(
+                update(Reviewer)
+                .where(Reviewer.username == username)
+                .values(password_hash=hash_password(password))
+            )
+            if res.rowcount != 1:
+                raise ValueError(f"no reviewer {username!r}")
+            # A new password ends every open session of that reviewer.
+            rid = s.scalar(select(Reviewer.id).where(Reviewer.username == username))
+            s.execute(delete(ReviewSession).where(ReviewSession.reviewer_id == rid))
+
+    def count_reviewers(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count(Reviewer.id))) or 0)
+
+    def authenticate(self, username: str, password: str) -> int | None:
+        with self._session() as s:
+            r = s.scalar(select(Reviewer).where(Reviewer.username == username))
+            if r is None:
+                # Same work for unknown names, so timing does not tell which names exist.
+                verify_password(password, _DUMMY_HASH)
+                return None
+            return r.id if verify_password(password, r.password_hash) else None
+
+    def new_session(self, reviewer_id: int, ttl: dt.timedelta) -> tuple[str, str]:
+        """(session token for the cookie, CSRF token for the forms)."""
+        token, csrf = new_token(), new_token()
+        with self._session.begin() as s:
+            s.add(
+                ReviewSession(
+                    token_hash=token_hash(token),
+                    reviewer_id=reviewer_id,
+                    csrf_token=csrf,
+                    expires_at=utcnow() + ttl,
+                )
+            )
+        return token, csrf
+
+    def session(self, token: str | None) -> SessionInfo | None:
+        if not token:
+            return None
+        with self._session() as s:
+            row = s.execute(
+                select(ReviewSession, Reviewer.username)
+                .join(Reviewer, Reviewer.id == ReviewSession.reviewer_id)
+                .where(ReviewSession.token_hash == token_hash(token))
+            ).first()
+            if row is None or row[0].expires_at < utcnow():
+                return None
+            return SessionInfo(row[0].reviewer_id, row[1], row[0].csrf_token)
+
+    def end_session(self, token: str | None) -> None:
+        if token:
+            with self._session.begin() as s:
+                s.execute(
+                    delete(ReviewSession).where(ReviewSession.token_hash == token_hash(token))
+                )
+
+    # -- checks and cases
+    def add_check(
+        self,
+        result: dict[str, object],
+        *,
+        api_key_id: int | None,
+        external_id: str | None,
+        image: bytes | None,
+        media_type: str | None,
+        open_case: bool,
+    ) -> tuple[str, int | None, dt.datetime]:
+        """Store one check (and its image, and a case if asked) in one transaction."""
+        now = utcnow()
+        check_id = uuid.uuid4().hex
+        with self._session.begin() as s:
+            s.add(
+                Check(
+                    id=check_id,
+                    api_key_id=api_key_id,
+                    external_id=external_id,
+                    created_at=now,
+                    sha256=result.get("sha256"),
+                    verdict=str(result["verdict"]),
+                    fake_probability=result.get("fake_probability"),
+                    threshold=result.get("threshold"),
+                    regions=result.get("regions"),
+                    face=result.get("face"),
+                    error=result.get("error"),
+                    model_version=str(result["model_version"]),
+                    timing_ms=float(result["timing_ms"]),
+                )
+            )
+            s.flush()  # the check row exists before rows that point at it
+            if image is not None:
+                s.add(
+                    StoredImage(
+                        check_id=check_id,
+                        content=image,
+                        media_type=media_type or "application/octet-stream",
+                        created_at=now,
+                    )
+                )
+            case_id = None
+            if open_case:
+                case = Case(check_id=check_id, created_at=now, status="open")
+                s.add(case)
+                s.flush()
+                case_id = case.id
+        return check_id, case_id, now
+
+    def get_check(self, check_id: str, api_key_id: int | None = None) -> dict | None:
+        """A check as stored; with ``api_key_id``, only one that key created."""
+        with self._session() as s:
+            c = s.get(Check, check_id)
+            if c is None or (api_key_id is not None and c.api_key_id != api_key_id):
+                return None
+            case = s.scalar(select(Case).where(Case.check_id == check_id))
+            return {
+                "id": c.id,
+                "external_id": c.external_id,
+                "created_at": iso(c.created_at),
+                "verdict": c.verdict,
+                "fake_probability": c.fake_probability,
+                "threshold": c.threshold,
+                "regions": c.regions,
+                "face": c.face,
+                "error": c.error,
+                "model_version": c.model_version,
+                "timing_ms": c.timing_ms,
+                "case": None
+                if case is None
+                else {
+                    "id": case.id,
+                    "status": case.status,
+                    "decision": case.decision,
+                    "decided_at": iso(case.decided_at),
+                },
+            }
+
+    def image(self, check_id: str) -> tuple[bytes, str] | None:
+        with self._session() as s:
+            img = s.get(StoredImage, check_id)
+            return None if img is None else (img.content, img.media_type)
+
+    def _case_query(self):
+        claimer = Reviewer.__table__.alias("claimer")
+        decider = Reviewer.__table__.alias("decider")
+        has_image = select(StoredImage.check_id).where(StoredImage.check_id == Check.id).exists()
+        return (
+            select(Case, Check, claimer.c.username, decider.c.username, has_image)
+            .join(Check, Check.id == Case.check_id)
+            .outerjoin(claimer, claimer.c.id == Case.claimed_by)
+            .outerjoin(decider, decider.c.id == Case.decided_by)
+        )
+
+    @staticmethod
+    def _view(row) -> CaseView:
+        case, check, claimer, decider, has_image = row
+        return CaseView(
+            id=case.id,
+            check_id=check.id,
+            created_at=case.created_at,
+            status=case.status,
+            verdict=check.verdict,
+            fake_probability=check.fake_probability,
+            threshold=check.threshold,
+            regions=check.regions,
+            model_version=check.model_version,
+            external_id=check.external_id,
+            claimed_by=claimer,
+            lease_until=case.lease_until,
+            decision=case.decision,
+            comment=case.comment,
+            decided_by=decider,
+            decided_at=case.decided_at,
+            has_image=bool(has_image),
+        )
+
+    def case(self, case_id: int) -> CaseView | None:
+        with self._session() as s:
+            row = s.execute(self._case_query().where(Case.id == case_id)).first()
+            return None if row is None else self._view(row)
+
+    def open_cases(self, limit: int = 200) -> list[CaseView]:
+        """Open cases, oldest first."""
+        with self._session() as s:
+            rows = s.execute(
+                self._case_query()
+                .where(Case.status == "open")
+                .order_by(Case.created_at, Case.id)
+                .limit(limit)
+            ).all()
+            return [self._view(r) for r in rows]
+
+    def count_open(self) -> int:
+        with self._session() as s:
+            return int(s.scalar(select(func.count(Case.id)).where(Case.status == "open")) or 0)
+
+    def claim(self, case_id: int, reviewer_id: int, lease: dt.timedelta) -> bool:
+        """Take (or extend) the lease on an open case; False if someone else holds it."""
+        now = utcnow()
+        with self._session.begin() as s:
+            res = s.execute(
+                update(Case)
+                .where(
+                    Case.id == case_id,
+                    Case.status == "open",
+                    _claimable(reviewer_id, now),
+                )
+                .values(claimed_by=reviewer_id, lease_until=now + lease)
+            )
+            return res.rowcount == 1
+
+    def claim_next(self, reviewer_id: int, lease: dt.timedelta) -> int | None:
+        """Claim the oldest open case nobody else holds; None if there is none."""
+        for _ in range(20):  # another reviewer may take a candidate between read and claim
+            now = utcnow()
+            with self._session() as s:
+                candidate = s.scalar(
+                    select(Case.id)
+                    .where(
+                        Case.status == "open",
+                        _claimable(reviewer_id, now),
+                    )
+                    .order_by(Case.created_at, Case.id)
+                    .limit(1)
+                )
+            if candidate is None:
+                return None
+            if self.claim(candidate, reviewer_id, lease):
+                return candidate
+        return None
+
+    def release(self, case_id: int, reviewer_id: int) -> None:
+        with self._session.begin() as s:
+            s.execute(
+                update(Case)
+                .where(Case.id == case_id, Case.claimed_by == reviewer_id, Case.status == "open")
+                .values(claimed_by=None, lease_until=None)
+            )
+
+    def decide(self, case_id: int, reviewer_id: int, decision: str, comment: str = "") -> bool:
+        """Record a decision; only the holder of a live lease can, and only once."""
+        if decision not in DECISIONS:
+            raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
+        now = utcnow()
+        with self._session.begin() as s:
+            res = s.execute(
+                update(Case)
+                .where(
+                    Case.id == case_id,
+                    Case.status == "open",
+                    Case.claimed_by == reviewer_id,
+                    Case.lease_until >= now,
+                )
+                .values(
+                    status="decided",
+                    decision=decision,
+                    comment=(comment or "").strip()[:2000] or None,
+                    decided_by=reviewer_id,
+                    decided_at=now,
+                    lease_until=None,
+                )
+            )
+            return res.rowcount == 1
+
+    def decided_cases(self) -> Iterator[CaseView]:
+        """Every decided case, oldest decision first."""
+        with self._session() as s:
+            for row in s.execute(
+                self._case_query()
+                .where(Case.status == "decided")
+                .order_by(Case.decided_at, Case.id)
+            ):
+                yield self._view(row)
+
+    def verdict_counts(self) -> dict[str, int]:
+        with self._session() as s:
+            rows = s.execute(select(Check.verdict, func.count()).group_by(Check.verdict)).all()
+            return {v: int(n) for v, n in rows}
+
+    # -- retention
+    def purge_images(self, older_than: dt.timedelta) -> int:
+        """Delete images stored before ``now - older_than``, except those of open cases."""
+        cutoff = utcnow() - older_than
+        open_checks = select(Case.check_id).where(Case.status == "open")
+        with self._session.begin() as s:
+            res = s.execute(
+                delete(StoredImage).where(
+                    StoredImage.created_at < cutoff, StoredImage.check_id.not_in(open_checks)
+                )
+            )
+            return int(res.rowcount or 0)
+
+
+_DUMMY_HASH = hash_password("not-a-real-password")

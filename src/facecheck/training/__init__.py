@@ -1,0 +1,1 @@
+"""Fine-tuning loop, augmentation and synthetic fakes."""
