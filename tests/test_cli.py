@@ -199,7 +199,11 @@ def test_check_with_unloadable_model(tmp_path, face_paths, capsys):
 def test_shipped_default_bundle_checks_an_image(face_paths):
     det = Detector.load(default_bundle_path())
     assert det.metadata["training"]["protocol"] == "ALL"
-    assert (default_bundle_path() / "MODEL_CARD.md").is_file()
+    card = (default_bundle_path() / "MODEL_CARD.md").read_text()
+    # The shipped card carries the equal-treatment table of its held-out test split
+    # (benchmarks/shipped_card.py), every attribute with its worst-to-best ratio.
+    assert "### Equal treatment: held-out test split" in card
+    assert all(f"- {a}: " in card for a in ("age", "gender", "race"))
     verdicts = det.check(face_paths[:2])
     assert all(v.verdict in ("real", "fake") for v in verdicts)
 

@@ -159,6 +159,8 @@ def worst_to_best(rows: Sequence[GroupRow], attribute: str, min_n: int = MIN_GRO
     if len(shown) < 2:
         return {"worst": None, "best": None, "ratio": float("nan")}
     worst, best = max(shown, key=lambda r: r.flagged), min(shown, key=lambda r: r.flagged)
+    if worst.flagged == best.flagged:
+        return {"worst": worst.group, "best": worst.group, "ratio": 1.0}
     if best.flagged == 0:
         ratio = 1.0 if worst.flagged == 0 else float("inf")
     else:
@@ -202,10 +204,11 @@ def section(rows: Sequence[GroupRow], title: str) -> list[str]:
     ]
     overall = {r.attribute: r.flagged for r in rows if r.group == "overall"}
     for r in rows:
-        rel = r.flagged / overall[r.attribute] if overall.get(r.attribute) else float("nan")
+        base = overall.get(r.attribute)
+        rel = f"{r.flagged / base:.2f}x" if base else "-"  # nothing flagged overall: no ratio
         lines.append(
             f"| {r.attribute} | {r.group} | {r.n_real} | {r.flagged:.1%} "
-            f"[{r.ci[0]:.1%}, {r.ci[1]:.1%}] | {rel:.2f}x | {r.n_fake or ''} | "
+            f"[{r.ci[0]:.1%}, {r.ci[1]:.1%}] | {rel} | {r.n_fake or ''} | "
             f"{'' if r.recall is None else f'{r.recall:.1%}'} |"
         )
     lines += ["", "Worst-to-best ratio of flagged shares (groups shown, not pooled):"]
@@ -215,8 +218,11 @@ def section(rows: Sequence[GroupRow], title: str) -> list[str]:
             lines.append(f"- {attr}: fewer than two groups large enough")
         else:
             goal = "meets" if meets_goal(rows, attr) else "misses"
+            pair = (
+                "every group alike" if w["worst"] == w["best"] else f"{w['worst']} vs {w['best']}"
+            )
             lines.append(
-                f"- {attr}: {w['ratio']:.2f} ({w['worst']} vs {w['best']}); {goal} the goal "
+                f"- {attr}: {w['ratio']:.2f} ({pair}); {goal} the goal "
                 "(ratio <= 1.25 or both <= 2% for groups of >= 50)"
             )
     return [*lines, ""]
@@ -229,9 +235,12 @@ def held_out_table(det, records, *, seed: int = 0) -> dict | None:
     labelled = [r for r in records if groups_of(r) is not None]
     if not labelled:
         return None
-    scores = det.predict_proba([r.path for r in labelled], [r.sha256 for r in labelled])[:, 1]
+    # Pictures the face stage refuses (no face, several) are left out, as in evaluation.
+    F = det.features([r.path for r in labelled], [r.sha256 for r in labelled], skip_faceless=True)
+    ok = ~np.isnan(F).any(axis=1)
+    scores = np.full(len(labelled), np.nan)
+    scores[ok] = det.score_features(F[ok])
     y = np.array([r.y for r in labelled])
-    ok = ~np.isnan(scores)  # left out by the decoder or the face stage
     rows = group_table(
         y[ok],
         scores[ok] >= det.threshold,
