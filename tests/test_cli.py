@@ -352,3 +352,26 @@ def test_evaluate_p7_scores_the_held_out_source(small_manifest, cache_dir, tmp_p
     assert audit["tests"]["P7-HARD/out-of-source"]["shortcut_auc"]["jpeg_quality"] == 0.5
     assert audit["tests"]["P7-TPDNE/out-of-source"]["shortcut_auc"]["jpeg_quality"] > 0.6
     assert audit["real_source_probe"]["rff vs utkface"]["roc_auc"] > 0.9
+
+
+def test_evaluate_a_saved_detector_as_it_ships(small_manifest, cache_dir, tmp_path, capsys):
+    """`evaluate --model`: the bundle's own head and threshold on the test sets, with
+    processing chains; test images from its training split are refused."""
+    bundle = tmp_path / "all"
+    common = ["--data", str(small_manifest), "--cache-dir", str(cache_dir), "--quiet"]
+    assert main(["train", "--protocol", "ALL", "--out", str(bundle), *common]) == 0
+    threshold = json.loads((bundle / "bundle.json").read_text())["threshold"]
+    args = ["evaluate", "--model", str(bundle), "--n-boot", "50", *common]
+    out = tmp_path / "report"
+    run = [*args, "--protocols", "ALL,P8-SEEN", "--perturb", "jpeg70,in_photo"]
+    assert main([*run, "--perturb-protocols", "ALL", "--out", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## ALL" in report and "## P8-SEEN" in report
+    assert "| processing chains | jpeg70, in_photo |" in report
+    assert f"| {threshold:.3f} |" in report  # the bundle's threshold, not a refitted one
+    rows = list(csv.DictReader((out / "metrics.csv").open()))
+    assert any(r["test_set"] == "rff-same-source+in_photo" for r in rows)
+    # Another seed splits ALL differently: its test images were training images.
+    capsys.readouterr()
+    assert main([*args, "--protocols", "ALL", "--seed", "1", "--out", str(tmp_path / "x")]) == 2
+    assert "were in the detector's training data" in capsys.readouterr().err

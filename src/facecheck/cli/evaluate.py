@@ -10,6 +10,8 @@ from facecheck.cli.common import _cache, _names, _records_of, _reencoded, _rule
 
 
 def cmd_evaluate(args) -> int:
+    if args.model is not None:
+        return _evaluate_bundle(args)
     import numpy as np
 
     from facecheck import __version__
@@ -176,6 +178,79 @@ def cmd_evaluate(args) -> int:
         scores_csv=args.scores_csv,
         localisation=localisation,
         audit=audit,
+    )
+    print(f"report: {path}")
+    return 0
+
+
+def _evaluate_bundle(args) -> int:
+    """``evaluate --model``: a saved detector, as it ships, on the protocols' test sets."""
+    from facecheck import __version__
+    from facecheck.backbones.cpu import resolve_precision
+    from facecheck.detector.pipeline import Detector, default_bundle_path
+    from facecheck.evaluation.data import load_dataset
+    from facecheck.evaluation.evaluate import evaluate_bundle, extract_all, extract_perturbed
+    from facecheck.evaluation.protocols import build, expand
+    from facecheck.evaluation.report import git_commit, machine_description, write_report
+    from facecheck.image.perturb import P8_CHAINS
+
+    t0 = time.perf_counter()
+    origin = default_bundle_path() if str(args.model) == "default" else args.model
+    det = Detector.load(origin, cache=_cache(args), progress=not args.quiet)
+    training = det.metadata.get("training") or {}
+    if "protocol" not in training:
+        raise ValueError(f"{origin}: the bundle does not say what it was trained on")
+    ds = load_dataset(args.data)
+    trained = build(str(training["protocol"]), ds, int(training["seed"])).split.train
+    if trained.fingerprint() != training.get("data_fingerprint"):
+        raise ValueError(
+            f"{args.data}: its {training['protocol']} training split (seed {training['seed']}) "
+            "is not the one the detector was trained on; its test split could hold training "
+            "images"
+        )
+    names = [n for n in expand(_names(args.protocols, upper=True)) if n != "P6"]
+    protocols = [build(p, ds, args.seed) for p in names]
+    ex = det.extractor
+    feats, errors = extract_all(_records_of(ds, protocols, ("test",)), ex)
+    perturbations = [
+        c for n in _names(args.perturb) for c in (P8_CHAINS if n.lower() == "p8" else [n])
+    ]
+    p5_on = expand(_names(args.perturb_protocols, upper=True))
+    p5_tests = _records_of(ds, protocols, ("test",), only=p5_on)
+    perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
+    results = [
+        evaluate_bundle(
+            det,
+            proto,
+            feats,
+            trained_on=trained,
+            n_boot=args.n_boot,
+            seed=args.seed,
+            perturbed=perturbed if proto.name in p5_on else None,
+        )
+        for proto in protocols
+    ]
+    run = args.run_name or time.strftime("%Y%m%d-%H%M%S")
+    info = {
+        "run": run,
+        "facecheck": __version__,
+        "commit": git_commit(),
+        "detector": f"{det.version} ({origin})",
+        "trained on": f"{training['protocol']} seed {training['seed']}, fingerprint "
+        f"{str(training['data_fingerprint'])[:16]} (checked; no test image is in it)",
+        "data": str(args.data),
+        "seed": args.seed,
+        "threshold_rule": det.threshold_rule,
+        "n_boot": args.n_boot,
+        "processing chains": ", ".join(perturbations) or "none",
+        "machine": machine_description(),
+        "backbone precision on this CPU": resolve_precision(),
+        "wall seconds": round(time.perf_counter() - t0, 1),
+    }
+    if errors:
+        info["images left out"] = f"{len(errors)} (unreadable, or refused by the face stage)"
+    path = write_report(
+        args.out or Path("reports") / run, protocols, results, info, scores_csv=args.scores_csv
     )
     print(f"report: {path}")
     return 0

@@ -264,8 +264,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--protocols",
         default="P1,P2,P3,P3-212,P4",
-        help="comma-separated: P1, P2, P3, P3-212, P4, ALL, P6 (localisation, on P1's split) "
-        "and P7 (leave one source out: P7-TPDNE, P7-FAKEFACES, P7-HARD, P7-UTKFACE, P7-RFF)",
+        help="comma-separated: P1, P2, P3, P3-212, P4, ALL, P6 (localisation, on P1's split), "
+        "P7 (leave one source out: P7-TPDNE, P7-FAKEFACES, P7-HARD, P7-UTKFACE, P7-RFF) and "
+        "P8 (field shift: P8-SEEN, P8-LOFO-<family>, P8-CAMERA-<source>)",
+    )
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="evaluate this saved detector as it is (its head and threshold) on the test sets "
+        "of --protocols instead of fitting heads ('default': the shipped one); refuses test "
+        "images that were in its training split",
     )
     p.add_argument("--backbones", default="efficientnet_lite0,mobilenet_v2")
     p.add_argument(

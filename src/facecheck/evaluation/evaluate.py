@@ -7,12 +7,12 @@ costs one extraction per backbone over the union of images.
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -35,9 +35,6 @@ from facecheck.heads.models import fit_head, make_head
 from facecheck.image.decode import ImageError
 from facecheck.image.perturb import perturb
 from facecheck.image.regions import REGIONS
-
-if TYPE_CHECKING:
-    from facecheck.detector.pipeline import Detector
 
 CI_METRICS = ("recall", "precision", "f1", "accuracy", "roc_auc", "pr_auc", "fpr")
 
@@ -151,6 +148,105 @@ def regions_of(ds: Dataset, feats: dict[str, np.ndarray]) -> np.ndarray:
     return region_bits(kept(ds, feats))
 
 
+# A test set's rows: (the clean set it comes from, its processing chain or None, X, y, the
+# group labels of its rows or None).
+_Rows = tuple[str, str | None, np.ndarray, np.ndarray, list | None]
+
+
+def _test_rows(
+    protocol: Protocol,
+    feats: dict[str, np.ndarray],
+    perturbed: dict[str, dict[str, np.ndarray]] | None,
+) -> tuple[dict[str, _Rows], int]:
+    """Every test set's rows (and each processed copy's, as ``<set>+<chain>``) and how
+    many test images had no features."""
+    tests: dict[str, _Rows] = {}
+    dropped = 0
+    for name, ds in protocol.test_sets.items():
+        X, y, d = xy(ds, feats)
+        labels = [groups_of(r) for r in kept(ds, feats)]
+        tests[name] = (name, None, X, y, labels if any(labels) else None)
+        dropped += d
+    for pert, pfeats in (perturbed or {}).items():
+        for name, ds in protocol.test_sets.items():
+            X, y, _ = xy(ds, pfeats)
+            tests[f"{name}+{pert}"] = (name, pert, X, y, None)
+    return tests, dropped
+
+
+def _positive(head, X: np.ndarray) -> np.ndarray:
+    return head.predict_proba(X)[:, 1]
+
+
+def _score_tests(
+    protocol: Protocol,
+    tests: dict[str, _Rows],
+    score: Callable[[np.ndarray], np.ndarray],
+    thr: float,
+    *,
+    n_boot: int,
+    seed: int,
+) -> dict[str, TestResult]:
+    """Each test set scored once at threshold ``thr`` (and at 0.5), with bootstrap CIs."""
+    out = {}
+    for name, (base, pert, X, y, labels) in tests.items():
+        s = score(X) if len(X) else np.zeros(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out[name] = TestResult(
+                name,
+                base in protocol.source_biased,
+                y,
+                s,
+                binary_metrics(y, s, 0.5),
+                binary_metrics(y, s, thr),
+                bootstrap_ci(y, s, thr, n_boot=n_boot, seed=seed, metrics=CI_METRICS),
+                recall_at_fpr(y, s, 0.10),
+                base,
+                pert,
+                labels,
+            )
+    return out
+
+
+def evaluate_bundle(
+    det: Detector,
+    protocol: Protocol,
+    feats: dict[str, np.ndarray],
+    *,
+    trained_on: Dataset,
+    n_boot: int = 1000,
+    seed: int = 0,
+    perturbed: dict[str, dict[str, np.ndarray]] | None = None,
+) -> ModelResult:
+    """A saved detector, as shipped (its head, its threshold), on ``protocol``'s test sets.
+
+    ``trained_on``: the detector's training split, rebuilt; a test image that is in it (by
+    content hash) is refused, so no figure here is a training figure."""
+    seen = {r.sha256 for r in trained_on}
+    leaked = {r.sha256 for ds in protocol.test_sets.values() for r in ds} & seen
+    if leaked:
+        raise ValueError(
+            f"{protocol.name}: {len(leaked)} test images were in the detector's training data"
+        )
+    tests, dropped = _test_rows(protocol, feats, perturbed)
+    out = _score_tests(protocol, tests, det.score_features, det.threshold, n_boot=n_boot, seed=seed)
+    val = dict(det.metadata.get("metrics_val") or {})
+    return ModelResult(
+        protocol.name,
+        det.version,
+        "as-saved",
+        det.tta,
+        det.threshold,
+        det.threshold_rule,
+        val,
+        out,
+        0.0,
+        dropped,
+        {"bundle": True},
+    )
+
+
 def evaluate_protocol(
     protocol: Protocol,
     feats: dict[str, np.ndarray],
@@ -189,14 +285,7 @@ def evaluate_protocol(
         Xtr, ytr = np.vstack([Xtr, Xa]), np.concatenate([ytr, ya])
         Rtr = np.vstack([Rtr, regions_of(protocol.split.train, train_augment[1])])
     Xva, yva, d_va = xy(protocol.split.val, feats)
-    tests = {name: (name, None, xy(ds, feats)) for name, ds in protocol.test_sets.items()}
-    labels = {
-        name: [groups_of(r) for r in kept(ds, feats)] for name, ds in protocol.test_sets.items()
-    }
-    d_test = sum(dropped for _, _, (_, _, dropped) in tests.values())
-    for pert, pfeats in (perturbed or {}).items():
-        for name, ds in protocol.test_sets.items():
-            tests[f"{name}+{pert}"] = (name, pert, xy(ds, pfeats))
+    tests, d_test = _test_rows(protocol, feats, perturbed)
     results = []
     for head_kind in heads:
         t0 = time.perf_counter()
@@ -204,24 +293,9 @@ def evaluate_protocol(
         fit_s = time.perf_counter() - t0
         s_val = head.predict_proba(Xva)[:, 1]
         thr = choose_threshold(yva, s_val, rule, groups=sources_of(protocol.split.val, feats))
-        out = {}
-        for name, (base, pert, (X, y, _)) in tests.items():
-            s = head.predict_proba(X)[:, 1]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                out[name] = TestResult(
-                    name,
-                    base in protocol.source_biased,
-                    y,
-                    s,
-                    binary_metrics(y, s, 0.5),
-                    binary_metrics(y, s, thr),
-                    bootstrap_ci(y, s, thr, n_boot=n_boot, seed=seed, metrics=CI_METRICS),
-                    recall_at_fpr(y, s, 0.10),
-                    base,
-                    pert,
-                    labels[name] if pert is None and any(labels[name]) else None,
-                )
+        out = _score_tests(
+            protocol, tests, functools.partial(_positive, head), thr, n_boot=n_boot, seed=seed
+        )
         dropped = d_tr + d_va + d_test
         results.append(
             ModelResult(
