@@ -21,8 +21,8 @@ os.environ["FACECHECK_PRECISION"] = "fp32"  # the precision the bundle was fitte
 from facecheck.detector.pipeline import Detector, default_bundle_path
 from facecheck.evaluation.data import load_dataset
 from facecheck.evaluation.groups import held_out_table
+from facecheck.evaluation.model_card import write_model_card
 from facecheck.evaluation.protocols import build
-from facecheck.evaluation.report import write_model_card
 from facecheck.features.cache import FeatureCache
 
 

@@ -39,7 +39,7 @@ def cmd_calibrate(args) -> int:
     import shutil
 
     from facecheck.detector.pipeline import default_bundle_path
-    from facecheck.evaluation.report import write_model_card
+    from facecheck.evaluation.model_card import write_model_card
 
     det, files = _detector_and_files(args)
     if det is None or not files:

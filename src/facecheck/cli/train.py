@@ -16,8 +16,8 @@ def cmd_train(args) -> int:
     from facecheck.evaluation.data import load_dataset, region_bits
     from facecheck.evaluation.groups import held_out_table
     from facecheck.evaluation.metrics import binary_metrics
+    from facecheck.evaluation.model_card import write_model_card
     from facecheck.evaluation.protocols import build
-    from facecheck.evaluation.report import write_model_card
 
     ds = load_dataset(args.data)
     proto = build(args.protocol, ds, args.seed)
