@@ -140,31 +140,20 @@ def speed(extractors: dict[str, FeatureExtractor], x: torch.Tensor, repeats: int
     }
 
 
-def fp32_heads_on(Fref: np.ndarray, Fv: np.ndarray, Ft_v: np.ndarray, cv, seed: int):
-    """Out-of-fold and test scores of heads fitted on fp32 pool features, applied to the
-    variant's features (the serving question)."""
-    ok = ~np.isnan(Fref).any(axis=1) & ~np.isnan(Fv).any(axis=1)
-    oof = np.full(len(Fv), np.nan)
+def heads_on(Ffit: np.ndarray, Fscore: np.ndarray, Ft_score: np.ndarray, cv, seed: int):
+    """Out-of-fold and test scores of logistic heads fitted per fold on the pool rows
+    ``Ffit`` and applied to ``Fscore`` / ``Ft_score``: fp32 rows fitted and a variant's
+    scored is the serving question; a variant's own rows both ways, the refitted head."""
+    ok = ~np.isnan(Ffit).any(axis=1) & ~np.isnan(Fscore).any(axis=1)
+    oof = np.full(len(Fscore), np.nan)
     for f in range(int(cv.folds.max()) + 1):
         tr, te = (cv.folds != f) & ok, (cv.folds == f) & ok
-        oof[te] = make_head("logreg", seed=seed).fit(Fref[tr], cv.y[tr]).predict_proba(Fv[te])[:, 1]
-    st = np.full(len(Ft_v), np.nan)
-    okt = ~np.isnan(Ft_v).any(axis=1)
-    head = make_head("logreg", seed=seed).fit(Fref[ok], cv.y[ok])
-    st[okt] = head.predict_proba(Ft_v[okt])[:, 1]
-    return oof, st
-
-
-def refit(Fv: np.ndarray, Ft_v: np.ndarray, cv, seed: int):
-    """The same with the head fitted on the variant's own features."""
-    ok = ~np.isnan(Fv).any(axis=1)
-    oof = np.full(len(Fv), np.nan)
-    for f in range(int(cv.folds.max()) + 1):
-        tr, te = (cv.folds != f) & ok, (cv.folds == f) & ok
-        oof[te] = make_head("logreg", seed=seed).fit(Fv[tr], cv.y[tr]).predict_proba(Fv[te])[:, 1]
-    st = np.full(len(Ft_v), np.nan)
-    okt = ~np.isnan(Ft_v).any(axis=1)
-    st[okt] = make_head("logreg", seed=seed).fit(Fv[ok], cv.y[ok]).predict_proba(Ft_v[okt])[:, 1]
+        head = make_head("logreg", seed=seed).fit(Ffit[tr], cv.y[tr])
+        oof[te] = head.predict_proba(Fscore[te])[:, 1]
+    st = np.full(len(Ft_score), np.nan)
+    okt = ~np.isnan(Ft_score).any(axis=1)
+    head = make_head("logreg", seed=seed).fit(Ffit[ok], cv.y[ok])
+    st[okt] = head.predict_proba(Ft_score[okt])[:, 1]
     return oof, st
 
 
@@ -209,12 +198,12 @@ def main() -> None:
     ref = next(iter(feats))
     Fp_ref, Ft_ref, Fa_ref = feats[ref]
     ref_all = _scores(det, Fa_ref)
-    ref_oof, _ = fp32_heads_on(Fp_ref, Fp_ref, Ft_ref, cv, args.seed)
+    ref_oof, _ = heads_on(Fp_ref, Fp_ref, Ft_ref, cv, args.seed)
     out: dict[str, dict] = {}
     for v in variants():
         Fp, Ft, Fa = feats[v.name]
-        oof, st = fp32_heads_on(Fp_ref, Fp, Ft, cv, args.seed)
-        r_oof, r_st = refit(Fp, Ft, cv, args.seed)
+        oof, st = heads_on(Fp_ref, Fp, Ft, cv, args.seed)
+        r_oof, r_st = heads_on(Fp, Fp, Ft, cv, args.seed)
         s_all = _scores(det, Fa)
         ok = ~np.isnan(oof) & ~np.isnan(ref_oof)
         oka = ~np.isnan(s_all) & ~np.isnan(ref_all)

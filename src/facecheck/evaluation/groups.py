@@ -144,11 +144,9 @@ def _group_order(v: str) -> tuple[int, str]:
     return (bands.index(v) if v in bands else len(bands), v)
 
 
-def worst_to_best(rows: Sequence[GroupRow], attribute: str, min_n: int = MIN_GROUP) -> dict:
-    """Among an attribute's groups with at least ``min_n`` honest photos (not pooled, not
-    overall): the highest and lowest flagged share and their ratio (inf when the lowest is
-    0 and the highest is not)."""
-    shown = [
+def _shown(rows: Sequence[GroupRow], attribute: str, min_n: int) -> list[GroupRow]:
+    """An attribute's groups with at least ``min_n`` honest photos (not pooled, not overall)."""
+    return [
         r
         for r in rows
         if r.attribute == attribute
@@ -156,6 +154,13 @@ def worst_to_best(rows: Sequence[GroupRow], attribute: str, min_n: int = MIN_GRO
         and r.group != "overall"
         and not r.group.startswith("pooled")
     ]
+
+
+def worst_to_best(rows: Sequence[GroupRow], attribute: str, min_n: int = MIN_GROUP) -> dict:
+    """Among an attribute's groups with at least ``min_n`` honest photos (not pooled, not
+    overall): the highest and lowest flagged share and their ratio (inf when the lowest is
+    0 and the highest is not)."""
+    shown = _shown(rows, attribute, min_n)
     if len(shown) < 2:
         return {"worst": None, "best": None, "ratio": float("nan")}
     worst, best = max(shown, key=lambda r: r.flagged), min(shown, key=lambda r: r.flagged)
@@ -171,14 +176,7 @@ def worst_to_best(rows: Sequence[GroupRow], attribute: str, min_n: int = MIN_GRO
 def meets_goal(rows: Sequence[GroupRow], attribute: str, n: int = 50) -> bool:
     """Issue 31's goal for one attribute: every pair of groups with >= ``n`` honest photos
     flags within a ratio of 1.25, or both at most 2%."""
-    shown = [
-        r
-        for r in rows
-        if r.attribute == attribute
-        and r.n_real >= n
-        and r.group != "overall"
-        and not r.group.startswith("pooled")
-    ]
+    shown = _shown(rows, attribute, n)
     for a in shown:
         for b in shown:
             low, high = sorted((a.flagged, b.flagged))
