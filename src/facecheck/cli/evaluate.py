@@ -51,7 +51,7 @@ def cmd_evaluate(args) -> int:
         c for n in _names(args.perturb) for c in (P8_CHAINS if n.lower() == "p8" else [n])
     ]
     p5_on = expand(_names(args.perturb_protocols, upper=True))
-    p5_tests = _records_of(ds, protocols, ("test",), only=p5_on)
+    p5_tests = _sampled(_records_of(ds, protocols, ("test",), only=p5_on), args)
     p5_train = _records_of(ds, protocols, ("train",), only=p5_on)
     results, errors, extract_s = [], {}, {}
     audit_feats = None
@@ -216,7 +216,7 @@ def _evaluate_bundle(args) -> int:
         c for n in _names(args.perturb) for c in (P8_CHAINS if n.lower() == "p8" else [n])
     ]
     p5_on = expand(_names(args.perturb_protocols, upper=True))
-    p5_tests = _records_of(ds, protocols, ("test",), only=p5_on)
+    p5_tests = _sampled(_records_of(ds, protocols, ("test",), only=p5_on), args)
     perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
     results = [
         evaluate_bundle(
@@ -254,3 +254,20 @@ def _evaluate_bundle(args) -> int:
     )
     print(f"report: {path}")
     return 0
+
+
+def _sampled(ds, args):
+    """At most ``--perturb-sample`` records of each source and label (seeded), or all."""
+    from facecheck.evaluation.data import draw
+
+    if args.perturb_sample <= 0:
+        return ds
+    strata: dict[tuple[str, str], list] = {}
+    for r in ds:
+        strata.setdefault((r.source, r.label), []).append(r)
+    picked = [
+        r
+        for key in sorted(strata)
+        for r in draw(strata[key], min(args.perturb_sample, len(strata[key])), seed=args.seed)
+    ]
+    return ds.subset(picked)

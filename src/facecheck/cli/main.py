@@ -315,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         "such as P8 allowed)",
     )
     p.add_argument(
+        "--perturb-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="process at most N test images of each source and label (a seeded draw; "
+        "default 0: all of them), to bound the cost of many chains",
+    )
+    p.add_argument(
         "--reencode",
         type=int,
         default=None,
