@@ -200,7 +200,9 @@ def test_int8_layers_run_in_onnxruntime_one_image_at_a_time(
     # Its features depend on the ONNX Runtime that quantises and runs it, so its cache key
     # names that version; fp32 CLIP's does not (its runtimes agree to ~1e-5).
     version = importlib.metadata.version("onnxruntime")
-    assert bb.runtime == f"onnxruntime{version}-u8u8" and bb.runtime in bb.cache_key(False)
+    layers = "q_proj+k_proj+v_proj+out_proj+fc1"
+    assert bb.runtime == f"onnxruntime{version}-u8u8-{layers}"
+    assert bb.runtime in bb.cache_key(False)
     assert load_backbone("clip_vit_b16_l8").runtime == ""
 
 

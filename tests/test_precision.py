@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from facecheck.backbones import cpu
-from facecheck.backbones.clip import INT8_NO_FC2, load_clip, onnx_file
+from facecheck.backbones.clip import INT8_ALL, INT8_NO_FC2, load_clip, onnx_file
 from facecheck.backbones.registry import load_backbone
 from facecheck.detector.pipeline import Detector, default_bundle_path
 from facecheck.features.extract import FeatureExtractor
@@ -105,7 +105,10 @@ def test_int8_weight_schemes(tmp_path, face_paths):
     path = onnx_file()
     signed = load_clip(path, (8,), INT8_NO_FC2, int8_weights="s8-pc")
     unsigned = load_clip(path, (8,), INT8_NO_FC2)
-    assert signed.runtime.endswith("-u8s8-pc") and unsigned.runtime.endswith("-u8u8")
+    assert "-u8s8-pc-" in signed.runtime and "-u8u8-" in unsigned.runtime
+    # Another set of 8-bit layers is another feature space: another runtime tag.
+    every = load_clip(path, (8,), INT8_ALL, int8_weights="s8-pc")
+    assert every.runtime != signed.runtime and every.runtime.endswith("+fc2")
     assert signed.use_onnxruntime(torch.get_num_threads(), tmp_path / "s8.onnx")
     x = torch.from_numpy(
         np.stack([load_backbone("clip_vit_b16_l8").preprocessing.pixels(_rgb(face_paths[0]))])

@@ -197,11 +197,14 @@ class ClipVision(nn.Module):
     @property
     def runtime(self) -> str:
         """What besides the weights decides the features: for an ``int8`` model the
-        ONNX Runtime that quantises and runs it (another version may round differently), so
-        caches and bundles can tell; empty for fp32, whose runtimes agree to ~1e-5."""
+        ONNX Runtime that quantises and runs it (another version may round differently), the
+        weights' scheme and the 8-bit layers, so caches and bundles can tell; empty for fp32,
+        whose runtimes agree to ~1e-5."""
         if not self.int8:
             return ""
-        return f"onnxruntime{_onnxruntime_version()}-u8{self.int8_weights}"
+        # Which layers are 8-bit and how their weights are stored both change the features.
+        layers = "+".join(k for k in INT8_ALL if k in self.int8)
+        return f"onnxruntime{_onnxruntime_version()}-u8{self.int8_weights}-{layers}"
 
     def set_precision(self, precision: str) -> None:
         """Run later CPU passes without gradients in ``precision`` ("fp32" or "bf16").
