@@ -204,6 +204,7 @@ def test_shipped_default_bundle_checks_an_image(face_paths):
     # (benchmarks/shipped_card.py), every attribute with its worst-to-best ratio.
     assert "### Equal treatment: held-out test split" in card
     assert all(f"- {a}: " in card for a in ("age", "gender", "race"))
+    assert "**Numeric path**" in card and "cpu_precision.md" in card  # issue 30
     verdicts = det.check(face_paths[:2])
     assert all(v.verdict in ("real", "fake") for v in verdicts)
 

@@ -101,6 +101,17 @@ def write_model_card(bundle_dir: Path, det) -> Path:
         )
         + f"`{det.head_kind}` head (imbalance strategy "
         f"`{det.head.get_params().get('imbalance', 'n/a')}`). {_face_stage_text(det)}",
+        *(
+            [
+                "- **Numeric path**: the backbone's passes run in bf16 where the CPU multiplies "
+                "bfloat16 natively (AVX-512 BF16 or AMX) and in fp32 elsewhere, chosen at load "
+                "time; bf16 was measured as accurate as fp32 for the shipped detector (paired "
+                "ROC-AUC and its verdicts on its test split: `benchmarks/cpu_precision.md`), "
+                "INT8 was not. `FACECHECK_PRECISION=fp32` forces fp32."
+            ]
+            if hasattr(bb.model, "set_precision")
+            else []
+        ),
         "- **Probabilities**: "
         + (
             f"temperature-scaled on validation (T = {det.calibration.temperature_:.3g})"
