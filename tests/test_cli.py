@@ -293,6 +293,20 @@ def test_calibrate_sets_the_threshold_from_a_deployments_photos(
     # The lowest such threshold: the highest-scoring photo left unflagged sits just below.
     assert (scores >= np.max(scores[scores < det.threshold])).mean() > 0.1
     assert "facecheck calibrate" in (out / "MODEL_CARD.md").read_text()
+    # A labelled sample of the deployment's own photos (a manifest's "groups" column): the
+    # equal-treatment table at the new threshold, printed and kept in the bundle and card.
+    rows = [
+        {"path": n.name, "label": "real", "source": "bank", "groups": {"sex": n.name.split("_")[1]}}
+        for n in sorted(photos.glob("*.jpg"))[:40]
+    ]
+    (photos / "groups.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    grouped = tmp_path / "grouped"
+    labelled = ["--groups", str(photos / "groups.jsonl"), "--out", str(grouped)]
+    assert main([*args[:-2], *labelled, "--cache-dir", str(cache_dir), str(photos)]) == 0
+    assert "### Equal treatment:" in capsys.readouterr().out
+    stored = json.loads((grouped / "bundle.json").read_text())["deployment_equal_treatment"]
+    assert stored["images"] == 40 and {r["attribute"] for r in stored["rows"]} == {"sex"}
+    assert "the deployment's labelled sample" in (grouped / "MODEL_CARD.md").read_text()
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.png").write_bytes(b"nothing")
     assert main([*args[:-2], "--out", str(tmp_path / "x"), str(tmp_path / "junk")]) == 2

@@ -58,7 +58,18 @@ def cmd_calibrate(args) -> int:
     origin = args.model or default_bundle_path()
     if args.out.resolve() != origin.resolve():
         shutil.copytree(origin, args.out, dirs_exist_ok=True)  # region heads, card, etc.
-    det.save(args.out)
+    extra = {}
+    if args.groups is not None:
+        from facecheck.evaluation.data import load_manifest, with_hashes
+        from facecheck.evaluation.groups import held_out_table, rows_from, section
+
+        table = held_out_table(det, with_hashes(load_manifest(args.groups)))
+        if table is None:
+            print(f"facecheck: {args.groups}: no photo carries group labels", file=sys.stderr)
+            return 2
+        extra["deployment_equal_treatment"] = table
+        print("\n".join(section(rows_from(table), f"{args.groups} at the new threshold")))
+    det.save(args.out, **extra)
     write_model_card(args.out, det)
     print(
         f"saved {args.out} ({det.version}): threshold {det.threshold:.4f} flags "

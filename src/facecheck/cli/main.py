@@ -185,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of the photos the new threshold may flag, e.g. 0.05",
     )
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument(
+        "--groups",
+        type=Path,
+        default=None,
+        metavar="MANIFEST",
+        help="a manifest.jsonl of labelled photos (label, and a 'groups' column such as "
+        '{"gender": "female", "age": "30-44"}): shows and records, at the new threshold, how '
+        "often each group's honest photos are flagged (equal treatment; never used to decide)",
+    )
     _model_options(p)
 
     p = sub.add_parser(

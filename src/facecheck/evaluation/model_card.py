@@ -163,16 +163,20 @@ def write_model_card(bundle_dir: Path, det) -> Path:
         "sources between classes partly measure the source. Not for automatic rejection: "
         "every `fake` verdict goes to a person.",
     ]
-    stored = meta.get("equal_treatment")
-    if stored:
-        lines += [
-            "",
-            *section(
-                rows_from(stored),
-                f"held-out test split ({stored['images']} labelled images) at the threshold "
-                f"{stored['threshold']:.3f}",
-            ),
-        ]
+    for key, where in (
+        ("equal_treatment", "held-out test split"),
+        ("deployment_equal_treatment", "the deployment's labelled sample (`calibrate --groups`)"),
+    ):
+        stored = meta.get(key)
+        if stored:
+            lines += [
+                "",
+                *section(
+                    rows_from(stored),
+                    f"{where} ({stored['images']} labelled images) at the threshold "
+                    f"{stored['threshold']:.3f}",
+                ),
+            ]
     path = Path(bundle_dir) / "MODEL_CARD.md"
     path.write_text("\n".join(lines) + "\n")
     return path
