@@ -2,7 +2,8 @@
 
     python benchmarks/results.py
 
-Reads reports/make-run/metrics.csv (from `make run`), benchmarks/speed.json (from
+Reads reports/lite0-protocols/metrics.csv (the Lite0 protocol run `make run` was until
+round 2), benchmarks/speed.json (from
 `make bench`), benchmarks/make_run_timing.json (from benchmarks/time_make_run.sh) and the
 other benchmark scripts' Markdown tables (face_stage, self_blend, localise, load), and
 puts the seeds' published figures from ../shared/notes/protocols.md beside ours. Nothing
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ROOT / "reports" / "make-run" / "metrics.csv"
+METRICS = ROOT / "reports" / "lite0-protocols" / "metrics.csv"
 SPEED = ROOT / "benchmarks" / "speed.json"
 TIMING = ROOT / "benchmarks" / "make_run_timing.json"
 OUT = ROOT / "benchmarks" / "results.md"
@@ -162,12 +163,14 @@ def _cv(row: dict) -> str:
 
 def metrics_section() -> list[str]:
     if not METRICS.exists():
-        return ["No `reports/make-run/metrics.csv` yet: run `make run`.", ""]
+        return ["No `reports/lite0-protocols/metrics.csv`: see its command below.", ""]
     rows = _val_rows(METRICS)
     lines = [
         "## Detection metrics (test split, threshold chosen on validation)",
         "",
-        f"From `make run` (`reports/make-run/report.md`, run `{rows[0]['run']}`, seed "
+        "From the Lite0 protocol run that `make run` was until round 2 (`facecheck train "
+        "--protocol ALL` then `facecheck evaluate --protocols P1,P2,P3,P3-212,P4,ALL,P6 --cv 5 "
+        f"--run-name make-run`; `reports/lite0-protocols/report.md`, run `{rows[0]['run']}`, seed "
         f"{rows[0]['seed']}, stratified 80/10/10 split by content hash, Youden threshold on "
         "validation, 95% bootstrap CIs in brackets). **Headline** rows are same-source where "
         "the protocol allows; rows marked *biased* compare classes from different sources.",
@@ -327,8 +330,8 @@ def reencode_section() -> list[str]:
         "### Removing the JPEG shortcut: every picture re-saved as JPEG q90 at load",
         "",
         f"`{command}`, against the same models on the files as they are (`reports/p7`, "
-        "`reports/make-run`). The audit finds UTKFace's files at q75 and 200 px, every other "
-        "source at q95 and 256 px.",
+        "`reports/lite0-protocols`). The audit finds UTKFace's files at q75 and 200 px, "
+        "every other source at q95 and 256 px.",
         "",
         "| protocol | test set | model | ROC-AUC as is | ROC-AUC q90 | recall as is / q90 "
         "| FPR as is / q90 |",

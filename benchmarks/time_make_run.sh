@@ -6,10 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cache=$(mktemp -d)
 trap 'rm -rf "$cache"' EXIT
-run() { local t0; t0=$(date +%s); FACECHECK_CACHE="$cache" make run REPORT="$cache/report" SCORES="$cache/scores.csv" DETECTOR="$cache/detector" >/dev/null 2>&1; echo $(( $(date +%s) - t0 )); }
+run() { local t0; t0=$(date +%s); FACECHECK_CACHE="$cache" make run REPORT="$cache/report" SCORES="$cache/scores.csv" >/dev/null 2>&1; echo $(( $(date +%s) - t0 )); }
 cold=$(run)
 warm=$(run)
-machine=$(.venv/bin/python -c "from facecheck.report import machine_description as m; print(m())")
+machine=$(.venv/bin/python -c "from facecheck.evaluation.report import machine_description as m; print(m())")
 cat > benchmarks/make_run_timing.json <<JSON
 {"runs": {"cold (empty feature cache)": $cold, "warm (second run)": $warm},
  "machine": "$machine", "date": "$(date +%F)"}
