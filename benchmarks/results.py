@@ -599,8 +599,8 @@ def main() -> None:
         *markdown_section(
             ROOT / "benchmarks" / "localise.md",
             "Localisation, P6 (issue 6)",
-            "From `benchmarks/localise.md` (`python benchmarks/localise.py`); the same test "
-            "figures are in the `make run` report's P6 section.",
+            "From `benchmarks/localise.md` (`python benchmarks/localise.py`); the Lite0 "
+            "protocol run's report (`reports/lite0-protocols`) has a P6 section too.",
         ),
         *markdown_section(
             ROOT / "benchmarks" / "load.md",
