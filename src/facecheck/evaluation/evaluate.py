@@ -221,13 +221,15 @@ def evaluate_bundle(
 ) -> ModelResult:
     """A saved detector, as shipped (its head, its threshold), on ``protocol``'s test sets.
 
-    ``trained_on``: the detector's training split, rebuilt; a test image that is in it (by
-    content hash) is refused, so no figure here is a training figure."""
+    ``trained_on``: the images the detector was fitted and thresholded on (its train and
+    validation splits, rebuilt); a test image among them (by content hash) is refused, so
+    no figure here is a training figure."""
     seen = {r.sha256 for r in trained_on}
     leaked = {r.sha256 for ds in protocol.test_sets.values() for r in ds} & seen
     if leaked:
         raise ValueError(
-            f"{protocol.name}: {len(leaked)} test images were in the detector's training data"
+            f"{protocol.name}: {len(leaked)} test images were in the detector's training or "
+            "validation data"
         )
     tests, dropped = _test_rows(protocol, feats, perturbed)
     out = _score_tests(protocol, tests, det.score_features, det.threshold, n_boot=n_boot, seed=seed)
