@@ -28,7 +28,6 @@ def cmd_evaluate(args) -> int:
     from facecheck.evaluation.protocols import build, expand
     from facecheck.evaluation.report import git_commit, machine_description, write_report
     from facecheck.features.extract import FeatureExtractor
-    from facecheck.image.perturb import P8_CHAINS
     from facecheck.image.regions import REGIONS
 
     t0 = time.perf_counter()
@@ -47,11 +46,7 @@ def cmd_evaluate(args) -> int:
     localisation = []
     cache = _cache(args)
     cv_on = _names(args.cv_protocols, upper=True)
-    perturbations = [
-        c for n in _names(args.perturb) for c in (P8_CHAINS if n.lower() == "p8" else [n])
-    ]
-    p5_on = expand(_names(args.perturb_protocols, upper=True))
-    p5_tests = _sampled(_records_of(ds, protocols, ("test",), only=p5_on), args)
+    perturbations, p5_on, p5_tests = _processing(args, ds, protocols)
     p5_train = _records_of(ds, protocols, ("train",), only=p5_on)
     results, errors, extract_s = [], {}, {}
     audit_feats = None
@@ -192,7 +187,6 @@ def _evaluate_bundle(args) -> int:
     from facecheck.evaluation.evaluate import evaluate_bundle, extract_all, extract_perturbed
     from facecheck.evaluation.protocols import build, expand
     from facecheck.evaluation.report import git_commit, machine_description, write_report
-    from facecheck.image.perturb import P8_CHAINS
 
     t0 = time.perf_counter()
     origin = default_bundle_path() if str(args.model) == "default" else args.model
@@ -213,11 +207,7 @@ def _evaluate_bundle(args) -> int:
     protocols = [build(p, ds, args.seed) for p in names]
     ex = det.extractor
     feats, errors = extract_all(_records_of(ds, protocols, ("test",)), ex)
-    perturbations = [
-        c for n in _names(args.perturb) for c in (P8_CHAINS if n.lower() == "p8" else [n])
-    ]
-    p5_on = expand(_names(args.perturb_protocols, upper=True))
-    p5_tests = _sampled(_records_of(ds, protocols, ("test",), only=p5_on), args)
+    perturbations, p5_on, p5_tests = _processing(args, ds, protocols)
     perturbed = {name: extract_perturbed(p5_tests, ex, name) for name in perturbations}
     results = [
         evaluate_bundle(
@@ -274,3 +264,15 @@ def _sampled(ds, args):
         for r in draw(strata[key], min(args.perturb_sample, len(strata[key])), seed=args.seed)
     ]
     return ds.subset(picked)
+
+
+def _processing(args, ds, protocols):
+    """What ``--perturb``, ``--perturb-protocols`` and ``--perturb-sample`` ask for: the
+    chains ("p8" standing for all of P8's), the protocols that get them, and the test
+    records to process."""
+    from facecheck.evaluation.protocols import expand
+    from facecheck.image.perturb import P8_CHAINS
+
+    chains = [c for n in _names(args.perturb) for c in (P8_CHAINS if n.lower() == "p8" else [n])]
+    on = expand(_names(args.perturb_protocols, upper=True))
+    return chains, on, _sampled(_records_of(ds, protocols, ("test",), only=on), args)
