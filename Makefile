@@ -30,8 +30,8 @@ install: $(STAMP)
 # The main job: the detector `facecheck check` ships, evaluated as it ships (its own head and
 # threshold) on held-out test images it never trained on (checked by content hash): ALL's
 # test split and P8's seen-family, face-swap and unseen-camera sets, at the operating
-# threshold; then a check and an explain demo. 226 s with a cold feature cache on 2 AVX-512
-# BF16 cores (bf16; an fp32-only CPU extracts about 1.5x slower), plus the install.
+# threshold; then a check and an explain demo. Timed by benchmarks/time_make_run.sh (its
+# figures: benchmarks/results.md).
 run: install
 	@start=$$(date +%s); \
 	$(BIN)/facecheck evaluate --model default --data $(DATA) --seed $(SEED) \
