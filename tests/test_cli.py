@@ -264,6 +264,29 @@ def test_train_max_fpr_holds_each_real_source_on_validation(small_manifest, cach
         assert (scores[mine] >= det.threshold).mean() <= 0.1 + 1e-9
 
 
+def test_train_with_augmentation_fits_on_processed_copies(small_manifest, cache_dir, tmp_path):
+    """``train --train-augment``: one processed copy per training image joins the fit (the
+    head differs from the plain one), recorded in the bundle and its model card."""
+    common = ["--data", str(small_manifest), "--protocol", "P4", "--cache-dir", str(cache_dir)]
+    plain, aug = tmp_path / "plain", tmp_path / "aug"
+    assert main(["train", *common, "--out", str(plain), "--quiet"]) == 0
+    assert main(["train", *common, "--out", str(aug), "--train-augment", "field", "--quiet"]) == 0
+    meta = json.loads((aug / "bundle.json").read_text())
+    n_train = sum(meta["training"]["train_counts"].values())
+    record = meta["training"]["train_augment"]
+    assert record["chain"] == "field" and 0.9 * n_train <= record["copies"] <= n_train
+    assert (
+        meta["training"]["data_fingerprint"]
+        == json.loads((plain / "bundle.json").read_text())["training"]["data_fingerprint"]
+    )
+    assert "`field` chains" in (aug / "MODEL_CARD.md").read_text()
+    faces = [r["path"] for r in map(json.loads, small_manifest.read_text().splitlines())][:4]
+    paths = [small_manifest.parent / f for f in faces]
+    assert not np.allclose(
+        Detector.load(plain).predict_proba(paths), Detector.load(aug).predict_proba(paths)
+    )
+
+
 def test_calibrate_sets_the_threshold_from_a_deployments_photos(
     trained, shared_data, cache_dir, tmp_path, capsys
 ):

@@ -11,6 +11,8 @@ from facecheck.evaluation.data import Dataset, with_extra_sources
 from facecheck.evaluation.protocols import (
     P8_CAMERAS,
     P8_FAMILIES,
+    SYNTHETIC_FAMILIES,
+    NotApplicable,
     all_sources,
     build,
     expand,
@@ -40,7 +42,7 @@ def test_the_extra_sources_load_with_their_families(full_dataset, with_extra):
 
 
 def test_p8_keeps_the_earlier_split_and_tests_the_swap_pair_only(full_dataset):
-    assert expand(["P8"])[0] == "P8-SEEN" and len(expand(["P8"])) == 1 + 3 + 2
+    assert expand(["P8"])[0] == "P8-SEEN" and len(expand(["P8"])) == 1 + 5 + 2
     seen = build("P8-SEEN", full_dataset, 0)
     before = all_sources(full_dataset, 0).split
     for name in ("train", "val", "test"):
@@ -64,7 +66,8 @@ def _plant(ds: Dataset, copy_of, **changes) -> tuple[Dataset, str]:
     return Dataset([*ds.records, twin], ds.root), copy_of.sha256
 
 
-@pytest.mark.parametrize("family", P8_FAMILIES)
+# Face swaps and morphs are trainable only as synthetic fakes (tests/test_synthesize.py).
+@pytest.mark.parametrize("family", [f for f in P8_FAMILIES if f not in SYNTHETIC_FAMILIES])
 def test_leave_one_family_out_never_trains_on_it(with_extra, family):
     held = next(r for r in with_extra if r.family == family)
     # A copy of a held-out fake filed as another family's fake must not train either.
@@ -94,3 +97,9 @@ def test_leave_one_camera_out_never_fits_on_its_reals(with_extra, camera):
     reals = [r for r in unseen if r.label == "real"]
     assert {r.source for r in reals} == {camera}
     assert len(reals) == sum(r.source == camera and r.label == "real" for r in with_extra)
+
+
+@pytest.mark.parametrize("family", ["faceswap", "morph"])
+def test_synthetic_families_do_not_apply_without_synthetic_fakes(full_dataset, family):
+    with pytest.raises(NotApplicable, match="synthesize"):
+        build(f"P8-LOFO-{family.upper()}", full_dataset, 0)

@@ -118,11 +118,12 @@ def test_training_augmentation_adds_a_model_variant(small_manifest, cache_dir, t
     rows = _evaluate_p1(
         small_manifest, cache_dir, tmp_path, "--perturb", "jpeg70", "--train-augment", "degrade"
     )
-    # P1 gets the augmented head; P4 (not a --perturb-protocols protocol) the plain one.
+    # Augmentation is part of the recipe: every protocol's head is fitted with it (the
+    # perturbed test copies stay with --perturb-protocols).
     models = {(r["protocol"], r["model"]) for r in rows}
     assert models == {
         ("P1", "efficientnet_lite0+logreg+aug:degrade"),
-        ("P4", "efficientnet_lite0+logreg"),
+        ("P4", "efficientnet_lite0+logreg+aug:degrade"),
     }
     assert "training augmentation | degrade" in (tmp_path / "run" / "report.md").read_text()
 
@@ -155,3 +156,18 @@ def test_the_face_in_a_larger_photo_is_found_again(face_paths):
             assert picture.size == (1200, 900)
         analysis = stage.analyse(picture)
         assert (analysis.action, analysis.n_faces) == ("aligned", 1), chain
+
+
+def test_field_augmentation_is_seeded_and_passes_through_the_face_stage(face_paths):
+    """The training chain: one kind per picture drawn from its hash (same bytes every time),
+    always a JPEG; some pictures land inside a larger photo, where the face stage finds the
+    face again, as it would in serving."""
+    outputs = {p: perturb(p, "field") for p in face_paths[:12]}
+    assert all(perturb(p, "field") == b for p, b in list(outputs.items())[:3])
+    pictures = {p: load_image(b).image for p, b in outputs.items()}
+    assert {Image.open(io.BytesIO(b)).format for b in outputs.values()} == {"JPEG"}
+    assert len({pic.size for pic in pictures.values()}) >= 3  # several kinds were drawn
+    big = [pic for pic in pictures.values() if pic.width >= 900]
+    assert big, "no picture was placed in a larger photo"
+    analysis = FaceStage().analyse(big[0])
+    assert (analysis.action, analysis.n_faces) == ("aligned", 1)

@@ -33,11 +33,11 @@ def cmd_evaluate(args) -> int:
     t0 = time.perf_counter()
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / run
-    ds = load_dataset(args.data)
+    ds = _with_synthetic(load_dataset(args.data), args)
     names = expand(_names(args.protocols, upper=True))
     # P6 (localisation) is measured on P1's split with the first backbone and head.
     p6 = "P6" in names
-    protocols = [build(p, ds, args.seed) for p in names if p != "P6"]
+    protocols = _built([p for p in names if p != "P6"], ds, args)
     heads = _names(args.heads)
     # "a+b" concatenates the backbones' features (each extracted and cached on its own).
     backbones = ["+".join(resolve_name(m) for m in b.split("+")) for b in _names(args.backbones)]
@@ -47,7 +47,8 @@ def cmd_evaluate(args) -> int:
     cache = _cache(args)
     cv_on = _names(args.cv_protocols, upper=True)
     perturbations, p5_on, p5_tests = _processing(args, ds, protocols)
-    p5_train = _records_of(ds, protocols, ("train",), only=p5_on)
+    # Training augmentation is part of the recipe: every protocol's training split gets it.
+    p5_train = _records_of(ds, protocols, ("train",))
     results, errors, extract_s = [], {}, {}
     audit_feats = None
     # Region-aware: the picture's features, then the four regions' pooled from one pass
@@ -123,7 +124,7 @@ def cmd_evaluate(args) -> int:
                 seed=args.seed,
                 cv_folds=args.cv if proto.name in cv_on else 0,
                 perturbed=perturbed if proto.name in p5_on else None,
-                train_augment=augment if proto.name in p5_on else None,
+                train_augment=augment,
                 head_params=input_params(ex.backbone, args.head_input),
             )
             if not args.quiet:
@@ -194,17 +195,23 @@ def _evaluate_bundle(args) -> int:
     training = det.metadata.get("training") or {}
     if "protocol" not in training:
         raise ValueError(f"{origin}: the bundle does not say what it was trained on")
-    ds = load_dataset(args.data)
+    ds = _with_synthetic(load_dataset(args.data), args)
     split = build(str(training["protocol"]), ds, int(training["seed"])).split
-    trained = split.train
+    # The data's own images (synthetic fakes, made from training reals only, are checked
+    # apart when given: without them the bundle is still tested on everything else).
+    trained = split.train.subset(r for r in split.train if not r.parents)
     if trained.fingerprint() != training.get("data_fingerprint"):
         raise ValueError(
             f"{args.data}: its {training['protocol']} training split (seed {training['seed']}) "
             "is not the one the detector was trained on; its test split could hold training "
             "images"
         )
+    made = split.train.subset(r for r in split.train if r.parents)
+    recorded = (training.get("synthetic") or {}).get("fingerprint")
+    if len(made) and recorded and made.fingerprint() != recorded:
+        raise ValueError(f"{args.synthetic}: not the synthetic set the detector was trained with")
     names = [n for n in expand(_names(args.protocols, upper=True)) if n != "P6"]
-    protocols = [build(p, ds, args.seed) for p in names]
+    protocols = _built(names, ds, args)
     ex = det.extractor
     feats, errors = extract_all(_records_of(ds, protocols, ("test",)), ex)
     perturbations, p5_on, p5_tests = _processing(args, ds, protocols)
@@ -247,6 +254,30 @@ def _evaluate_bundle(args) -> int:
     )
     print(f"report: {path}")
     return 0
+
+
+def _with_synthetic(ds, args):
+    """``ds`` plus ``--synthetic``'s fakes, if given."""
+    if getattr(args, "synthetic", None) is None:
+        return ds
+    from facecheck.evaluation.data import with_synthetic
+
+    return with_synthetic(ds, args.synthetic)
+
+
+def _built(names: list[str], ds, args) -> list:
+    """The protocols, leaving out (and saying so) those with nothing to measure here."""
+    from facecheck.evaluation.protocols import NotApplicable, build
+
+    protocols = []
+    for name in names:
+        try:
+            protocols.append(build(name, ds, args.seed))
+        except NotApplicable as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+    if not protocols:
+        raise ValueError("no protocol applies to this data")
+    return protocols
 
 
 def _sampled(ds, args):

@@ -235,6 +235,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --calibrate: shift probabilities to this prior (e.g. 0.001 for 1:1000)",
     )
     p.add_argument(
+        "--synthetic",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="with a P8 protocol: add the synthetic fakes `facecheck synthesize` wrote in DIR "
+        "(each in its parents' split)",
+    )
+    p.add_argument(
+        "--train-augment",
+        default="",
+        metavar="NAME",
+        help="add one processed copy of every training image (e.g. field; see `evaluate`)",
+    )
+    p.add_argument(
         "--add-manifest",
         type=Path,
         action="append",
@@ -340,15 +354,26 @@ def build_parser() -> argparse.ArgumentParser:
         "compression differences between sources; see the report's source-bias audit)",
     )
     p.add_argument(
+        "--synthetic",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="add the synthetic fakes `facecheck synthesize` wrote in DIR to P8's protocols "
+        "(each in its parents' split; P8-LOFO-FACESWAP and -MORPH need them)",
+    )
+    p.add_argument(
         "--train-augment",
         default="",
         metavar="NAME",
-        help="add one perturbed copy of every training image of the --perturb-protocols "
-        "(degrade: random rescale 0.4-1x and JPEG q50-95, seeded per image)",
+        help="add one processed copy of every protocol's training images, seeded per image "
+        "(field: one chain drawn per image, resampling, resizing, blur, the face in a larger "
+        "photo, then JPEG q55-95; degrade: random rescale 0.4-1x and JPEG q50-95)",
     )
     _head_input_option(p)
     _face_stage_option(p)
     _common(p)
+
+    _synthesize_parser(sub)
 
     p = sub.add_parser(
         "finetune",
@@ -467,6 +492,29 @@ def _service_parsers(sub) -> None:
     _store_options(p)
 
 
+def _synthesize_parser(sub) -> None:
+    p = sub.add_parser(
+        "synthesize",
+        help="make synthetic morphs, face swaps and self-blends from the data's real photos",
+        description="Write synthetic fakes (JPEG, their masks, manifest.jsonl) made from the "
+        "real photos of each P8 camera, pairs within one camera and one split of protocol "
+        "P8 (seed --seed), so `evaluate --synthetic OUT` puts each fake in its parents' "
+        "split. Images go outside the repository (default: under the feature cache).",
+    )
+    p.add_argument("--data", type=Path, default=Path("../shared/data"))
+    p.add_argument("--out", type=Path, default=None, help="folder to write")
+    p.add_argument(
+        "--n-train",
+        type=int,
+        default=400,
+        help="fakes of each kind per camera from its training reals (validation and test "
+        "reals get as many in proportion; default 400)",
+    )
+    p.add_argument("--kinds", default="morph,swap,sbi", help="morph, swap, sbi (self-blend)")
+    p.add_argument("--seed", type=int, default=0, help="P8's split seed and the draws' (0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 # Command -> the module that runs it, imported only when that command runs (start-up time).
 COMMANDS = {
     "check": "check",
@@ -474,6 +522,7 @@ COMMANDS = {
     "calibrate": "check",
     "train": "train",
     "evaluate": "evaluate",
+    "synthesize": "synthesize",
     "finetune": "finetune",
     "backbones": "backbones",
     "serve": "serve",

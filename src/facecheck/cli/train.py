@@ -13,13 +13,15 @@ def cmd_train(args) -> int:
     import numpy as np
 
     from facecheck.detector.pipeline import Detector
-    from facecheck.evaluation.data import load_dataset, region_bits
+    from facecheck.evaluation.data import load_dataset, region_bits, with_synthetic
     from facecheck.evaluation.groups import held_out_table
     from facecheck.evaluation.metrics import binary_metrics
     from facecheck.evaluation.model_card import write_model_card
     from facecheck.evaluation.protocols import build
 
     ds = load_dataset(args.data)
+    if args.synthetic is not None:
+        ds = with_synthetic(ds, args.synthetic)
     proto = build(args.protocol, ds, args.seed)
     det = Detector(
         args.backbone,
@@ -45,8 +47,18 @@ def cmd_train(args) -> int:
     Fv = det.features(val.paths, val.hashes, skip_faceless=True)
     keep_t, keep_v = ~np.isnan(Ft).any(axis=1), ~np.isnan(Fv).any(axis=1)
     Ft, yt, Fv = Ft[keep_t], train.y[keep_t], Fv[keep_v]
+    Rt = region_bits(train.records)[keep_t]
     val_y, val_sources = val.y[keep_v], val.sources[keep_v]
-    det.fit_features(Ft, yt, region_bits(train.records)[keep_t])
+    augmented = 0
+    if args.train_augment:  # one processed copy of each training image, through the face stage
+        from facecheck.evaluation.evaluate import extract_perturbed, kept, regions_of, xy
+
+        copies = extract_perturbed(train, det.extractor, args.train_augment)
+        Fa, ya, _ = xy(train, copies)
+        augmented = len(kept(train, copies))
+        Ft, yt = np.vstack([Ft, Fa]), np.concatenate([yt, ya])
+        Rt = np.vstack([Rt, regions_of(train, copies)])
+    det.fit_features(Ft, yt, Rt)
     region_counts = _fit_regions(det, train) if not args.no_regions else None
     if args.calibrate:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
@@ -59,7 +71,8 @@ def cmd_train(args) -> int:
             "title": proto.title,
             "seed": args.seed,
             "data": str(args.data),
-            "data_fingerprint": train.fingerprint(),
+            # The data's own images; synthetic fakes (made from them) have their own.
+            "data_fingerprint": train.subset(r for r in train if not r.parents).fingerprint(),
             "train_counts": train.counts(),
             "val_counts": val.counts(),
             "left_out_by_face_stage": {
@@ -67,6 +80,17 @@ def cmd_train(args) -> int:
                 "val": int((~keep_v).sum()),
             },
             "region_training": region_counts,
+            "train_augment": {"chain": args.train_augment, "copies": augmented}
+            if args.train_augment
+            else None,
+            "synthetic": None
+            if args.synthetic is None
+            else {
+                "folder": str(args.synthetic),
+                "fingerprint": train.subset(r for r in train if r.parents).fingerprint(),
+                "train": sum(bool(r.parents) for r in train),
+                "val": sum(bool(r.parents) for r in val),
+            },
             "added": None
             if added is None
             else {"manifests": [str(m) for m in args.add_manifest], **added.counts()},

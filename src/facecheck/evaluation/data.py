@@ -38,6 +38,21 @@ KNOWN_SOURCES = {
     "celebdf_dfgc": "Celeb-DF v2 face-swap video id0_id16_0000 and its real source frames, plus "
     "one YouTube-real video; non-commercial research only",
 }
+
+
+def source_terms(source: str) -> str:
+    """What a source is and its terms (a synthetic one: those of the camera it was made from)."""
+    if source in KNOWN_SOURCES:
+        return KNOWN_SOURCES[source]
+    kind, _, camera = source.partition("_")
+    if kind in ("morph", "swap", "sbi") and camera in KNOWN_SOURCES:
+        return (
+            f"synthetic {kind} fakes made by `facecheck synthesize` from {camera}'s reals; "
+            f"their terms: {KNOWN_SOURCES[camera]}"
+        )
+    return "unknown source"
+
+
 # The fake families of protocol P8, by source (reals are family "real"). Synthetic fakes made
 # from the reals (morphs, self-blends, swaps) carry their own family when generated.
 FAMILIES = {
@@ -64,6 +79,11 @@ class Record:
     # Group labels a manifest supplies (its "groups" column, e.g. {"gender": "female"}), as
     # sorted (attribute, value) pairs; for reporting equal treatment only, never deciding.
     groups: tuple[tuple[str, str], ...] = ()
+    # A synthetic fake's parents (the content hashes of the reals it was made from): it
+    # goes wherever they go in a split, and out of training with their camera.
+    parents: tuple[str, ...] = ()
+    # The fake's family where the manifest states it (synthetic fakes); else by source.
+    fake_family: str = ""
 
     @property
     def y(self) -> int:
@@ -73,7 +93,9 @@ class Record:
     @property
     def family(self) -> str:
         """ "real", or the fake's family (gan, diffusion, faceswap, photoshop, ...)."""
-        return "real" if self.label == "real" else FAMILIES.get(self.source, "unknown")
+        if self.label == "real":
+            return "real"
+        return self.fake_family or FAMILIES.get(self.source, "unknown")
 
     @property
     def difficulty(self) -> str | None:
@@ -167,12 +189,17 @@ def load_manifest(path: str | Path) -> Dataset:
         groups = row.get("groups") or {}
         if not isinstance(groups, dict):
             raise ValueError(f"{path}:{lineno}: groups must be an object, got {groups!r}")
+        parents = row.get("parents") or []
+        if not isinstance(parents, list) or not all(isinstance(h, str) for h in parents):
+            raise ValueError(f"{path}:{lineno}: parents must be a list of hashes, got {parents!r}")
         records.append(
             Record(
                 root / rel,
                 label,
                 row.get("source", "unknown"),
                 groups=tuple(sorted((str(k), str(v)) for k, v in groups.items())),
+                parents=tuple(parents),
+                fake_family=str(row.get("family") or "") if label == "fake" else "",
             )
         )
     return Dataset(records, root)
@@ -225,6 +252,27 @@ def with_extra_sources(ds: Dataset) -> Dataset:
         return ds
     known = {r.sha256 for r in ds}
     merged = Dataset(ds.records + [r for r in extra if r.sha256 not in known], ds.root)
+    return with_hashes(merged)
+
+
+def with_synthetic(ds: Dataset, folder: str | Path) -> Dataset:
+    """``ds`` plus the synthetic fakes written by ``facecheck synthesize`` in ``folder``.
+
+    Every fake's parents must be images of ``ds`` (the set was made from this data): an
+    evaluation places each fake in its parents' split, which it could not do otherwise.
+    Byte-identical copies of images already in ``ds`` are left out.
+    """
+    folder = Path(folder)
+    manifest = folder / "manifest.jsonl" if folder.is_dir() else folder
+    synthetic = with_hashes(load_manifest(manifest))
+    known = {r.sha256 for r in ds}
+    orphans = [r for r in synthetic if not r.parents or not set(r.parents) <= known]
+    if orphans:
+        raise ValueError(
+            f"{manifest}: {len(orphans)} synthetic fakes were not made from this data's images "
+            f"(e.g. {orphans[0].path.name}); make them again with `facecheck synthesize`"
+        )
+    merged = Dataset(ds.records + [r for r in synthetic if r.sha256 not in known], ds.root)
     return with_hashes(merged)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from facecheck.evaluation.data import KNOWN_SOURCES
+from facecheck.evaluation.data import source_terms
 from facecheck.evaluation.groups import rows_from, section
 
 
@@ -127,7 +127,20 @@ def write_model_card(bundle_dir: Path, det) -> Path:
         f"- **Training data**: protocol {training.get('protocol')} ({training.get('title')}), "
         f"seed {training.get('seed')}, split by content hash; train counts "
         f"{training.get('train_counts')}; data fingerprint "
-        f"`{str(training.get('data_fingerprint', ''))[:16]}`.",
+        f"`{str(training.get('data_fingerprint', ''))[:16]}`"
+        + (
+            f"; plus one processed copy of each training image (`{aug['chain']}` chains, "
+            f"{aug['copies']} copies, through the face stage as in serving)"
+            if (aug := training.get("train_augment"))
+            else ""
+        )
+        + (
+            f"; synthetic fakes made from the training cameras' reals ({syn['train']} in "
+            f"train, {syn['val']} in validation; `facecheck synthesize`)"
+            if (syn := training.get("synthetic"))
+            else ""
+        )
+        + ".",
         "- **Region scores**: "
         + (
             "P(replaced) for the left eye, right eye, nose and mouth, from the same backbone's "
@@ -147,7 +160,7 @@ def write_model_card(bundle_dir: Path, det) -> Path:
         ),
         "- **Data sources and their terms** (the bundle inherits them: research and "
         "non-commercial use only):",
-        *[f"  - `{s}`: {KNOWN_SOURCES.get(s, 'unknown source')}" for s in sources],
+        *[f"  - `{s}`: {source_terms(s)}" for s in sources],
         "- **Validation** (threshold-selection split, not a test figure): "
         + ", ".join(
             f"{k} {val[k]:.3f}" for k in ("recall", "precision", "roc_auc", "fpr") if k in val

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from facecheck.evaluation.data import (
+    SPLITS,
     Dataset,
     Record,
     Split,
@@ -262,8 +263,18 @@ def p7_real(held: str, kept: str) -> Callable[[Dataset, int], Protocol]:
 # --------------------------------------------------------------------------- P8
 # One face-swap video pair: a test, never training (../shared/data/README.md).
 TEST_ONLY_SOURCES = frozenset({"celebdf_dfgc"})
-# Fake families P8 holds out one at a time (face swaps are always held out: test-only).
-P8_FAMILIES = ("gan", "diffusion", "photoshop")
+# Fake families P8 holds out one at a time. The face-swap video is a test only, so face
+# swaps and morphs are trained on only as synthetic fakes (``facecheck synthesize``); without
+# them their leave-one-out protocols do not apply. Self-blends are a training device, never
+# a family held out.
+P8_FAMILIES = ("gan", "diffusion", "photoshop", "faceswap", "morph")
+SYNTHETIC_FAMILIES = frozenset({"faceswap", "morph", "self_blend"})
+
+
+class NotApplicable(ValueError):
+    """The protocol has nothing to measure on this data (e.g. no synthetic morphs)."""
+
+
 # Real sources ("cameras") P8 holds out one at a time; test-only ones are always unseen.
 P8_CAMERAS = ("rff", "utkface")
 
@@ -272,17 +283,30 @@ def _p8_split(ds: Dataset, seed: int) -> tuple[Dataset, Split]:
     """``ds`` with the extra sources beside its manifest, split so that ``ds``'s own
     records fall exactly as in the earlier protocols (ALL's split), the extra trainable
     sources are split by hash on their own, and test-only sources go to test whole."""
-    own = {r.source for r in ds}
+    own = {r.source for r in ds if not r.parents}
     ds = with_extra_sources(ds)
-    base = ds.subset(r for r in ds if r.source in own and r.source not in TEST_ONLY_SOURCES)
-    added = ds.subset(r for r in ds if r.source not in own | TEST_ONLY_SOURCES)
-    test_only = [r for r in ds if r.source in TEST_ONLY_SOURCES]
+    made = [r for r in ds if r.parents]  # synthetic fakes: they follow their parents
+    ds_ = ds.subset(r for r in ds if not r.parents)
+    base = ds_.subset(r for r in ds_ if r.source in own and r.source not in TEST_ONLY_SOURCES)
+    added = ds_.subset(r for r in ds_ if r.source not in own | TEST_ONLY_SOURCES)
+    test_only = [r for r in ds_ if r.source in TEST_ONLY_SOURCES]
     parts = [split_by_hash(base, seed=seed)]
     if len(added):  # fakes only (sfhq_t2i): split by hash, stratified by source
         parts.append(split_by_hash(added, seed=seed, one_class=True))
+    where = {r.sha256: name for part in parts for name in SPLITS for r in part[name]}
+    where.update({r.sha256: "test" for r in test_only})
+    follow: dict[str, list[Record]] = {name: [] for name in SPLITS}
+    for r in made:
+        homes = {where.get(h) for h in r.parents}
+        if len(homes) != 1 or None in homes:
+            raise ValueError(
+                f"{r.path.name}: its parents are in splits {sorted(map(str, homes))}, not one "
+                f"(made for another seed than {seed}? run `facecheck synthesize --seed {seed}`)"
+            )
+        follow[homes.pop()].append(r)  # type: ignore[index]
 
     def joined(name: str) -> Dataset:
-        records = [r for part in parts for r in part[name]]
+        records = [r for part in parts for r in part[name]] + follow[name]
         return ds.subset(records + (test_only if name == "test" else []))
 
     return ds, Split(joined("train"), joined("val"), joined("test"))
@@ -343,7 +367,12 @@ def p8_seen(ds: Dataset, seed: int = 0) -> Protocol:
         split,
         sets,
         "rff-same-source",
-        source_biased={k for k in sets if k not in ("rff-same-source", "faceswap-same-source")},
+        # Synthetic fakes are made from the test reals' own cameras: not source-biased.
+        source_biased={
+            k
+            for k in sets
+            if k not in ("rff-same-source", "faceswap-same-source", *SYNTHETIC_FAMILIES)
+        },
         seed=seed,
     )
 
@@ -356,6 +385,13 @@ def p8_family(held: str) -> Callable[[Dataset, int], Protocol]:
         ds, split = _p8_split(ds, seed)
         split = _without(split, lambda r: r.family == held, ds)
         held_out = [r for r in ds if r.family == held]
+        if held in SYNTHETIC_FAMILIES and not any(r.parents for r in held_out):
+            raise NotApplicable(
+                f"P8-LOFO-{held.upper()}: no synthetic {held} fakes (run `facecheck synthesize` "
+                "and pass --synthetic)"
+            )
+        if not held_out:
+            raise NotApplicable(f"P8-LOFO-{held.upper()}: no {held} fakes in the data")
         _assert_unseen(f"P8-LOFO-{held.upper()}", split, held_out)
         trained = {r.source for r in split.train if r.label == "real"}
         reals = [r for r in split.test if r.label == "real" and r.source in trained]
@@ -385,8 +421,14 @@ def p8_camera(held: str) -> Callable[[Dataset, int], Protocol]:
 
     def build_(ds: Dataset, seed: int = 0) -> Protocol:
         ds, split = _p8_split(ds, seed)
-        split = _without(split, lambda r: r.source == held and r.label == "real", ds)
         held_out = [r for r in ds if r.source == held and r.label == "real"]
+        # Fakes made from the held-out camera's photos carry that camera too: out with them.
+        camera = {r.sha256 for r in held_out}
+        split = _without(
+            split,
+            lambda r: (r.source == held and r.label == "real") or bool(camera & set(r.parents)),
+            ds,
+        )
         _assert_unseen(f"P8-CAMERA-{held.upper()}", split, held_out)
         fakes = [r for r in split.test if r.label == "fake" and r.source not in TEST_ONLY_SOURCES]
         trained = {r.source for r in split.train if r.label == "real"}
@@ -445,4 +487,7 @@ def build(name: str, ds: Dataset, seed: int = 0) -> Protocol:
     key = name.upper()
     if key not in PROTOCOLS:
         raise KeyError(f"unknown protocol {name!r}; choose from {', '.join(PROTOCOLS)}")
+    if not key.startswith("P8") and any(r.parents for r in ds):
+        # Synthetic fakes are P8's; the earlier protocols' figures stay as they were.
+        ds = ds.subset(r for r in ds if not r.parents)
     return PROTOCOLS[key](ds, seed)

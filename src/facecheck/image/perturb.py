@@ -194,6 +194,43 @@ def print_recapture(image: Image.Image, seed: int) -> bytes:
     return _encode(shot_img, "JPEG", quality=int(rng.integers(75, 91)))
 
 
+def field(image: Image.Image, seed: int) -> bytes:
+    """Training augmentation for the field (issue 26): one processing chain per image, its
+    kind and parameters drawn from the picture's hash, from a wider range than P8 tests.
+
+    Kinds: a down-and-up resample then JPEG (``degrade``'s); a size change kept (x0.5-3,
+    random filter) then JPEG; a blur then JPEG; the face inside a larger photo at x0.7-2.5
+    (so training passes through the face stage as serving does); a plain JPEG re-save.
+    Screenshots, PNG with alpha and print-and-recapture are left out on purpose: P8 then
+    measures chains the detector never trained on.
+    """
+    rng = _rng(seed, "field")
+    kind = int(rng.integers(0, 5))
+    quality = int(rng.integers(55, 96))
+    rgb = image.convert("RGB")
+    w, h = rgb.size
+    if kind == 0:
+        out = _rescaled(rgb, float(rng.uniform(0.35, 1.0)))
+    elif kind == 1:
+        factor = float(np.exp(rng.uniform(np.log(0.5), np.log(3.0))))
+        filters = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)
+        size = (max(16, round(w * factor)), max(16, round(h * factor)))
+        out = rgb.resize(size, filters[int(rng.integers(0, 3))])
+    elif kind == 2:
+        out = rgb.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.3, 1.2))))
+    elif kind == 3:
+        # At most a 1000 px face, on a canvas with room around it.
+        scale = min(float(rng.uniform(0.7, 2.5)), 1000 / max(w, h))
+        canvas = (
+            max(int(rng.integers(900, 1400)), round(w * scale * 1.4)),
+            max(int(rng.integers(700, 1100)), round(h * scale * 1.4)),
+        )
+        out = Image.open(io.BytesIO(in_photo(round(scale, 2), canvas)(rgb, seed))).convert("RGB")
+    else:
+        out = rgb
+    return _encode(out, "JPEG", quality=quality)
+
+
 PERTURBATIONS: dict[str, Perturbation] = {
     # P5
     "jpeg70": jpeg(70),
@@ -212,6 +249,7 @@ PERTURBATIONS: dict[str, Perturbation] = {
     "print_recapture": print_recapture,
     # training augmentation
     "degrade": degrade,
+    "field": field,
 }
 # Protocol P8's processing chains, in report order.
 P8_CHAINS = (
