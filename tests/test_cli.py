@@ -270,11 +270,14 @@ def test_train_with_augmentation_fits_on_processed_copies(small_manifest, cache_
     common = ["--data", str(small_manifest), "--protocol", "P4", "--cache-dir", str(cache_dir)]
     plain, aug = tmp_path / "plain", tmp_path / "aug"
     assert main(["train", *common, "--out", str(plain), "--quiet"]) == 0
-    assert main(["train", *common, "--out", str(aug), "--train-augment", "field", "--quiet"]) == 0
+    args = ["--train-augment", "field", "--augment-sample", "6", "--quiet"]
+    assert main(["train", *common, "--out", str(aug), *args]) == 0
     meta = json.loads((aug / "bundle.json").read_text())
-    n_train = sum(meta["training"]["train_counts"].values())
+    # At most 6 images of each source and label get a copy (the faceless ones none).
+    most = sum(min(6, n) for n in meta["training"]["train_counts"].values())
     record = meta["training"]["train_augment"]
-    assert record["chain"] == "field" and 0.9 * n_train <= record["copies"] <= n_train
+    assert record["chain"] == "field" and record["per_source_label"] == 6
+    assert most - 3 <= record["copies"] <= most
     assert (
         meta["training"]["data_fingerprint"]
         == json.loads((plain / "bundle.json").read_text())["training"]["data_fingerprint"]
@@ -416,3 +419,22 @@ def test_evaluate_a_saved_detector_as_it_ships(small_manifest, cache_dir, tmp_pa
     capsys.readouterr()
     assert main([*args, "--protocols", "ALL", "--seed", "1", "--out", str(tmp_path / "x")]) == 2
     assert "were in the detector's training or validation data" in capsys.readouterr().err
+
+
+def test_augmentation_draws_keep_every_source_and_labels_share(full_dataset):
+    """--augment-fraction processes the same share of each source and label (so processed
+    copies cannot teach the head which class was processed more); --augment-sample caps
+    each at N, which does not keep the shares (kept for the recorded run that showed it)."""
+    from collections import Counter
+
+    from facecheck.cli.common import _sampled
+
+    before = Counter((r.source, r.label) for r in full_dataset)
+    half = Counter((r.source, r.label) for r in _sampled(full_dataset, 0, 0, 0.5))
+    assert half == {k: max(1, round(n * 0.5)) for k, n in before.items()}
+    capped = Counter((r.source, r.label) for r in _sampled(full_dataset, 100, 0))
+    assert capped == {k: min(100, n) for k, n in before.items()}
+    assert _sampled(full_dataset, 0, 0) is full_dataset
+    assert list(_sampled(full_dataset, 0, 1, 0.5)) != list(_sampled(full_dataset, 0, 0, 0.5))
+    with pytest.raises(ValueError, match="fraction"):
+        _sampled(full_dataset, 0, 0, 1.5)

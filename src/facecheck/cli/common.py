@@ -80,3 +80,22 @@ def _reencoded(backbone, quality: int | None):
         raise ValueError(f"--reencode takes a JPEG quality 1-100, not {quality}")
     prep = dataclasses.replace(backbone.preprocessing, jpeg_quality=quality)
     return dataclasses.replace(backbone, preprocessing=prep)
+
+
+def _sampled(ds, n: int, seed: int, fraction: float = 1.0):
+    """A seeded draw of each source and label: at most ``n`` records (all if n <= 0), and
+    of those the share ``fraction`` (the same share of every stratum)."""
+    from facecheck.evaluation.data import draw
+
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"a fraction must be in (0, 1], got {fraction}")
+    if n <= 0 and fraction == 1.0:
+        return ds
+    strata: dict[tuple[str, str], list] = {}
+    for r in ds:
+        strata.setdefault((r.source, r.label), []).append(r)
+    picked = []
+    for key in sorted(strata):
+        k = len(strata[key]) if n <= 0 else min(n, len(strata[key]))
+        picked += draw(strata[key], max(1, round(k * fraction)), seed=seed)
+    return ds.subset(picked)

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from facecheck.cli.common import _cache, _names, _records_of, _reencoded, _rule
+from facecheck.cli.common import _cache, _names, _records_of, _reencoded, _rule, _sampled
 
 
 def cmd_evaluate(args) -> int:
@@ -48,7 +48,12 @@ def cmd_evaluate(args) -> int:
     cv_on = _names(args.cv_protocols, upper=True)
     perturbations, p5_on, p5_tests = _processing(args, ds, protocols)
     # Training augmentation is part of the recipe: every protocol's training split gets it.
-    p5_train = _records_of(ds, protocols, ("train",))
+    p5_train = _sampled(
+        _records_of(ds, protocols, ("train",)),
+        args.augment_sample,
+        args.seed,
+        args.augment_fraction,
+    )
     results, errors, extract_s = [], {}, {}
     audit_feats = None
     # Region-aware: the picture's features, then the four regions' pooled from one pass
@@ -280,23 +285,6 @@ def _built(names: list[str], ds, args) -> list:
     return protocols
 
 
-def _sampled(ds, args):
-    """At most ``--perturb-sample`` records of each source and label (seeded), or all."""
-    from facecheck.evaluation.data import draw
-
-    if args.perturb_sample <= 0:
-        return ds
-    strata: dict[tuple[str, str], list] = {}
-    for r in ds:
-        strata.setdefault((r.source, r.label), []).append(r)
-    picked = [
-        r
-        for key in sorted(strata)
-        for r in draw(strata[key], min(args.perturb_sample, len(strata[key])), seed=args.seed)
-    ]
-    return ds.subset(picked)
-
-
 def _processing(args, ds, protocols):
     """What ``--perturb``, ``--perturb-protocols`` and ``--perturb-sample`` ask for: the
     chains ("p8" standing for all of P8's), the protocols that get them, and the test
@@ -306,4 +294,5 @@ def _processing(args, ds, protocols):
 
     chains = [c for n in _names(args.perturb) for c in (P8_CHAINS if n.lower() == "p8" else [n])]
     on = expand(_names(args.perturb_protocols, upper=True))
-    return chains, on, _sampled(_records_of(ds, protocols, ("test",), only=on), args)
+    tests = _records_of(ds, protocols, ("test",), only=on)
+    return chains, on, _sampled(tests, args.perturb_sample, args.seed)

@@ -249,6 +249,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="add one processed copy of every training image (e.g. field; see `evaluate`)",
     )
     p.add_argument(
+        "--augment-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --train-augment: at most N training images of each source and label "
+        "(see `evaluate --help`: prefer --augment-fraction)",
+    )
+    p.add_argument(
+        "--augment-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="with --train-augment: the share F of every source and label's training images",
+    )
+    p.add_argument(
         "--add-manifest",
         type=Path,
         action="append",
@@ -360,6 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="add the synthetic fakes `facecheck synthesize` wrote in DIR to P8's protocols "
         "(each in its parents' split; P8-LOFO-FACESWAP and -MORPH need them)",
+    )
+    p.add_argument(
+        "--augment-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --train-augment: process at most N training images of each source and "
+        "label (a seeded draw; default 0: all). Beware: a cap gives the classes unequal "
+        "shares of processed copies, and the head learns 'processed = fake' "
+        "(benchmarks/p8_recipes.md); --augment-fraction keeps the shares equal",
+    )
+    p.add_argument(
+        "--augment-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="with --train-augment: process the share F of every source and label's training "
+        "images (a seeded draw; default 1: all)",
     )
     p.add_argument(
         "--train-augment",

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from facecheck.cli.common import _cache, _rule
+from facecheck.cli.common import _cache, _rule, _sampled
 
 
 def cmd_train(args) -> int:
@@ -53,7 +53,8 @@ def cmd_train(args) -> int:
     if args.train_augment:  # one processed copy of each training image, through the face stage
         from facecheck.evaluation.evaluate import extract_perturbed, kept, regions_of, xy
 
-        copies = extract_perturbed(train, det.extractor, args.train_augment)
+        picked = _sampled(train, args.augment_sample, args.seed, args.augment_fraction)
+        copies = extract_perturbed(picked, det.extractor, args.train_augment)
         Fa, ya, _ = xy(train, copies)
         augmented = len(kept(train, copies))
         Ft, yt = np.vstack([Ft, Fa]), np.concatenate([yt, ya])
@@ -80,7 +81,12 @@ def cmd_train(args) -> int:
                 "val": int((~keep_v).sum()),
             },
             "region_training": region_counts,
-            "train_augment": {"chain": args.train_augment, "copies": augmented}
+            "train_augment": {
+                "chain": args.train_augment,
+                "copies": augmented,
+                "per_source_label": args.augment_sample or "all",
+                "fraction": args.augment_fraction,
+            }
             if args.train_augment
             else None,
             "synthetic": None
