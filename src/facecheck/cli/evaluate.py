@@ -280,7 +280,7 @@ def _built(names: list[str], ds, args) -> list:
             protocols.append(build(name, ds, args.seed))
         except NotApplicable as exc:
             print(f"skipped: {exc}", file=sys.stderr)
-    if not protocols:
+    if names and not protocols:
         raise ValueError("no protocol applies to this data")
     return protocols
 

@@ -234,35 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="R",
         help="with --calibrate: shift probabilities to this prior (e.g. 0.001 for 1:1000)",
     )
-    p.add_argument(
-        "--synthetic",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="with a P8 protocol: add the synthetic fakes `facecheck synthesize` wrote in DIR "
-        "(each in its parents' split)",
-    )
-    p.add_argument(
-        "--train-augment",
-        default="",
-        metavar="NAME",
-        help="add one processed copy of every training image (e.g. field; see `evaluate`)",
-    )
-    p.add_argument(
-        "--augment-sample",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --train-augment: at most N training images of each source and label "
-        "(see `evaluate --help`: prefer --augment-fraction)",
-    )
-    p.add_argument(
-        "--augment-fraction",
-        type=float,
-        default=1.0,
-        metavar="F",
-        help="with --train-augment: the share F of every source and label's training images",
-    )
+    _field_training_options(p)
     p.add_argument(
         "--add-manifest",
         type=Path,
@@ -368,40 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="re-encode every picture as JPEG quality Q before the backbone (removes "
         "compression differences between sources; see the report's source-bias audit)",
     )
-    p.add_argument(
-        "--synthetic",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="add the synthetic fakes `facecheck synthesize` wrote in DIR to P8's protocols "
-        "(each in its parents' split; P8-LOFO-FACESWAP and -MORPH need them)",
-    )
-    p.add_argument(
-        "--augment-sample",
-        type=int,
-        default=0,
-        metavar="N",
-        help="with --train-augment: process at most N training images of each source and "
-        "label (a seeded draw; default 0: all). Beware: a cap gives the classes unequal "
-        "shares of processed copies, and the head learns 'processed = fake' "
-        "(benchmarks/p8_recipes.md); --augment-fraction keeps the shares equal",
-    )
-    p.add_argument(
-        "--augment-fraction",
-        type=float,
-        default=1.0,
-        metavar="F",
-        help="with --train-augment: process the share F of every source and label's training "
-        "images (a seeded draw; default 1: all)",
-    )
-    p.add_argument(
-        "--train-augment",
-        default="",
-        metavar="NAME",
-        help="add one processed copy of every protocol's training images, seeded per image "
-        "(field: one chain drawn per image, resampling, resizing, blur, the face in a larger "
-        "photo, then JPEG q55-95; degrade: random rescale 0.4-1x and JPEG q50-95)",
-    )
+    _field_training_options(p)
     _head_input_option(p)
     _face_stage_option(p)
     _common(p)
@@ -523,6 +462,44 @@ def _service_parsers(sub) -> None:
     p.add_argument("--by", default="week", choices=["day", "week", "month"])
     p.add_argument("--csv", type=Path, default=None, help="report: also write this CSV")
     _store_options(p)
+
+
+def _field_training_options(p: argparse.ArgumentParser) -> None:
+    """What `train` and `evaluate` add to training for the field (issue 26), alike."""
+    p.add_argument(
+        "--synthetic",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="add the synthetic fakes `facecheck synthesize` wrote in DIR to P8's protocols "
+        "(each in its parents' split; P8-LOFO-FACESWAP and -MORPH need them)",
+    )
+    p.add_argument(
+        "--augment-sample",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --train-augment: process at most N training images of each source and "
+        "label (a seeded draw; default 0: all). Beware: a cap gives the classes unequal "
+        "shares of processed copies, and the head learns 'processed = fake' "
+        "(benchmarks/p8_recipes.md); --augment-fraction keeps the shares equal",
+    )
+    p.add_argument(
+        "--augment-fraction",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="with --train-augment: process the share F of every source and label's training "
+        "images (a seeded draw; default 1: all)",
+    )
+    p.add_argument(
+        "--train-augment",
+        default="",
+        metavar="NAME",
+        help="add one processed copy of the training images (every protocol's), seeded per image "
+        "(field: one chain drawn per image, resampling, resizing, blur, the face in a larger "
+        "photo, then JPEG q55-95; degrade: random rescale 0.4-1x and JPEG q50-95)",
+    )
 
 
 def _synthesize_parser(sub) -> None:
