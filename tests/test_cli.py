@@ -403,6 +403,7 @@ def test_evaluate_a_saved_detector_as_it_ships(small_manifest, cache_dir, tmp_pa
     assert main(["train", "--protocol", "ALL", "--out", str(bundle), *common]) == 0
     threshold = json.loads((bundle / "bundle.json").read_text())["threshold"]
     args = ["evaluate", "--model", str(bundle), "--n-boot", "50", *common]
+    args += ["--scores-csv", str(tmp_path / "s.csv")]  # not the checkout's reports/
     out = tmp_path / "report"
     run = [*args, "--protocols", "ALL,P8-SEEN", "--perturb", "jpeg70,in_photo"]
     run += ["--perturb-protocols", "ALL", "--perturb-sample", "1"]
