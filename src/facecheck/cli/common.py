@@ -99,3 +99,12 @@ def _sampled(ds, n: int, seed: int, fraction: float = 1.0):
         k = len(strata[key]) if n <= 0 else min(n, len(strata[key]))
         picked += draw(strata[key], max(1, round(k * fraction)), seed=seed)
     return ds.subset(picked)
+
+
+def _with_synthetic(ds, args):
+    """``ds`` plus ``--synthetic``'s fakes, if given."""
+    if getattr(args, "synthetic", None) is None:
+        return ds
+    from facecheck.evaluation.data import with_synthetic
+
+    return with_synthetic(ds, args.synthetic)

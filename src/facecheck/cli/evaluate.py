@@ -6,7 +6,15 @@ import sys
 import time
 from pathlib import Path
 
-from facecheck.cli.common import _cache, _names, _records_of, _reencoded, _rule, _sampled
+from facecheck.cli.common import (
+    _cache,
+    _names,
+    _records_of,
+    _reencoded,
+    _rule,
+    _sampled,
+    _with_synthetic,
+)
 
 
 def cmd_evaluate(args) -> int:
@@ -204,16 +212,15 @@ def _evaluate_bundle(args) -> int:
     split = build(str(training["protocol"]), ds, int(training["seed"])).split
     # The data's own images (synthetic fakes, made from training reals only, are checked
     # apart when given: without them the bundle is still tested on everything else).
-    trained = split.train.subset(r for r in split.train if not r.parents)
-    if trained.fingerprint() != training.get("data_fingerprint"):
+    own, made = split.train.fingerprints()
+    if own != training.get("data_fingerprint"):
         raise ValueError(
             f"{args.data}: its {training['protocol']} training split (seed {training['seed']}) "
             "is not the one the detector was trained on; its test split could hold training "
             "images"
         )
-    made = split.train.subset(r for r in split.train if r.parents)
     recorded = (training.get("synthetic") or {}).get("fingerprint")
-    if len(made) and recorded and made.fingerprint() != recorded:
+    if made and recorded and made != recorded:
         raise ValueError(f"{args.synthetic}: not the synthetic set the detector was trained with")
     names = [n for n in expand(_names(args.protocols, upper=True)) if n != "P6"]
     protocols = _built(names, ds, args)
@@ -259,15 +266,6 @@ def _evaluate_bundle(args) -> int:
     )
     print(f"report: {path}")
     return 0
-
-
-def _with_synthetic(ds, args):
-    """``ds`` plus ``--synthetic``'s fakes, if given."""
-    if getattr(args, "synthetic", None) is None:
-        return ds
-    from facecheck.evaluation.data import with_synthetic
-
-    return with_synthetic(ds, args.synthetic)
 
 
 def _built(names: list[str], ds, args) -> list:

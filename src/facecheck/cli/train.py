@@ -6,22 +6,20 @@ import sys
 import time
 from pathlib import Path
 
-from facecheck.cli.common import _cache, _rule, _sampled
+from facecheck.cli.common import _cache, _rule, _sampled, _with_synthetic
 
 
 def cmd_train(args) -> int:
     import numpy as np
 
     from facecheck.detector.pipeline import Detector
-    from facecheck.evaluation.data import load_dataset, region_bits, with_synthetic
+    from facecheck.evaluation.data import load_dataset, region_bits
     from facecheck.evaluation.groups import held_out_table
     from facecheck.evaluation.metrics import binary_metrics
     from facecheck.evaluation.model_card import write_model_card
     from facecheck.evaluation.protocols import build
 
-    ds = load_dataset(args.data)
-    if args.synthetic is not None:
-        ds = with_synthetic(ds, args.synthetic)
+    ds = _with_synthetic(load_dataset(args.data), args)
     proto = build(args.protocol, ds, args.seed)
     det = Detector(
         args.backbone,
@@ -65,6 +63,7 @@ def cmd_train(args) -> int:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
     thr = det.set_threshold_from(Fv, val_y, rule=_rule(args), features=True, groups=val_sources)
     val_metrics = binary_metrics(val_y, det.score_features(Fv), thr)
+    own, made = train.fingerprints()
     det.save(
         args.out,
         training={
@@ -73,7 +72,7 @@ def cmd_train(args) -> int:
             "seed": args.seed,
             "data": str(args.data),
             # The data's own images; synthetic fakes (made from them) have their own.
-            "data_fingerprint": train.subset(r for r in train if not r.parents).fingerprint(),
+            "data_fingerprint": own,
             "train_counts": train.counts(),
             "val_counts": val.counts(),
             "left_out_by_face_stage": {
@@ -93,7 +92,7 @@ def cmd_train(args) -> int:
             if args.synthetic is None
             else {
                 "folder": str(args.synthetic),
-                "fingerprint": train.subset(r for r in train if r.parents).fingerprint(),
+                "fingerprint": made,
                 "train": sum(bool(r.parents) for r in train),
                 "val": sum(bool(r.parents) for r in val),
             },

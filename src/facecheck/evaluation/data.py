@@ -162,6 +162,13 @@ class Dataset:
             if (label is None or r.label == label) and (source is None or r.source == source)
         )
 
+    def fingerprints(self) -> tuple[str, str | None]:
+        """The fingerprint of the data's own images and that of its synthetic fakes (None
+        without any): a bundle records both, so it can be checked without the synthetic set."""
+        made = [r for r in self.records if r.parents]
+        own = self.subset(r for r in self.records if not r.parents).fingerprint()
+        return own, self.subset(made).fingerprint() if made else None
+
     def fingerprint(self) -> str:
         """Hash of the (sorted) content hashes and labels: names the training data in a bundle."""
         h = hashlib.sha256()

@@ -62,10 +62,16 @@ def degrade(image: Image.Image, seed: int) -> bytes:
     return _encode(_rescaled(image, factor), "JPEG", quality=quality)
 
 
+def seeded_rng(*parts: object) -> np.random.Generator:
+    """Draws named by ``parts`` (e.g. a picture's seed and a chain's name): the same parts
+    give the same draws, and other parts independent ones."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
 def _rng(seed: int, chain: str) -> np.random.Generator:
     """The chain's own draws for this picture (independent of every other chain's)."""
-    digest = hashlib.sha256(f"{seed}:{chain}".encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    return seeded_rng(seed, chain)
 
 
 def resize(factor: float) -> Perturbation:

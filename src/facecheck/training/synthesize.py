@@ -16,7 +16,6 @@ equal-treatment table can show recall by group).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -29,6 +28,7 @@ from tqdm import tqdm
 
 from facecheck.image.decode import ImageError, load_image
 from facecheck.image.landmarks import face_landmarks
+from facecheck.image.perturb import seeded_rng
 from facecheck.training.synthetic import SyntheticFake, morph, self_blend, swap
 
 # Kind -> (the fake family it stands for in protocol P8, faces it takes).
@@ -59,11 +59,6 @@ class Parent:
 def source_name(kind: str, camera: str) -> str:
     """The source a synthetic fake is filed under: its kind and its parents' camera."""
     return f"{kind}_{camera}"
-
-
-def _seed(*parts: object) -> np.random.Generator:
-    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
 class _Faces:
@@ -148,7 +143,7 @@ def synthesize(
 
 
 def _cell(pool, kind, camera, split, n, out: Path, faces: _Faces, seed, progress) -> list[dict]:
-    rng = _seed(seed, kind, camera, split)
+    rng = seeded_rng(seed, kind, camera, split)
     takes = KINDS[kind][1]
     rows: list[dict] = []
     tries = 0
