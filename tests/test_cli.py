@@ -439,3 +439,35 @@ def test_augmentation_draws_keep_every_source_and_labels_share(full_dataset):
     assert list(_sampled(full_dataset, 0, 1, 0.5)) != list(_sampled(full_dataset, 0, 0, 0.5))
     with pytest.raises(ValueError, match="fraction"):
         _sampled(full_dataset, 0, 0, 1.5)
+
+
+def test_augment_validation_holds_processed_reals_to_the_rate(
+    small_manifest, cache_dir, tmp_path, capsys
+):
+    """``--augment-validation``: validation's processed copies join the threshold choice
+    as groups of their own, so each camera's re-saved reals are held to the fpr: rate as
+    well as its clean ones (the threshold a shifted stream would otherwise break)."""
+    from facecheck.cli.common import _sampled
+    from facecheck.evaluation.data import load_dataset
+    from facecheck.evaluation.protocols import build
+    from facecheck.image.perturb import perturb
+
+    out = tmp_path / "augval"
+    args = ["train", "--data", str(small_manifest), "--protocol", "P4", "--out", str(out)]
+    args += ["--train-augment", "field", "--augment-sample", "6", "--augment-validation"]
+    assert main([*args, "--max-fpr", "0.1", "--cache-dir", str(cache_dir), "--quiet"]) == 0
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["training"]["train_augment"]["validation"] is True
+    det = Detector.load(out)
+    val = build("P4", load_dataset(small_manifest)).split.val
+    processed = set(_sampled(val, 6, 0).hashes)  # train's draw (--augment-sample 6, seed 0)
+    for source in ("rff", "utkface"):
+        reals = [r for r in val if r.label == "real" and r.source == source]
+        copies = [perturb(r.path, "field") for r in reals if r.sha256 in processed]
+        for images in ([r.path for r in reals], copies):
+            features = det.features(images, skip_faceless=True)
+            scores = det.score_features(features[~np.isnan(features).any(axis=1)])
+            assert (scores >= det.threshold).mean() <= 0.1 + 1e-9, source
+    for command in ("train", "evaluate"):
+        assert main([command, "--data", "no-such", "--out", str(out), "--augment-validation"]) != 0
+        assert "--augment-validation needs --train-augment" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from facecheck.decision.policy import choose_threshold
+from facecheck.decision.policy import choose_threshold, threshold_for_fpr
 from facecheck.evaluation.metrics import (
     binary_metrics,
     bootstrap_ci,
@@ -117,3 +117,16 @@ def test_paired_auc_difference_sees_a_small_shared_shift():
     assert same["difference"] == same["ci_lo"] == same["ci_hi"] == 0.0
     with pytest.raises(ValueError, match="one score per image"):
         paired_auc_difference(y, common, better[:-1])
+
+
+def test_fpr_threshold_survives_float32_rescoring():
+    """A real just below the threshold stays below when the same picture is scored again
+    with float32 rounding, and the margin never reaches the next real's score."""
+    y = np.array([0, 0, 0, 0, 1])
+    score = np.array([0.1, 0.2, 0.42649288830694043, 0.9, 0.95])
+    thr = threshold_for_fpr(y, score, 0.25)  # one of four reals may be flagged: 0.9
+    again = np.float64(np.float32(score[2])) + 4 * np.finfo(np.float32).eps * score[2]
+    assert again < thr < 0.9
+    close = np.array([0.5, 0.5 + 1e-7, 0.2, 0.9])
+    thr = threshold_for_fpr(np.array([0, 0, 0, 1]), close, 1 / 3)
+    assert 0.5 < thr < 0.5 + 1e-7

@@ -34,13 +34,19 @@ def _split_of(protocol) -> dict[str, str]:
     return {r.sha256: name for name in SPLITS for r in protocol.split[name]}
 
 
-def test_the_set_is_written_with_masks_and_parents_and_is_seeded(made, tmp_path, shared_data):
+def test_the_set_is_written_with_masks_and_parents_and_is_seeded(
+    made, tmp_path, shared_data, full_dataset
+):
     rows = [json.loads(line) for line in (made / "manifest.jsonl").read_text().splitlines()]
+    by_hash = {r.sha256: r.path for r in full_dataset}
     sources = {r["source"] for r in rows}
     assert sources == {f"{k}_{c}" for k in ("morph", "swap", "sbi") for c in ("rff", "utkface")}
     for row in rows:
         image, mask = Image.open(made / row["path"]), Image.open(made / row["mask"])
         assert image.format == "JPEG" and mask.size == image.size
+        # Compressed as its first parent was: the file format and JPEG tables are no cue.
+        with Image.open(by_hash[row["parents"][0]]) as parent:
+            assert image.quantization == parent.quantization
         assert np.asarray(mask).max() > 0
         assert len(row["parents"]) == (1 if row["source"].startswith("sbi") else 2)
     # UTKFace parents' labels come along (for recall by group).

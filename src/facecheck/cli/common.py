@@ -101,6 +101,12 @@ def _sampled(ds, n: int, seed: int, fraction: float = 1.0):
     return ds.subset(picked)
 
 
+def _needs_train_augment(args) -> None:
+    """``--augment-validation`` processes validation as ``--train-augment`` does training."""
+    if args.augment_validation and not args.train_augment:
+        raise ValueError("--augment-validation needs --train-augment (the chain to apply)")
+
+
 def _with_synthetic(ds, args):
     """``ds`` plus ``--synthetic``'s fakes, if given."""
     if getattr(args, "synthetic", None) is None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from facecheck.cli.common import (
     _cache,
     _names,
+    _needs_train_augment,
     _records_of,
     _reencoded,
     _rule,
@@ -38,6 +39,7 @@ def cmd_evaluate(args) -> int:
     from facecheck.features.extract import FeatureExtractor
     from facecheck.image.regions import REGIONS
 
+    _needs_train_augment(args)
     t0 = time.perf_counter()
     run = args.run_name or time.strftime("%Y%m%d-%H%M%S")
     out = args.out or Path("reports") / run
@@ -56,12 +58,22 @@ def cmd_evaluate(args) -> int:
     cv_on = _names(args.cv_protocols, upper=True)
     perturbations, p5_on, p5_tests = _processing(args, ds, protocols)
     # Training augmentation is part of the recipe: every protocol's training split gets it.
+    # (with --augment-validation, the same share of validation, drawn on its own so that
+    # the training draw does not change).
     p5_train = _sampled(
         _records_of(ds, protocols, ("train",)),
         args.augment_sample,
         args.seed,
         args.augment_fraction,
     )
+    if args.augment_validation:
+        val = _sampled(
+            _records_of(ds, protocols, ("val",)),
+            args.augment_sample,
+            args.seed,
+            args.augment_fraction,
+        )
+        p5_train = p5_train.subset([*p5_train, *val])
     results, errors, extract_s = [], {}, {}
     audit_feats = None
     # Region-aware: the picture's features, then the four regions' pooled from one pass
@@ -138,6 +150,7 @@ def cmd_evaluate(args) -> int:
                 cv_folds=args.cv if proto.name in cv_on else 0,
                 perturbed=perturbed if proto.name in p5_on else None,
                 train_augment=augment,
+                augment_validation=args.augment_validation,
                 head_params=input_params(ex.backbone, args.head_input),
             )
             if not args.quiet:
@@ -163,7 +176,8 @@ def cmd_evaluate(args) -> int:
         "tta": args.tta,
         "face_stage": args.face_stage,
         "P5 perturbations": ", ".join(perturbations) or "none",
-        "training augmentation": args.train_augment or "none",
+        "training augmentation": (args.train_augment or "none")
+        + (" (validation too, in the threshold)" if args.augment_validation else ""),
         "re-encoded at load": f"JPEG q{args.reencode}" if args.reencode else "no",
         "machine": machine_description(),
         "backbone precision on this CPU": resolve_precision(),

@@ -493,6 +493,13 @@ def _field_training_options(p: argparse.ArgumentParser) -> None:
         "images (a seeded draw; default 1: all)",
     )
     p.add_argument(
+        "--augment-validation",
+        action="store_true",
+        help="with --train-augment: process the same share of the validation images too; "
+        "their copies join the threshold choice as groups of their own, so an fpr: rule "
+        "holds each camera's processed photos to the rate of its clean ones",
+    )
+    p.add_argument(
         "--train-augment",
         default="",
         metavar="NAME",

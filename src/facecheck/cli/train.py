@@ -6,7 +6,13 @@ import sys
 import time
 from pathlib import Path
 
-from facecheck.cli.common import _cache, _rule, _sampled, _with_synthetic
+from facecheck.cli.common import (
+    _cache,
+    _needs_train_augment,
+    _rule,
+    _sampled,
+    _with_synthetic,
+)
 
 
 def cmd_train(args) -> int:
@@ -19,6 +25,7 @@ def cmd_train(args) -> int:
     from facecheck.evaluation.model_card import write_model_card
     from facecheck.evaluation.protocols import build
 
+    _needs_train_augment(args)
     ds = _with_synthetic(load_dataset(args.data), args)
     proto = build(args.protocol, ds, args.seed)
     det = Detector(
@@ -48,6 +55,7 @@ def cmd_train(args) -> int:
     Rt = region_bits(train.records)[keep_t]
     val_y, val_sources = val.y[keep_v], val.sources[keep_v]
     augmented = 0
+    threshold_rows = (Fv, val_y, val_sources)
     if args.train_augment:  # one processed copy of each training image, through the face stage
         from facecheck.evaluation.evaluate import extract_perturbed, kept, regions_of, xy
 
@@ -57,11 +65,20 @@ def cmd_train(args) -> int:
         augmented = len(kept(train, copies))
         Ft, yt = np.vstack([Ft, Fa]), np.concatenate([yt, ya])
         Rt = np.vstack([Rt, regions_of(train, copies)])
+        if args.augment_validation:  # processed validation copies join the threshold choice
+            from facecheck.evaluation.evaluate import validation_rows
+
+            kept_hashes = [h for h, k in zip(val.hashes, keep_v, strict=True) if k]
+            clean = dict(zip(kept_hashes, Fv, strict=True))
+            picked_v = _sampled(val, args.augment_sample, args.seed, args.augment_fraction)
+            copies_v = extract_perturbed(picked_v, det.extractor, args.train_augment)
+            threshold_rows = validation_rows(val, clean, (args.train_augment, copies_v))
     det.fit_features(Ft, yt, Rt)
     region_counts = _fit_regions(det, train) if not args.no_regions else None
     if args.calibrate:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
-    thr = det.set_threshold_from(Fv, val_y, rule=_rule(args), features=True, groups=val_sources)
+    Xth, yth, gth = threshold_rows
+    thr = det.set_threshold_from(Xth, yth, rule=_rule(args), features=True, groups=gth)
     val_metrics = binary_metrics(val_y, det.score_features(Fv), thr)
     own, made = train.fingerprints()
     det.save(
@@ -85,6 +102,7 @@ def cmd_train(args) -> int:
                 "copies": augmented,
                 "per_source_label": args.augment_sample or "all",
                 "fraction": args.augment_fraction,
+                "validation": bool(args.augment_validation),
             }
             if args.train_augment
             else None,

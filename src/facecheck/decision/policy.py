@@ -114,6 +114,11 @@ def threshold_for_budget(
     return float(min(thr[ok[-1]], 1.0 + 1e-9)) if ok.size else float("inf")
 
 
+# Scores are probabilities computed in float32 (bf16 on some CPUs): a threshold a hair above
+# a validation score must not flag that picture when it is scored again.
+_MARGIN = 1e-6
+
+
 def threshold_for_fpr(
     y: np.ndarray, score: np.ndarray, target: float, groups: np.ndarray | None = None
 ) -> float:
@@ -132,8 +137,13 @@ def threshold_for_fpr(
         s = np.sort(score[reals & (groups == g)])[::-1]  # highest first
         allowed = int(np.floor(target * len(s) + 1e-9))  # reals that may score above
         if allowed < len(s):
-            # Just above the first real that must not be flagged (scores >= t are flagged).
-            best = max(best, float(np.nextafter(s[allowed], np.inf)))
+            # Just above the first real that must not be flagged (scores >= t are flagged),
+            # by a margin that absorbs float32 rounding when the same picture is scored
+            # again, but never past the next real's score.
+            above = s[allowed] + _MARGIN
+            if allowed > 0:
+                above = min(above, (s[allowed] + s[allowed - 1]) / 2)
+            best = max(best, float(max(above, np.nextafter(s[allowed], np.inf))))
     return best if np.isfinite(best) else 0.0
 
 

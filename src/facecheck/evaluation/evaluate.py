@@ -143,6 +143,27 @@ def sources_of(ds: Dataset, feats: dict[str, np.ndarray]) -> np.ndarray:
     return np.array([r.source for r in kept(ds, feats)])
 
 
+def validation_rows(
+    val: Dataset,
+    feats: dict[str, np.ndarray],
+    processed: tuple[str, dict[str, np.ndarray]] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The rows a threshold is chosen on: validation's, grouped by source, and with
+    ``processed`` = (chain, features of processed copies by original hash) those copies
+    too, each group named ``<source>+<chain>``. A per-source rule (``fpr:``) then holds
+    every camera's processed photos to the same rate as its clean ones, so the threshold
+    does not drift when the stream's photos have been re-saved or resized."""
+    X, y, _ = xy(val, feats)
+    groups = sources_of(val, feats)
+    if processed:
+        chain, copies = processed
+        Xp, yp, _ = xy(val, copies)
+        if len(yp):
+            X, y = np.vstack([X, Xp]), np.concatenate([y, yp])
+            groups = np.concatenate([groups, [f"{s}+{chain}" for s in sources_of(val, copies)]])
+    return X, y, groups
+
+
 def regions_of(ds: Dataset, feats: dict[str, np.ndarray]) -> np.ndarray:
     """Region bits (NaN unknown) of each row :func:`xy` returns, for heads that learn them."""
     return region_bits(kept(ds, feats))
@@ -262,6 +283,7 @@ def evaluate_protocol(
     cv_folds: int = 0,
     perturbed: dict[str, dict[str, np.ndarray]] | None = None,
     train_augment: tuple[str, dict[str, np.ndarray]] | None = None,
+    augment_validation: bool = False,
     head_params: dict[str, object] | None = None,
 ) -> list[ModelResult]:
     """Fit each head on train, choose its threshold on val, score each test set once.
@@ -271,7 +293,9 @@ def evaluate_protocol(
     features of perturbed copies by original hash (protocol P5): every test set is then
     also scored as ``<test set>+<perturbation>``, with the same head and threshold.
     ``train_augment`` = (name, features of augmented copies by original hash) adds one
-    augmented copy of every training image, with its label; validation stays clean.
+    augmented copy of every training image, with its label; validation stays clean unless
+    ``augment_validation``: then the copies of validation images (where the mapping has
+    them) join the threshold choice as groups of their own (see :func:`validation_rows`).
     ``head_params`` go to every head (e.g. a token head's ``dim``).
     """
     params = {"seed": seed, **(head_params or {})}
@@ -287,6 +311,9 @@ def evaluate_protocol(
         Xtr, ytr = np.vstack([Xtr, Xa]), np.concatenate([ytr, ya])
         Rtr = np.vstack([Rtr, regions_of(protocol.split.train, train_augment[1])])
     Xva, yva, d_va = xy(protocol.split.val, feats)
+    Xth, yth, gth = validation_rows(
+        protocol.split.val, feats, train_augment if augment_validation else None
+    )
     tests, d_test = _test_rows(protocol, feats, perturbed)
     results = []
     for head_kind in heads:
@@ -294,7 +321,7 @@ def evaluate_protocol(
         head = fit_head(make_head(head_kind, **params), Xtr, ytr, Rtr)
         fit_s = time.perf_counter() - t0
         s_val = head.predict_proba(Xva)[:, 1]
-        thr = choose_threshold(yva, s_val, rule, groups=sources_of(protocol.split.val, feats))
+        thr = choose_threshold(yth, head.predict_proba(Xth)[:, 1], rule, groups=gth)
         out = _score_tests(
             protocol, tests, functools.partial(_positive, head), thr, n_boot=n_boot, seed=seed
         )
@@ -314,6 +341,7 @@ def evaluate_protocol(
                 {
                     **({"cv_roc_auc": cv[head_kind][:2], "cv_folds": cv_folds} if cv else {}),
                     **({"train_augment": train_augment[0]} if train_augment else {}),
+                    **({"augment_validation": True} if augment_validation else {}),
                 },
             )
         )

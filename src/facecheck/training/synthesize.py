@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 from tqdm import tqdm
 
 from facecheck.image.decode import ImageError, load_image
@@ -96,10 +96,20 @@ def _make(kind: str, a, b, rng: np.random.Generator) -> SyntheticFake:
     return (morph if kind == "morph" else swap)(pa, la, pb, lb, rng)
 
 
-def _jpeg(image: np.ndarray, quality: int) -> bytes:
+def _encoded_like(image: np.ndarray, parent: Path) -> tuple[bytes, str]:
+    """``image`` encoded as its parent was: a JPEG parent's own quantisation tables and
+    chroma subsampling (so the fake carries the same compression history as the reals of
+    its camera and only the blend tells it apart), any other parent as lossless PNG.
+    Returns the bytes and the file suffix."""
     buf = io.BytesIO()
-    Image.fromarray(image).save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
+    with Image.open(parent) as im:
+        if im.format == "JPEG":
+            tables = {k: list(v) for k, v in im.quantization.items()}
+            sampling = JpegImagePlugin.get_sampling(im)
+            Image.fromarray(image).save(buf, "JPEG", qtables=tables, subsampling=max(sampling, 0))
+            return buf.getvalue(), ".jpg"
+    Image.fromarray(image).save(buf, "PNG")
+    return buf.getvalue(), ".png"
 
 
 def synthesize(
@@ -116,8 +126,9 @@ def synthesize(
     many per validation or test parent, in proportion) under ``out``; return the manifest
     rows (also written to ``out/manifest.jsonl``).
 
-    Saved as JPEG at a quality drawn in 80-95, like the cameras' own files, so a fake is not
-    told by being the one lossless picture.
+    Each fake is encoded as its first parent was (the same JPEG tables), so neither its
+    format nor its compression tells it from its camera's reals: a set saved at its own
+    qualities taught a detector that a re-saved real photo is fake.
     """
     unknown = set(kinds) - set(KINDS)
     if unknown:
@@ -167,13 +178,13 @@ def _cell(pool, kind, camera, split, n, out: Path, faces: _Faces, seed, progress
             continue
         fake = _make(kind, got[0], got[1] if takes == 2 else None, rng)
         name = f"{kind}_{camera}_{split}_{len(rows):05d}"
-        data = _jpeg(fake.image, int(rng.integers(80, 96)))
-        (folder / f"{name}.jpg").write_bytes(data)
+        data, suffix = _encoded_like(fake.image, a.path)
+        (folder / f"{name}{suffix}").write_bytes(data)
         mask = Image.fromarray(np.rint(fake.mask * 255).astype(np.uint8))
         mask.save(folder / f"{name}.mask.png")
         rows.append(
             {
-                "path": f"{source_name(kind, camera)}/{split}/{name}.jpg",
+                "path": f"{source_name(kind, camera)}/{split}/{name}{suffix}",
                 "label": "fake",
                 "source": source_name(kind, camera),
                 "family": KINDS[kind][0],
