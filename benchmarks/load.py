@@ -60,7 +60,16 @@ def _start(data_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str, str, 
     port = _free_port()
     log = data_dir / f"server-{max_batch}.log"
     proc = subprocess.Popen(
-        [*SERVE, "--port", str(port), "--data-dir", str(data_dir), "--max-batch", str(max_batch)],
+        [
+            *SERVE,
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--max-batch",
+            str(max_batch),
+            "--insecure-dev",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
     )
@@ -73,8 +82,9 @@ def _start(data_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str, str, 
                 break
         except httpx.TransportError:
             time.sleep(0.2)
-    text = log.read_text()
-    found = re.search(r"API key 'default' \(shown once\): (\S+)", text)
+    secrets_file = data_dir / "first-start-secrets.txt"
+    text = secrets_file.read_text() if secrets_file.exists() else ""
+    found = re.search(r"API key 'default': (\S+)", text)
     key = found.group(1) if found else ""
     return proc, base, key, log
 

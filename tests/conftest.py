@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
@@ -129,3 +131,30 @@ def shipped_detector():
     from facecheck.detector.pipeline import Detector
 
     return Detector.load(None)
+
+
+def _png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def images(shared_data) -> dict[str, bytes]:
+    """One upload per verdict the shipped detector gives (checked in the tests)."""
+    face = Image.open(shared_data / "rff" / "real" / "real_00002.jpg").convert("RGB")
+    other = Image.open(shared_data / "rff" / "real" / "real_00003.jpg").convert("RGB")
+    two = Image.new("RGB", (700, 400), (200, 200, 200))
+    two.paste(face.resize((220, 220)), (40, 90))
+    two.paste(other.resize((220, 220)), (420, 80))
+    utk = sorted((shared_data / "utkface" / "real").glob("*.jpg"))[0]
+    # A real rff photo that the shipped detector flags below 0.95: a case for a person.
+    jpeg = (shared_data / "rff" / "real" / "real_00343.jpg").read_bytes()
+    return {
+        "real": utk.read_bytes(),
+        "review": jpeg,
+        "fake": (shared_data / "gan" / "fake" / "fakefaces_faces_10.jpg").read_bytes(),
+        "no_face": _png_bytes(Image.new("RGB", (320, 240), (30, 60, 90))),
+        "multiple_faces": _png_bytes(two),
+        "invalid_image": jpeg[: len(jpeg) // 3],  # a truncated JPEG: sniffs fine, cannot decode
+    }

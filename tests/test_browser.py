@@ -43,7 +43,9 @@ def live_server(tmp_path, shipped_detector):
     import uvicorn
 
     store = Store(f"sqlite:///{tmp_path / 'facecheck.db'}")
-    app = create_app(ServiceSettings(data_dir=tmp_path), detector=shipped_detector, store=store)
+    # Plain HTTP on loopback: the development cookie mode (the default needs HTTPS).
+    settings = ServiceSettings(data_dir=tmp_path, secure_cookies=False)
+    app = create_app(settings, detector=shipped_detector, store=store)
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)

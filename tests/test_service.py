@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -13,75 +12,33 @@ from PIL import Image
 from facecheck.service.app import create_app
 from facecheck.service.settings import ServiceSettings
 from facecheck.service.store import Store
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-@pytest.fixture(scope="module")
-def images(shared_data) -> dict[str, bytes]:
-    """One upload per verdict the shipped detector gives (checked in the tests)."""
-    face = Image.open(shared_data / "rff" / "real" / "real_00002.jpg").convert("RGB")
-    other = Image.open(shared_data / "rff" / "real" / "real_00003.jpg").convert("RGB")
-    two = Image.new("RGB", (700, 400), (200, 200, 200))
-    two.paste(face.resize((220, 220)), (40, 90))
-    two.paste(other.resize((220, 220)), (420, 80))
-    utk = sorted((shared_data / "utkface" / "real").glob("*.jpg"))[0]
-    # A real rff photo that the shipped detector flags below 0.95: a case for a person.
-    jpeg = (shared_data / "rff" / "real" / "real_00343.jpg").read_bytes()
-    return {
-        "real": utk.read_bytes(),
-        "review": jpeg,
-        "fake": (shared_data / "gan" / "fake" / "fakefaces_faces_10.jpg").read_bytes(),
-        "no_face": _png(Image.new("RGB", (320, 240), (30, 60, 90))),
-        "multiple_faces": _png(two),
-        "invalid_image": jpeg[: len(jpeg) // 3],  # a truncated JPEG: sniffs fine, cannot decode
-    }
-
-
-def _client(tmp_path: Path, detector, database_url: str, **settings) -> tuple[TestClient, Store]:
-    store = Store(database_url)
-    app = create_app(ServiceSettings(data_dir=tmp_path, **settings), detector=detector, store=store)
-    return TestClient(app), store
+from service_helpers import client_for, csrf_of, post_image
 
 
 @pytest.fixture
 def service(tmp_path, shipped_detector, database_url):
-    client, store = _client(tmp_path, shipped_detector, database_url, fake_above=0.95)
+    client, store = client_for(tmp_path, shipped_detector, database_url, fake_above=0.95)
     with client:
         yield client, store, {"X-API-Key": store.create_api_key("test")}
     store.dispose()
 
 
-def _post(client, headers, data: bytes, name="face.jpg", **form):
-    return client.post(
-        "/v1/checks", files={"image": (name, data, "image/jpeg")}, data=form, headers=headers
-    )
-
-
-def _csrf(html: str) -> str:
-    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
-
-
 def _login(client, username="ann", password="password-a") -> str:
-    token = _csrf(client.get("/review/login").text)
+    token = csrf_of(client.get("/review/login").text)
     r = client.post(
         "/review/login",
         data={"username": username, "password": password, "csrf_token": token},
         follow_redirects=False,
     )
     assert r.status_code == 303 and r.headers["location"] == "/review", r.text
-    return _csrf(client.get("/review").text)
+    return csrf_of(client.get("/review").text)
 
 
 def test_every_verdict_type_and_cases_for_review_and_fake(service, images):
     client, store, key = service
     got = {}
     for expected, data in images.items():
-        r = _post(client, key, data, external_id=f"app-{expected}")
+        r = post_image(client, key, data, external_id=f"app-{expected}")
         assert r.status_code == 201, r.text
         body = r.json()
         got[expected] = body
@@ -109,23 +66,25 @@ def store_version(client) -> str:
 
 def test_bad_uploads_get_clear_errors_and_store_nothing(service, images, tmp_path):
     client, store, key = service
-    assert _post(client, key, b"just some text").status_code == 415
-    assert _post(client, key, b"").status_code == 415
-    assert _post(client, key, b"%PDF-1.7 a document", name="x.pdf").status_code == 415
+    assert post_image(client, key, b"just some text").status_code == 415
+    assert post_image(client, key, b"").status_code == 415
+    assert post_image(client, key, b"%PDF-1.7 a document", name="x.pdf").status_code == 415
     # A PNG sent as image/jpeg with a .txt name is judged by its bytes.
-    assert _post(client, key, images["no_face"], name="notes.txt").json()["verdict"] == "no_face"
+    assert (
+        post_image(client, key, images["no_face"], name="notes.txt").json()["verdict"] == "no_face"
+    )
     assert client.post("/v1/checks", headers=key).status_code == 422  # no file field
     assert store.verdict_counts() == {"no_face": 1}
 
 
 def test_uploads_over_the_limit_are_refused_before_scoring(tmp_path, shipped_detector, images):
-    client, store = _client(
+    client, store = client_for(
         tmp_path, shipped_detector, f"sqlite:///{tmp_path / 'db.sqlite'}", max_upload_bytes=20_000
     )
     with client:
         key = {"X-API-Key": store.create_api_key("t")}
         big = images["fake"] + b"\0" * 60_000
-        assert _post(client, key, big).status_code == 413
+        assert post_image(client, key, big).status_code == 413
 
         def chunks():  # no Content-Length: the limit is counted as the body arrives
             body = b"--b\r\nContent-Disposition: form-data; name=image; filename=a.jpg\r\n\r\n"
@@ -140,21 +99,21 @@ def test_uploads_over_the_limit_are_refused_before_scoring(tmp_path, shipped_det
             headers={**key, "Content-Type": "multipart/form-data; boundary=b"},
         )
         assert r.status_code == 413
-        assert _post(client, key, images["real"]).status_code == 201  # under the limit
+        assert post_image(client, key, images["real"]).status_code == 201  # under the limit
         assert store.verdict_counts() == {"real": 1}
 
 
 def test_the_api_needs_a_live_key_and_keys_see_only_their_checks(service, images):
     client, store, key = service
-    assert _post(client, {}, images["real"]).status_code == 401
-    assert _post(client, {"X-API-Key": "fc_guess"}, images["real"]).status_code == 401
-    check_id = _post(client, key, images["real"]).json()["id"]
+    assert post_image(client, {}, images["real"]).status_code == 401
+    assert post_image(client, {"X-API-Key": "fc_guess"}, images["real"]).status_code == 401
+    check_id = post_image(client, key, images["real"]).json()["id"]
     other = {"X-API-Key": store.create_api_key("other")}
     assert client.get(f"/v1/checks/{check_id}", headers=other).status_code == 404
     assert client.get("/v1/checks/nope", headers=key).status_code == 404
     assert client.get(f"/v1/checks/{check_id}", headers={}).status_code == 401
     store.revoke_api_key(store.api_key_id(other["X-API-Key"]))
-    assert _post(client, other, images["real"]).status_code == 401
+    assert post_image(client, other, images["real"]).status_code == 401
 
 
 def test_health_metrics_and_docs(service, images):
@@ -162,24 +121,31 @@ def test_health_metrics_and_docs(service, images):
     health = client.get("/health").json()
     assert health["status"] == "ok" and health["open_cases"] == 0
     for v in ("real", "review", "review"):
-        _post(client, key, images[v])
-    text = client.get("/metrics").text
+        post_image(client, key, images[v])
+    assert client.get("/metrics").status_code == 401  # behind a key, as are the docs
+    text = client.get("/metrics", headers=key).text
     assert 'facecheck_verdicts_total{verdict="review"} 2.0' in text
     assert 'facecheck_verdicts_total{verdict="real"} 1.0' in text
     assert 'facecheck_requests_total{method="POST",route="/v1/checks",status="201"} 3.0' in text
     assert "facecheck_open_cases 2.0" in text
     assert 'facecheck_request_seconds_count{route="/v1/checks"} 3.0' in text
-    spec = client.get("/openapi.json").json()
+    assert client.get("/openapi.json").status_code == 401
+    spec = client.get("/openapi.json", headers=key).json()
     assert {"/v1/checks", "/v1/checks/{check_id}", "/health"} <= set(spec["paths"])
     assert "X-API-Key" in str(spec["components"]["securitySchemes"])
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs", headers=key)
+    assert docs.status_code == 200 and client.get("/docs").status_code == 401
+    # Swagger UI from the package, not a CDN: every script and style is on this origin.
+    assets = re.findall(r'(?:src|href)="([^"]+)"', docs.text)
+    assert assets and all(a.startswith("/docs-assets/") for a in assets), assets
+    assert all(client.get(a).status_code == 200 for a in assets)
 
 
 def test_review_flow_login_queue_claim_and_decide(service, images):
     client, store, key = service
     store.add_reviewer("ann", "password-a")
-    first = _post(client, key, images["review"], external_id="A-1").json()
-    second = _post(client, key, images["fake"], external_id="A-2").json()
+    first = post_image(client, key, images["review"], external_id="A-1").json()
+    second = post_image(client, key, images["fake"], external_id="A-2").json()
     # Not logged in: pages redirect to the login, images are not served.
     assert client.get("/review", follow_redirects=False).headers["location"] == "/review/login"
     case_id = first["case"]["id"]
@@ -192,7 +158,7 @@ def test_review_flow_login_queue_claim_and_decide(service, images):
         data={
             "username": "ann",
             "password": "nope",
-            "csrf_token": _csrf(client.get("/review/login").text),
+            "csrf_token": csrf_of(client.get("/review/login").text),
         },
         follow_redirects=False,
     )
@@ -241,13 +207,13 @@ def test_review_flow_login_queue_claim_and_decide(service, images):
 def test_a_second_reviewer_cannot_take_a_claimed_case(
     tmp_path, shipped_detector, images, database_url
 ):
-    client, store = _client(tmp_path, shipped_detector, database_url)
-    other, _ = _client(tmp_path, shipped_detector, database_url)
+    client, store = client_for(tmp_path, shipped_detector, database_url)
+    other, _ = client_for(tmp_path, shipped_detector, database_url)
     with client, other:
         key = {"X-API-Key": store.create_api_key("t")}
         store.add_reviewer("ann", "password-a")
         store.add_reviewer("bob", "password-b")
-        case_id = _post(client, key, images["review"]).json()["case"]["id"]
+        case_id = post_image(client, key, images["review"]).json()["case"]["id"]
         csrf_a = _login(client)
         csrf_b = _login(other, "bob", "password-b")
         assert "Fake</button>" in client.get(f"/review/cases/{case_id}").text
@@ -275,24 +241,33 @@ def test_a_second_reviewer_cannot_take_a_claimed_case(
     store.dispose()
 
 
-def test_first_start_creates_one_key_and_one_reviewer(tmp_path, shipped_detector, capsys):
-    settings = ServiceSettings(data_dir=tmp_path)
+def test_first_start_creates_one_key_and_one_reviewer(tmp_path, shipped_detector, capsys, caplog):
+    """The first start's secrets go to a 0600 file, never to the log; the data directory
+    is 0700 and the database 0600."""
+    data = tmp_path / "data"
+    settings = ServiceSettings(data_dir=data)
     app = create_app(settings, detector=shipped_detector)
-    with TestClient(app) as client:
-        err = capsys.readouterr().err
-        key = re.search(r"API key 'default' \(shown once\): (\S+)", err).group(1)
-        password = re.search(r"reviewer 'admin' with password \(shown once\): (\S+)", err).group(1)
+    with TestClient(app, base_url="https://testserver") as client:
+        secrets_file = data / "first-start-secrets.txt"
+        written = secrets_file.read_text()
+        key = re.search(r"API key 'default': (\S+)", written).group(1)
+        password = re.search(r"reviewer 'admin', password: (\S+)", written).group(1)
+        logged = capsys.readouterr().err + caplog.text
+        assert key not in logged and password not in logged
+        assert str(secrets_file) in caplog.text
+        assert secrets_file.stat().st_mode & 0o777 == 0o600
+        assert data.stat().st_mode & 0o777 == 0o700
+        assert (data / "facecheck.db").stat().st_mode & 0o777 == 0o600
         assert client.get("/health").json()["database"] == "sqlite"
-        assert (tmp_path / "facecheck.db").is_file()
-        token = _csrf(client.get("/review/login").text)
+        token = csrf_of(client.get("/review/login").text)
         r = client.post(
             "/review/login",
             data={"username": "admin", "password": password, "csrf_token": token},
             follow_redirects=False,
         )
         assert r.headers["location"] == "/review"
-    with TestClient(create_app(settings, detector=shipped_detector)) as client:
-        assert "shown once" not in capsys.readouterr().err  # the second start creates nothing
+    with TestClient(create_app(settings, detector=shipped_detector)):
+        assert secrets_file.read_text() == written  # the second start creates nothing
         store = Store(settings.url)
         assert store.api_key_id(key) is not None and store.count_reviewers() == 1
         store.dispose()

@@ -9,7 +9,8 @@ import pytest
 from sqlalchemy import inspect, text
 
 from facecheck.service.migrations import current
-from facecheck.service.store import Base, Store, utcnow
+from facecheck.service.models import Base
+from facecheck.service.store import Store, utcnow
 
 LEASE = dt.timedelta(minutes=5)
 
@@ -29,7 +30,7 @@ def test_migrations_build_the_models_schema_and_are_idempotent(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert current(store.engine) == "0001"
+    assert current(store.engine) == "0002"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], diff  # the migration and the ORM models describe the same tables

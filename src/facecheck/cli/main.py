@@ -431,7 +431,27 @@ def _service_parsers(sub) -> None:
         help="score up to this many waiting uploads in one model call (default 1: off; "
         "see benchmarks/load.md)",
     )
-    p.add_argument("--secure-cookies", action="store_true", help="when served over HTTPS")
+    p.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        help="plain-HTTP development only: cookies without Secure and the __Host- prefix "
+        "(by default they need HTTPS; see docs/deploy.md)",
+    )
+    p.add_argument(
+        "--hsts", action="store_true", help="send Strict-Transport-Security (behind TLS)"
+    )
+    _store_options(p)
+
+    p = sub.add_parser(
+        "audit",
+        help="verify or export the service's audit log",
+        description="verify: check the hash chain of the audit log (every login, view, "
+        "claim, decision, key and reviewer change); export: write its events as JSON lines "
+        "after verifying it. Exits 1 if the chain does not hold.",
+    )
+    p.add_argument("action", choices=["verify", "export"])
+    p.add_argument("--out", type=Path, default=None, help="export: file (default stdout)")
+    p.add_argument("--since", default=None, help="export: events at or after (ISO date)")
     _store_options(p)
 
     p = sub.add_parser("apikey", help="create, list or revoke the scoring API's keys")
@@ -545,6 +565,7 @@ COMMANDS = {
     "serve": "serve",
     "apikey": "serve",
     "reviewer": "serve",
+    "audit": "serve",
     "feedback": "serve",
 }
 

@@ -1,4 +1,4 @@
-"""`facecheck serve`, `apikey`, `reviewer`, `feedback`: the service and its store."""
+"""`facecheck serve`, `apikey`, `reviewer`, `audit`, `feedback`: the service and its store."""
 
 from __future__ import annotations
 
@@ -19,6 +19,15 @@ def _open_store(args):
     return Store(_settings(args).url)
 
 
+def _operator():
+    """Who runs an admin command, for the audit log: the operating-system user."""
+    import getpass
+
+    from facecheck.service.audit import Who
+
+    return Who(f"cli:{getpass.getuser()}")
+
+
 def cmd_serve(args) -> int:
     from facecheck.service.app import serve
 
@@ -31,7 +40,8 @@ def cmd_serve(args) -> int:
         max_upload_bytes=None if args.max_upload_mb is None else int(args.max_upload_mb * 2**20),
         lease_seconds=args.lease_seconds,
         max_batch=args.max_batch,
-        secure_cookies=True if args.secure_cookies else None,
+        secure_cookies=False if args.insecure_dev else None,
+        hsts=True if args.hsts else None,
     )
     print(
         f"facecheck serve: http://{args.host}:{args.port}/docs (API), /review (queue); "
@@ -45,7 +55,7 @@ def cmd_serve(args) -> int:
 def cmd_apikey(args) -> int:
     store = _open_store(args)
     if args.action == "create":
-        key = store.create_api_key(args.name or "unnamed")
+        key = store.create_api_key(args.name or "unnamed", _operator())
         print(key)
         print("(shown once; only its hash is stored)", file=sys.stderr)
     elif args.action == "list":
@@ -55,7 +65,7 @@ def cmd_apikey(args) -> int:
     else:
         if not (args.name or "").isdigit():
             raise ValueError("apikey revoke needs the key's id (see `facecheck apikey list`)")
-        if not store.revoke_api_key(int(args.name)):
+        if not store.revoke_api_key(int(args.name), _operator()):
             raise ValueError(f"no active key with id {args.name}")
         print(f"revoked key {args.name}")
     return 0
@@ -74,10 +84,40 @@ def cmd_reviewer(args) -> int:
         password = getpass.getpass(f"password for {args.username}: ")
     store = _open_store(args)
     if args.action == "add":
-        store.add_reviewer(args.username, password)
+        store.add_reviewer(args.username, password, _operator())
     else:
-        store.set_password(args.username, password)
+        store.set_password(args.username, password, _operator())
     print(f"reviewer {args.username}: " + (password if args.generate else "password set"))
+    return 0
+
+
+def cmd_audit(args) -> int:
+    """``audit verify``: the hash chain holds; ``audit export``: JSON lines, verified first."""
+    import datetime as dt
+    import json
+
+    store = _open_store(args)
+    checked = store.verify_audit()
+    if not checked.ok:
+        print(f"facecheck audit: the chain does not hold: {checked.problem}", file=sys.stderr)
+        return 1
+    if args.action == "verify":
+        print(
+            f"audit log intact: {checked.events} events"
+            + (f" (#{checked.first_seq}-#{checked.last_seq})" if checked.events else "")
+        )
+        return 0
+    since = None if args.since is None else dt.datetime.fromisoformat(args.since)
+    out = sys.stdout if args.out is None else args.out.open("w")
+    try:
+        n = 0
+        for event in store.audit_events(since):
+            out.write(json.dumps(event, sort_keys=True) + "\n")
+            n += 1
+    finally:
+        if args.out is not None:
+            out.close()
+    print(f"exported {n} audit events (chain verified)", file=sys.stderr)
     return 0
 
 

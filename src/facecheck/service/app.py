@@ -6,12 +6,16 @@
   ``invalid_image``. Every ``review`` (and by default every ``fake``) opens a case in the
   review queue (:mod:`facecheck.service.review`). ``GET /v1/checks/{id}`` returns it again, with the
   reviewer's decision once there is one.
-- ``GET /health`` and ``GET /metrics`` (Prometheus text: requests, latencies, verdicts, open
-  cases).
+- ``GET /health`` (proves the database takes writes; 503 when it does not) and
+  ``GET /metrics`` (Prometheus text: requests, latencies, verdicts, open cases).
 
-The API needs an ``X-API-Key`` (keys are stored hashed: ``facecheck apikey create``); the
-review pages need a reviewer login. Uploads are size-limited before they are read, their type
-is sniffed from the bytes, and clients never name a path on the server.
+The API, ``/metrics`` and these docs need an ``X-API-Key`` (keys are stored hashed:
+``facecheck apikey create``); the review pages need a reviewer login. Every body is
+size-limited before it is read (uploads and forms alike), a request that declares both
+``Content-Length`` and ``Transfer-Encoding`` is refused, uploads waiting for the model are
+bounded (503 with ``Retry-After`` past it), each key has a per-minute quota (429), the upload's
+type is sniffed from its bytes, and clients never name a path on the server. A write the
+database refuses is answered 503 in JSON: nothing is acknowledged that was not stored.
 """
 
 from __future__ import annotations
@@ -20,21 +24,25 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import sys
+import os
 import time
+from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import SQLAlchemyError
 
 from facecheck import __version__
 from facecheck.detector.pipeline import Detector
 from facecheck.service.review import router as review_router
-from facecheck.service.scoring import VERDICTS, BatchScorer, sniff
+from facecheck.service.scoring import VERDICTS, BatchScorer, Busy, sniff
 from facecheck.service.security import new_token
 from facecheck.service.settings import ServiceSettings
 from facecheck.service.store import Store
@@ -42,6 +50,10 @@ from facecheck.service.store import Store
 log = logging.getLogger("facecheck.service")
 Verdicts = Literal["real", "fake", "review", "no_face", "multiple_faces", "invalid_image"]
 UPLOAD_PATHS = ("/v1/checks",)
+# Methods a metric may be labelled with; anything else is "other" (no unbounded series).
+METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+# The caller's application id: printable, no control characters (log and export safety).
+EXTERNAL_ID = r"^[^\x00-\x1f\x7f]*$"
 
 
 class RegionScores(BaseModel):
@@ -119,29 +131,47 @@ class _Metrics:
         self.open_cases = Gauge(
             "facecheck_open_cases", "review cases waiting for a decision", registry=self.registry
         )
+        self.denied = Counter(
+            "facecheck_api_denied", "API requests without a live key", registry=self.registry
+        )
+        self.storage_errors = Counter(
+            "facecheck_storage_errors",
+            "requests answered 503 because the database refused",
+            registry=self.registry,
+        )
         for v in VERDICTS:
             self.verdicts.labels(v)
 
 
-class UploadLimit:
-    """Refuse upload bodies over the limit before the app parses them.
+class BodyLimit:
+    """Refuse over-long or ambiguously framed bodies before the app parses them (ASGI).
 
-    A declared Content-Length over the limit is refused at once; a body without one (chunked)
-    is read up to the limit here and replayed to the app, or refused as soon as it passes it.
+    Every route has a limit: uploads ``upload_limit`` (plus the multipart envelope), any
+    other body ``form_limit``. A request with both Content-Length and Transfer-Encoding is
+    refused (400: the two framings can disagree, the classic smuggling set-up), as is a
+    Content-Length that is not a number. A declared length over the limit is refused at
+    once; a chunked body is read up to the limit and replayed, or refused as soon as it
+    passes it.
     """
 
-    def __init__(self, app, limit: int):
+    def __init__(self, app, upload_limit: int, form_limit: int):
         self.app = app
-        # The multipart envelope (boundaries, headers, the external id) on top of the file.
-        self.limit = limit + 16 * 1024
+        self.upload_limit = upload_limit + 16 * 1024
+        self.form_limit = form_limit
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] not in UPLOAD_PATHS:
+        if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and b"transfer-encoding" in headers:
+            return await _refuse(send, 400, "both Content-Length and Transfer-Encoding")
+        limit = self.upload_limit if scope["path"] in UPLOAD_PATHS else self.form_limit
         if length is not None:
-            if not length.isdigit() or int(length) > self.limit:
-                return await _too_large(send)
+            if not length.isdigit():
+                return await _refuse(send, 400, "invalid Content-Length")
+            if int(length) > limit:
+                return await _refuse(send, 413, "request body too large")
             return await self.app(scope, receive, send)
         messages, seen = [], 0
         while True:
@@ -150,8 +180,8 @@ class UploadLimit:
             if message["type"] != "http.request":
                 break
             seen += len(message.get("body", b""))
-            if seen > self.limit:
-                return await _too_large(send)
+            if seen > limit:
+                return await _refuse(send, 413, "request body too large")
             if not message.get("more_body", False):
                 break
 
@@ -161,12 +191,12 @@ class UploadLimit:
         await self.app(scope, replay, send)
 
 
-async def _too_large(send) -> None:
-    body = b'{"detail":"upload too large"}'
+async def _refuse(send, status: int, detail: str) -> None:
+    body = b'{"detail":"' + detail.encode() + b'"}'
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
         }
     )
@@ -182,23 +212,54 @@ async def api_key(request: Request, key: Annotated[str | None, Depends(api_key_h
     """The id of the request's live API key, or 401."""
     key_id = await asyncio.to_thread(request.app.state.store.api_key_id, key)
     if key_id is None:
+        request.app.state.metrics.denied.inc()
         raise HTTPException(401, "missing or unknown API key (header X-API-Key)")
     return key_id
 
 
-def _bootstrap(store: Store, out=None) -> None:
-    """First start: make one API key and one reviewer and print them once (never stored)."""
-    out = out or sys.stderr
+async def _docs_key(request: Request, key: Annotated[str | None, Depends(api_key_header)]):
+    """/metrics and the docs: an API key, unless the settings open them (separate bind)."""
+    if not request.app.state.settings.public_metrics_and_docs:
+        await api_key(request, key)
+
+
+FIRST_START_SECRETS = "first-start-secrets.txt"
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` created (or narrowed) to 0700: the database and secrets are personal data."""
+    path.mkdir(parents=True, exist_ok=True)
+    path.chmod(0o700)
+    return path
+
+
+def _bootstrap(store: Store, data_dir: Path) -> Path | None:
+    """First start: make one API key and one reviewer, written once to a 0600 file under
+    the data directory (never to the log; read it, then delete it). Returns the file."""
+    lines = []
     if store.count_api_keys() == 0:
-        key = store.create_api_key("default")
-        print(f"facecheck serve: created API key 'default' (shown once): {key}", file=out)
+        lines.append(f"API key 'default': {store.create_api_key('default')}")
     if store.count_reviewers() == 0:
         password = new_token()[:20]
         store.add_reviewer("admin", password)
-        print(
-            f"facecheck serve: created reviewer 'admin' with password (shown once): {password}",
-            file=out,
-        )
+        lines.append(f"reviewer 'admin', password: {password}")
+    if not lines:
+        return None
+    path = private_dir(data_dir) / FIRST_START_SECRETS
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+    log.warning("facecheck serve: first start: credentials written to %s (0600)", path)
+    return path
+
+
+def _private_files(settings: ServiceSettings) -> None:
+    """The SQLite file 0600 (SQLite gives its -wal and -shm files the same mode)."""
+    if settings.database_url is None:
+        private_dir(settings.data_dir)
+        db = settings.data_dir / "facecheck.db"
+        if db.exists():
+            db.chmod(0o600)
 
 
 def create_app(
@@ -214,11 +275,20 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        if store is None:
+            _private_files(settings)  # the directory before the file is made in it
         st = store or Store(settings.url)
+        if store is None:
+            _private_files(settings)
         det = detector or Detector.load(settings.model)  # None: the shipped bundle
         if bootstrap:
-            _bootstrap(st)
-        scorer = BatchScorer(det, fake_above=settings.fake_above, max_batch=settings.max_batch)
+            _bootstrap(st, settings.data_dir)
+        scorer = BatchScorer(
+            det,
+            fake_above=settings.fake_above,
+            max_batch=settings.max_batch,
+            max_pending=settings.max_pending,
+        )
         await scorer.start()
         app.state.store, app.state.detector, app.state.scorer = st, det, scorer
         purge = asyncio.create_task(_purge_loop(st, settings))
@@ -231,12 +301,17 @@ def create_app(
             if store is None:
                 st.dispose()
 
+    # The docs and the schema are served by the routes below, behind the API key, with
+    # Swagger UI's assets from the package (no third-party script on this origin).
     app = FastAPI(
         title="facecheck",
         version=__version__,
         summary="Edited and generated face detection with a human in the loop.",
         description=__doc__,
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -247,11 +322,28 @@ def create_app(
         response = await call_next(request)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(request.method, path, str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else "other"
+        metrics.requests.labels(method, path, str(response.status_code)).inc()
         metrics.latency.labels(path).observe(time.perf_counter() - t0)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
+        if settings.hsts:
+            response.headers.setdefault(
+                "Strict-Transport-Security", "max-age=31536000; includeSubDomains"
+            )
         return response
+
+    @app.exception_handler(SQLAlchemyError)
+    async def storage_failed(request: Request, exc: SQLAlchemyError):
+        # The database refused a read or a write (disk full, locked, gone): say so in JSON
+        # with 503, so the client retries; nothing was acknowledged.
+        log.error("storage error on %s %s: %s", request.method, request.url.path, exc)
+        metrics.storage_errors.inc()
+        return JSONResponse(
+            {"detail": "storage unavailable; nothing was stored, try again"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
 
     @app.post(
         "/v1/checks",
@@ -269,9 +361,20 @@ def create_app(
         image: Annotated[UploadFile, File(description="the face image (JPEG, PNG, WebP, ...)")],
         key_id: Annotated[int, Depends(api_key)],
         external_id: Annotated[
-            str | None, Form(max_length=128, description="your application id, echoed back")
+            str | None,
+            Form(
+                max_length=128,
+                pattern=EXTERNAL_ID,
+                description="your application id, echoed back (no control characters)",
+            ),
         ] = None,
     ) -> CheckResult:
+        st: Store = request.app.state.store
+        quota = settings.key_quota_per_minute
+        if quota and await asyncio.to_thread(st.checks_since, key_id, 60.0) >= quota:
+            raise HTTPException(
+                429, f"over this key's quota of {quota} checks a minute", {"Retry-After": "60"}
+            )
         data = await image.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, "upload too large")
@@ -280,7 +383,10 @@ def create_app(
         media = sniff(data)
         if media is None:
             raise HTTPException(415, "not a JPEG, PNG, WebP, GIF, BMP or TIFF image")
-        scored = await request.app.state.scorer.score(data)
+        try:
+            scored = await request.app.state.scorer.score(data)
+        except Busy as exc:
+            raise HTTPException(503, str(exc), {"Retry-After": "2"}) from None
         v = scored.verdict
         metrics.verdicts.labels(scored.service_verdict).inc()
         metrics.batch.observe(scored.batch_size)
@@ -292,7 +398,6 @@ def create_app(
         opens = scored.service_verdict == "review" or (
             scored.service_verdict == "fake" and settings.cases_for_fakes
         )
-        st: Store = request.app.state.store
         # Images are kept only for cases, which a person must see (personal data).
         check_id, _case, _now = await asyncio.to_thread(
             st.add_check,
@@ -319,11 +424,17 @@ def create_app(
             raise HTTPException(404, "no such check")
         return CheckResult(**found)
 
-    @app.get("/health", response_model=Health, summary="Liveness and readiness")
+    @app.get(
+        "/health",
+        response_model=Health,
+        responses={503: {"model": Health, "description": "the database takes no writes"}},
+        summary="Liveness and readiness: the database takes a write",
+    )
     async def health(request: Request):
         st: Store = request.app.state.store
         try:
             ok = await asyncio.to_thread(st.ping)
+            await asyncio.to_thread(st.probe_write)
             n_open = await asyncio.to_thread(st.count_open)
         except Exception as exc:  # the database is down: say so, with 503
             body = Health(
@@ -342,28 +453,62 @@ def create_app(
             open_cases=n_open,
         )
 
-    @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics (an API key, as X-API-Key)",
+        response_class=Response,
+        dependencies=[Depends(_docs_key)],
+    )
     async def prometheus(request: Request) -> Response:
         metrics.open_cases.set(await asyncio.to_thread(request.app.state.store.count_open))
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[Depends(_docs_key)])
+    async def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False, dependencies=[Depends(_docs_key)])
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="facecheck API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
+
+    app.mount("/docs-assets", StaticFiles(directory=_swagger_assets()), name="docs-assets")
     app.include_router(review_router)
-    # Outermost: refuses an oversized body before FastAPI's multipart parser spools it.
-    app.add_middleware(UploadLimit, limit=settings.max_upload_bytes)
+    # Outermost: refuses an oversized or ambiguous body before any parser spools it.
+    app.add_middleware(
+        BodyLimit, upload_limit=settings.max_upload_bytes, form_limit=settings.max_form_bytes
+    )
     return app
 
 
+def _swagger_assets() -> str:
+    from swagger_ui_bundle import swagger_ui_path
+
+    return str(swagger_ui_path)
+
+
+def purge(store: Store, settings: ServiceSettings) -> dict[str, int]:
+    """Apply the retention periods once: images, check rows (0: kept), audit events."""
+    days = dt.timedelta(days=1)
+    done = {"images": store.purge_images(settings.retention_days * days)}
+    if settings.check_retention_days:
+        done["checks"] = store.purge_checks(settings.check_retention_days * days)
+    done["audit events"] = store.purge_audit(settings.audit_retention_days * days)
+    return done
+
+
 async def _purge_loop(store: Store, settings: ServiceSettings, every_s: float = 3600) -> None:
-    """Delete images past the retention period at start-up and then hourly."""
+    """Apply the retention periods at start-up and then hourly."""
     while True:
         try:
-            n = await asyncio.to_thread(
-                store.purge_images, dt.timedelta(days=settings.retention_days)
-            )
-            if n:
-                log.info(
-                    "retention: deleted %d images older than %g days", n, settings.retention_days
-                )
+            done = await asyncio.to_thread(purge, store, settings)
+            if any(done.values()):
+                log.info("retention: deleted %s", ", ".join(f"{n} {k}" for k, n in done.items()))
         except Exception:  # a failed purge is retried next hour; the service keeps serving
             log.exception("retention purge failed")
         await asyncio.sleep(every_s)

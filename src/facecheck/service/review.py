@@ -5,9 +5,12 @@ A reviewer logs in, sees the open cases oldest first, opens one (which claims it
 heatmap and the region scores, and decides real or fake with an optional comment. The
 decision, reviewer and time are stored and the case leaves the queue.
 
-Sessions are random tokens in an HttpOnly, SameSite=Strict cookie (stored hashed); every form
+Sessions are random tokens in an HttpOnly, SameSite=Strict, Secure cookie named
+``__Host-...`` (so no subdomain or plain-HTTP page can set it; stored hashed); every form
 carries the session's CSRF token (the login form a double-submit one), and pages are sent
-with a Content-Security-Policy that allows no scripts at all.
+with a Content-Security-Policy that allows no scripts at all. Failed logins lock the
+account, and the client address, with a growing back-off; every login, view, claim,
+release and decision is an audit event (:mod:`facecheck.service.audit`).
 """
 
 from __future__ import annotations
@@ -18,25 +21,64 @@ import io
 from importlib import resources
 from typing import Annotated
 
-from fastapi import APIRouter, Form, HTTPException, Request
+from fastapi import APIRouter, Form, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from facecheck.detector.explain import explain, render, save_png
 from facecheck.image.decode import load_image
 from facecheck.image.regions import REGIONS
+from facecheck.service.audit import Who
 from facecheck.service.scoring import sniff
 from facecheck.service.security import new_token, same
 from facecheck.service.store import CaseView, SessionInfo, Store, utcnow
 
 SESSION_COOKIE = "fc_review"
 LOGIN_CSRF_COOKIE = "fc_login_csrf"
+
+
+def _cookie(request: Request, name: str) -> tuple[str, str]:
+    """(cookie name, path): ``__Host-`` prefixed at path / when cookies are Secure (the
+    prefix demands both); plain, under /review, for development on plain HTTP."""
+    if request.app.state.settings.secure_cookies:
+        return f"__Host-{name}", "/"
+    return name, "/review"
+
+
+def _set_cookie(request: Request, response: Response, name: str, value: str, **kw) -> None:
+    cookie, path = _cookie(request, name)
+    secure = request.app.state.settings.secure_cookies
+    response.set_cookie(
+        cookie, value, httponly=True, samesite="strict", secure=secure, path=path, **kw
+    )
+
+
+def _get_cookie(request: Request, name: str) -> str | None:
+    return request.cookies.get(_cookie(request, name)[0])
+
+
+def _drop_cookie(request: Request, response: Response, name: str) -> None:
+    cookie, path = _cookie(request, name)
+    secure = request.app.state.settings.secure_cookies
+    response.delete_cookie(cookie, path=path, secure=secure, httponly=True, samesite="strict")
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def who(request: Request, info: SessionInfo | None = None) -> Who:
+    return Who(info.username if info else "anonymous", client_address(request))
+
+
 CSP = (
     "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; form-action 'self'; "
     "frame-ancestors 'none'; base-uri 'none'"
 )
 
 router = APIRouter(prefix="/review", include_in_schema=False)
+# Case ids fit the database's integer: a longer one is a 422, not a database error.
+CaseId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 templates = Jinja2Templates(directory=str(resources.files("facecheck") / "resources" / "templates"))
 
 
@@ -73,7 +115,7 @@ def _store(request: Request) -> Store:
 
 async def _reviewer(request: Request) -> SessionInfo:
     """The logged-in reviewer, or a redirect to the login page."""
-    info = await asyncio.to_thread(_store(request).session, request.cookies.get(SESSION_COOKIE))
+    info = await asyncio.to_thread(_store(request).session, _get_cookie(request, SESSION_COOKIE))
     if info is None:
         raise HTTPException(303, "log in first", headers={"Location": "/review/login"})
     return info
@@ -98,14 +140,7 @@ def _top_region(case: CaseView) -> str | None:
 async def login_form(request: Request, error: str | None = None):
     token = new_token()
     response = _page(request, "login.html", csrf_token=token, error=error)
-    response.set_cookie(
-        LOGIN_CSRF_COOKIE,
-        token,
-        httponly=True,
-        samesite="strict",
-        secure=request.app.state.settings.secure_cookies,
-        path="/review",
-    )
+    _set_cookie(request, response, LOGIN_CSRF_COOKIE, token)
     return response
 
 
@@ -116,25 +151,39 @@ async def login(
     password: Annotated[str, Form(max_length=200)],
     csrf_token: Annotated[str, Form()] = "",
 ):
-    if not same(request.cookies.get(LOGIN_CSRF_COOKIE), csrf_token):
+    if not same(_get_cookie(request, LOGIN_CSRF_COOKIE), csrf_token):
         raise HTTPException(403, "invalid or missing CSRF token: reload the login page")
     st = _store(request)
-    reviewer_id = await asyncio.to_thread(st.authenticate, username, password)
+    settings = request.app.state.settings
+    address = client_address(request)
+    wait = await asyncio.to_thread(
+        st.login_retry_after,
+        username,
+        address,
+        max_failures=settings.login_max_failures,
+        window_s=settings.login_window_s,
+    )
+    if wait is not None:  # locked: the password is not even checked
+        await asyncio.to_thread(st.record, Who(username, address), "login.locked")
+        response = _page(
+            request,
+            "message.html",
+            status=429,
+            me=None,
+            title="Too many failed logins",
+            message=f"Logins for this account or from this address are paused for "
+            f"{int(wait) + 1} s after repeated failures.",
+        )
+        response.headers["Retry-After"] = str(int(wait) + 1)
+        return response
+    reviewer_id = await asyncio.to_thread(st.authenticate, username, password, address)
     if reviewer_id is None:
         return RedirectResponse("/review/login?error=1", status_code=303)
-    ttl = dt.timedelta(hours=request.app.state.settings.session_hours)
+    ttl = dt.timedelta(hours=settings.session_hours)
     token, _csrf = await asyncio.to_thread(st.new_session, reviewer_id, ttl)
     response = RedirectResponse("/review", status_code=303)
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        max_age=int(ttl.total_seconds()),
-        httponly=True,
-        samesite="strict",
-        secure=request.app.state.settings.secure_cookies,
-        path="/review",
-    )
-    response.delete_cookie(LOGIN_CSRF_COOKIE, path="/review")
+    _set_cookie(request, response, SESSION_COOKIE, token, max_age=int(ttl.total_seconds()))
+    _drop_cookie(request, response, LOGIN_CSRF_COOKIE)
     return response
 
 
@@ -142,9 +191,11 @@ async def login(
 async def logout(request: Request, csrf_token: Annotated[str, Form()] = ""):
     info = await _reviewer(request)
     _check_csrf(info, csrf_token)
-    await asyncio.to_thread(_store(request).end_session, request.cookies.get(SESSION_COOKIE))
+    await asyncio.to_thread(
+        _store(request).end_session, _get_cookie(request, SESSION_COOKIE), who(request, info)
+    )
     response = RedirectResponse("/review/login", status_code=303)
-    response.delete_cookie(SESSION_COOKIE, path="/review")
+    _drop_cookie(request, response, SESSION_COOKIE)
     return response
 
 
@@ -169,14 +220,16 @@ async def queue(request: Request, decided: int | None = None, none: int | None =
 async def claim_next(request: Request, csrf_token: Annotated[str, Form()] = ""):
     info = await _reviewer(request)
     _check_csrf(info, csrf_token)
-    case_id = await asyncio.to_thread(_store(request).claim_next, info.reviewer_id, _lease(request))
+    case_id = await asyncio.to_thread(
+        _store(request).claim_next, info.reviewer_id, _lease(request), who(request, info)
+    )
     if case_id is None:
         return RedirectResponse("/review?none=1", status_code=303)
     return RedirectResponse(f"/review/cases/{case_id}", status_code=303)
 
 
 @router.get("/cases/{case_id}", response_class=HTMLResponse)
-async def case_page(request: Request, case_id: int):
+async def case_page(request: Request, case_id: CaseId):
     info = await _reviewer(request)
     st = _store(request)
     case = await asyncio.to_thread(st.case, case_id)
@@ -185,8 +238,12 @@ async def case_page(request: Request, case_id: int):
     mine = False
     if case.status == "open":
         # Opening a case claims it (or renews the claim) unless another reviewer holds it.
-        mine = await asyncio.to_thread(st.claim, case_id, info.reviewer_id, _lease(request))
+        mine = await asyncio.to_thread(
+            st.claim, case_id, info.reviewer_id, _lease(request), who(request, info)
+        )
         case = await asyncio.to_thread(st.case, case_id)
+    if not mine:  # a claim records itself; a look at a case one does not hold, here
+        await asyncio.to_thread(st.record, who(request, info), "case.view", case_id)
     return _page(
         request,
         "case.html",
@@ -202,7 +259,7 @@ async def case_page(request: Request, case_id: int):
 @router.post("/cases/{case_id}/decision")
 async def decide(
     request: Request,
-    case_id: int,
+    case_id: CaseId,
     decision: Annotated[str, Form()],
     comment: Annotated[str, Form(max_length=2000)] = "",
     csrf_token: Annotated[str, Form()] = "",
@@ -212,7 +269,7 @@ async def decide(
     if decision not in ("real", "fake"):
         raise HTTPException(422, "decision must be real or fake")
     ok = await asyncio.to_thread(
-        _store(request).decide, case_id, info.reviewer_id, decision, comment
+        _store(request).decide, case_id, info.reviewer_id, decision, comment, who(request, info)
     )
     if not ok:
         return _page(
@@ -228,26 +285,28 @@ async def decide(
 
 
 @router.post("/cases/{case_id}/release")
-async def release(request: Request, case_id: int, csrf_token: Annotated[str, Form()] = ""):
+async def release(request: Request, case_id: CaseId, csrf_token: Annotated[str, Form()] = ""):
     info = await _reviewer(request)
     _check_csrf(info, csrf_token)
-    await asyncio.to_thread(_store(request).release, case_id, info.reviewer_id)
+    await asyncio.to_thread(_store(request).release, case_id, info.reviewer_id, who(request, info))
     return RedirectResponse("/review", status_code=303)
 
 
-async def _case_image(request: Request, case_id: int) -> tuple[bytes, str]:
-    await _reviewer(request)
+async def _case_image(request: Request, case_id: int, view: str) -> tuple[bytes, str]:
+    info = await _reviewer(request)
     st = _store(request)
     case = await asyncio.to_thread(st.case, case_id)
     found = None if case is None else await asyncio.to_thread(st.image, case.check_id)
     if found is None:
         raise HTTPException(404, "no image (deleted after the retention period)")
+    # Personal data shown to a person: who saw which picture is on record.
+    await asyncio.to_thread(st.record, who(request, info), "case.image", case_id, {"view": view})
     return found
 
 
 @router.get("/cases/{case_id}/image")
-async def case_image(request: Request, case_id: int):
-    data, _media = await _case_image(request, case_id)
+async def case_image(request: Request, case_id: CaseId):
+    data, _media = await _case_image(request, case_id, "image")
     # The stored bytes are served as the type they sniff as, never as the client declared.
     response = Response(data, media_type=sniff(data) or "application/octet-stream")
     _harden(response)
@@ -255,8 +314,8 @@ async def case_image(request: Request, case_id: int):
 
 
 @router.get("/cases/{case_id}/explain.png")
-async def case_explain(request: Request, case_id: int):
-    data, _media = await _case_image(request, case_id)
+async def case_explain(request: Request, case_id: CaseId):
+    data, _media = await _case_image(request, case_id, "heatmap")
 
     def render_png() -> bytes:
 

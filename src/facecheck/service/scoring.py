@@ -56,6 +56,10 @@ def service_verdict(v: Verdict, fake_above: float | None) -> str:
     return "fake" if fake_above is not None and p >= fake_above else "review"
 
 
+class Busy(RuntimeError):
+    """More uploads are waiting for the model than the service accepts (answer 503)."""
+
+
 @dataclass
 class Scored:
     verdict: Verdict
@@ -73,18 +77,21 @@ class BatchScorer:
         *,
         fake_above: float | None = None,
         max_batch: int = 16,
+        max_pending: int = 32,
         regions: str = "flagged",
     ):
         self.detector = detector
         self.fake_above = fake_above
         self.max_batch = max_batch
+        # Bounded: a flood of uploads waits in no unbounded queue (each holds its bytes).
+        self.max_pending = max_pending
         self.regions = regions
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="facecheck-model")
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
+        self._queue = asyncio.Queue(maxsize=self.max_pending)
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
@@ -102,7 +109,10 @@ class BatchScorer:
         if self._queue is None:
             raise RuntimeError("BatchScorer.start() was not awaited")
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
-        await self._queue.put((data, name, fut, time.perf_counter()))
+        try:
+            self._queue.put_nowait((data, name, fut, time.perf_counter()))
+        except asyncio.QueueFull:
+            raise Busy(f"{self.max_pending} uploads are waiting for the model; retry") from None
         return await fut
 
     async def _run(self) -> None:

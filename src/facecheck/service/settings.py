@@ -42,8 +42,27 @@ class ServiceSettings:
     # 1 (one at a time) by default: on the 2-core CPU batching bought no throughput
     # (benchmarks/load.md); on a GPU it may pay.
     max_batch: int = 1
-    # Mark cookies Secure (set this when the service is behind HTTPS).
-    secure_cookies: bool = False
+    # Cookies are Secure and __Host- prefixed (HTTPS only). False only for development on
+    # plain HTTP (`facecheck serve --insecure-dev`).
+    secure_cookies: bool = True
+    # Send Strict-Transport-Security (set behind TLS; browsers then refuse plain HTTP).
+    hsts: bool = False
+    # Body limit of every route that takes a form but not an image (logins, decisions).
+    max_form_bytes: int = 64 * 1024
+    # Uploads waiting for the model beyond this many are refused: 503 with Retry-After.
+    max_pending: int = 32
+    # Check rows (verdicts, no images) are deleted this long after the check; 0: kept.
+    check_retention_days: float = 400.0
+    # Audit events are kept this long (the chain stays verifiable from the oldest kept).
+    audit_retention_days: float = 7 * 365.0
+    # Logins: this many failures in `login_window_s` lock the account (or, 4x as many, the
+    # client address), for 30 s doubling with every further failure up to 15 minutes.
+    login_max_failures: int = 5
+    login_window_s: int = 900
+    # Per API key: checks accepted per minute (429 with Retry-After past it); 0: no quota.
+    key_quota_per_minute: int = 600
+    # /metrics, /docs and /openapi.json without an API key (for a bind no client can reach).
+    public_metrics_and_docs: bool = False
 
     @property
     def url(self) -> str:
@@ -76,6 +95,12 @@ class ServiceSettings:
             raise ValueError("max_batch must be at least 1")
         if self.lease_seconds < 10:
             raise ValueError("lease_seconds must be at least 10")
+        if self.max_form_bytes < 1024 or self.max_pending < 1:
+            raise ValueError("max_form_bytes must be >= 1024 and max_pending >= 1")
+        if min(self.check_retention_days, self.audit_retention_days) < 0:
+            raise ValueError("retention periods must be >= 0")
+        if self.login_max_failures < 1 or self.login_window_s < 1 or self.key_quota_per_minute < 0:
+            raise ValueError("login_max_failures, login_window_s >= 1; key_quota_per_minute >= 0")
 
 
 def _parse(name: str, raw: str) -> object:

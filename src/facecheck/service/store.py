@@ -20,14 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
-    JSON,
-    DateTime,
-    Float,
-    ForeignKey,
-    Integer,
-    LargeBinary,
-    String,
-    Text,
     create_engine,
     delete,
     event,
@@ -37,9 +29,21 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.orm import sessionmaker
 
+from facecheck.service import audit
+from facecheck.service.audit import Who
 from facecheck.service.migrations import upgrade
+from facecheck.service.models import (
+    ApiKey,
+    Case,
+    Check,
+    Reviewer,
+    ReviewSession,
+    StoredImage,
+    iso,
+    utcnow,
+)
 from facecheck.service.security import (
     hash_password,
     new_api_key,
@@ -49,84 +53,6 @@ from facecheck.service.security import (
 )
 
 DECISIONS = ("real", "fake")
-
-
-def utcnow() -> dt.datetime:
-    """Naive UTC: what both SQLite and PostgreSQL columns hold here."""
-    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
-
-
-def iso(t: dt.datetime | None) -> str | None:
-    return None if t is None else t.replace(tzinfo=dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-class Base(DeclarativeBase):
-    pass
-
-
-class ApiKey(Base):
-    __tablename__ = "api_keys"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(100))
-    prefix: Mapped[str] = mapped_column(String(12))  # shown in listings; not a secret
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
-    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-
-
-class Reviewer(Base):
-    __tablename__ = "reviewers"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    username: Mapped[str] = mapped_column(String(100), unique=True)
-    password_hash: Mapped[str] = mapped_column(String(200))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
-
-
-class ReviewSession(Base):
-    __tablename__ = "review_sessions"
-    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
-    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"))
-    csrf_token: Mapped[str] = mapped_column(String(64))
-    expires_at: Mapped[dt.datetime] = mapped_column(DateTime)
-
-
-class Check(Base):
-    __tablename__ = "checks"
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"), nullable=True)
-    external_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
-    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    verdict: Mapped[str] = mapped_column(String(20), index=True)
-    fake_probability: Mapped[float | None] = mapped_column(Float, nullable=True)
-    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
-    regions: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    face: Mapped[dict | None] = mapped_column(JSON, nullable=True)
-    error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    model_version: Mapped[str] = mapped_column(String(64))
-    timing_ms: Mapped[float] = mapped_column(Float)
-
-
-class StoredImage(Base):
-    __tablename__ = "images"
-    check_id: Mapped[str] = mapped_column(ForeignKey("checks.id"), primary_key=True)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
-    media_type: Mapped[str] = mapped_column(String(40))
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
-
-
-class Case(Base):
-    __tablename__ = "cases"
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    check_id: Mapped[str] = mapped_column(ForeignKey("checks.id"), unique=True)
-    created_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
-    status: Mapped[str] = mapped_column(String(10), index=True)  # open | decided
-    claimed_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), nullable=True)
-    lease_until: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
-    decision: Mapped[str | None] = mapped_column(String(10), nullable=True)
-    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
-    decided_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), nullable=True)
-    decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -213,12 +139,58 @@ class Store:
         with self._session() as s:
             return s.execute(select(1)).scalar() == 1
 
+    def probe_write(self) -> None:
+        """Commit a write (the audit head's lock, touched): raises if the database cannot
+        take writes (disk full, read-only, gone), which a read-only ping does not show."""
+        with self._session.begin() as s:
+            audit._head(s)
+
+    # -- the audit log
+    def record(self, who: Who | None, action: str, target=None, detail=None) -> None:
+        """An audit event of its own (views, refusals); actions that change rows record
+        theirs inside their own transaction."""
+        with self._session.begin() as s:
+            audit.append(s, who, action, target, detail)
+
+    def audit_events(self, since: dt.datetime | None = None) -> Iterator[dict[str, object]]:
+        with self._session() as s:
+            for row in audit.events(s, since):
+                yield audit.as_dict(row)
+
+    def verify_audit(self) -> audit.Verified:
+        with self._session() as s:
+            head = s.get(audit.AuditHead, 1)
+            return audit.verify(audit.events(s), head)
+
+    def login_retry_after(
+        self, username: str, address: str | None, *, max_failures: int, window_s: int
+    ) -> float | None:
+        """Seconds until a login may be tried again, or None. ``max_failures`` failures
+        within the window lock the account (4x as many, the client address) for 30 s,
+        doubling with every further failure, at most 15 minutes after the last one."""
+        now = utcnow()
+        since = now - dt.timedelta(seconds=window_s)
+        with self._session() as s:
+            checks = [(*audit.failures_since(s, actor=username, since=since), max_failures)]
+            if address:
+                found = audit.failures_since(s, address=address, since=since)
+                checks.append((*found, 4 * max_failures))
+        wait = 0.0
+        for n, last, limit in checks:
+            if n >= limit and last is not None:
+                lock = min(30.0 * 2 ** (n - limit), 900.0)
+                wait = max(wait, lock - (now - last).total_seconds())
+        return wait if wait > 0 else None
+
     # -- API keys
-    def create_api_key(self, name: str) -> str:
+    def create_api_key(self, name: str, who: Who | None = None) -> str:
         """Store a new key's hash and return the key itself (shown once, never stored)."""
         key = new_api_key()
         with self._session.begin() as s:
-            s.add(ApiKey(name=name, prefix=key[:10], key_hash=token_hash(key), created_at=utcnow()))
+            row = ApiKey(name=name, prefix=key[:10], key_hash=token_hash(key), created_at=utcnow())
+            s.add(row)
+            s.flush()
+            audit.append(s, who, "apikey.create", row.id, {"name": audit.clean(name)})
         return key
 
     def api_key_id(self, key: str | None) -> int | None:
@@ -243,13 +215,15 @@ class Store:
                 for r in rows
             ]
 
-    def revoke_api_key(self, key_id: int) -> bool:
+    def revoke_api_key(self, key_id: int, who: Who | None = None) -> bool:
         with self._session.begin() as s:
             res = s.execute(
                 update(ApiKey)
                 .where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
                 .values(revoked_at=utcnow())
             )
+            if res.rowcount == 1:
+                audit.append(s, who, "apikey.revoke", key_id)
             return res.rowcount == 1
 
     def count_api_keys(self) -> int:
@@ -257,7 +231,7 @@ class Store:
             return int(s.scalar(select(func.count(ApiKey.id))) or 0)
 
     # -- reviewers and their sessions
-    def add_reviewer(self, username: str, password: str) -> int:
+    def add_reviewer(self, username: str, password: str, who: Who | None = None) -> int:
         username = username.strip()
         if not username or len(username) > 100:
             raise ValueError("a reviewer name needs 1 to 100 characters")
@@ -269,9 +243,10 @@ class Store:
             )
             s.add(r)
             s.flush()
+            audit.append(s, who, "reviewer.add", username)
             return r.id
 
-    def set_password(self, username: str, password: str) -> None:
+    def set_password(self, username: str, password: str, who: Who | None = None) -> None:
         with self._session.begin() as s:
             res = s.execute(
                 update(Reviewer)
@@ -283,19 +258,25 @@ class Store:
             # A new password ends every open session of that reviewer.
             rid = s.scalar(select(Reviewer.id).where(Reviewer.username == username))
             s.execute(delete(ReviewSession).where(ReviewSession.reviewer_id == rid))
+            audit.append(s, who, "reviewer.password", username)
 
     def count_reviewers(self) -> int:
         with self._session() as s:
             return int(s.scalar(select(func.count(Reviewer.id))) or 0)
 
-    def authenticate(self, username: str, password: str) -> int | None:
+    def authenticate(self, username: str, password: str, address: str | None = None) -> int | None:
+        """The reviewer's id if the password is right; either way an audit event
+        (``login.ok`` / ``login.failed``, the account and the client address)."""
         with self._session() as s:
             r = s.scalar(select(Reviewer).where(Reviewer.username == username))
-            if r is None:
-                # Same work for unknown names, so timing does not tell which names exist.
-                verify_password(password, _DUMMY_HASH)
-                return None
-            return r.id if verify_password(password, r.password_hash) else None
+        if r is None:
+            # Same work for unknown names, so timing does not tell which names exist.
+            verify_password(password, _DUMMY_HASH)
+            ok = False
+        else:
+            ok = verify_password(password, r.password_hash)
+        self.record(Who(username, address), "login.ok" if ok else "login.failed")
+        return r.id if ok and r is not None else None
 
     def new_session(self, reviewer_id: int, ttl: dt.timedelta) -> tuple[str, str]:
         """(session token for the cookie, CSRF token for the forms)."""
@@ -324,12 +305,13 @@ class Store:
                 return None
             return SessionInfo(row[0].reviewer_id, row[1], row[0].csrf_token)
 
-    def end_session(self, token: str | None) -> None:
+    def end_session(self, token: str | None, who: Who | None = None) -> None:
         if token:
             with self._session.begin() as s:
                 s.execute(
                     delete(ReviewSession).where(ReviewSession.token_hash == token_hash(token))
                 )
+                audit.append(s, who, "logout")
 
     # -- checks and cases
     def add_check(
@@ -469,7 +451,9 @@ class Store:
         with self._session() as s:
             return int(s.scalar(select(func.count(Case.id)).where(Case.status == "open")) or 0)
 
-    def claim(self, case_id: int, reviewer_id: int, lease: dt.timedelta) -> bool:
+    def claim(
+        self, case_id: int, reviewer_id: int, lease: dt.timedelta, who: Who | None = None
+    ) -> bool:
         """Take (or extend) the lease on an open case; False if someone else holds it."""
         now = utcnow()
         with self._session.begin() as s:
@@ -482,9 +466,13 @@ class Store:
                 )
                 .values(claimed_by=reviewer_id, lease_until=now + lease)
             )
+            if res.rowcount == 1:
+                audit.append(s, who, "case.claim", case_id)
             return res.rowcount == 1
 
-    def claim_next(self, reviewer_id: int, lease: dt.timedelta) -> int | None:
+    def claim_next(
+        self, reviewer_id: int, lease: dt.timedelta, who: Who | None = None
+    ) -> int | None:
         """Claim the oldest open case nobody else holds; None if there is none."""
         for _ in range(20):  # another reviewer may take a candidate between read and claim
             now = utcnow()
@@ -500,19 +488,28 @@ class Store:
                 )
             if candidate is None:
                 return None
-            if self.claim(candidate, reviewer_id, lease):
+            if self.claim(candidate, reviewer_id, lease, who):
                 return candidate
         return None
 
-    def release(self, case_id: int, reviewer_id: int) -> None:
+    def release(self, case_id: int, reviewer_id: int, who: Who | None = None) -> None:
         with self._session.begin() as s:
-            s.execute(
+            res = s.execute(
                 update(Case)
                 .where(Case.id == case_id, Case.claimed_by == reviewer_id, Case.status == "open")
                 .values(claimed_by=None, lease_until=None)
             )
+            if res.rowcount == 1:
+                audit.append(s, who, "case.release", case_id)
 
-    def decide(self, case_id: int, reviewer_id: int, decision: str, comment: str = "") -> bool:
+    def decide(
+        self,
+        case_id: int,
+        reviewer_id: int,
+        decision: str,
+        comment: str = "",
+        who: Who | None = None,
+    ) -> bool:
         """Record a decision; only the holder of a live lease can, and only once."""
         if decision not in DECISIONS:
             raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
@@ -535,6 +532,8 @@ class Store:
                     lease_until=None,
                 )
             )
+            if res.rowcount == 1:
+                audit.append(s, who, "case.decide", case_id, {"decision": decision})
             return res.rowcount == 1
 
     def decided_cases(self) -> Iterator[CaseView]:
@@ -563,7 +562,45 @@ class Store:
                     StoredImage.created_at < cutoff, StoredImage.check_id.not_in(open_checks)
                 )
             )
-            return int(res.rowcount or 0)
+            n = int(res.rowcount or 0)
+            if n:
+                audit.append(s, None, "retention.images", None, {"deleted": n})
+            return n
+
+    def purge_checks(self, older_than: dt.timedelta) -> int:
+        """Delete check rows (and their decided cases) older than ``older_than``; checks
+        with an open case stay until it is decided."""
+        cutoff = utcnow() - older_than
+        with self._session.begin() as s:
+            old = select(Check.id).where(
+                Check.created_at < cutoff,
+                Check.id.not_in(select(Case.check_id).where(Case.status == "open")),
+            )
+            ids = list(s.scalars(old))
+            for start in range(0, len(ids), 500):
+                part = ids[start : start + 500]
+                s.execute(delete(StoredImage).where(StoredImage.check_id.in_(part)))
+                s.execute(delete(Case).where(Case.check_id.in_(part)))
+                s.execute(delete(Check).where(Check.id.in_(part)))
+            if ids:
+                audit.append(s, None, "retention.checks", None, {"deleted": len(ids)})
+            return len(ids)
+
+    def purge_audit(self, older_than: dt.timedelta) -> int:
+        with self._session.begin() as s:
+            n = audit.purge(s, older_than)
+            if n:
+                audit.append(s, None, "retention.audit", None, {"deleted": n})
+            return n
+
+    def checks_since(self, api_key_id: int, seconds: float) -> int:
+        """How many checks a key made in the last ``seconds`` (its quota)."""
+        since = utcnow() - dt.timedelta(seconds=seconds)
+        with self._session() as s:
+            q = select(func.count()).where(
+                Check.api_key_id == api_key_id, Check.created_at >= since
+            )
+            return int(s.scalar(q) or 0)
 
 
 _DUMMY_HASH = hash_password("not-a-real-password")
