@@ -74,12 +74,24 @@ def browser():
         b.close()
 
 
-def test_a_reviewer_logs_in_decides_a_case_and_it_leaves_the_queue(
+def _log_in(page, base: str, username: str, password: str) -> None:
+    page.goto(f"{base}/review/login")
+    page.fill("#username", username)
+    page.fill("#password", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(f"{base}/review")
+
+
+def test_two_reviewers_decide_a_fake_with_keys_zoom_and_the_heatmap_toggle(
     live_server, browser, shared_data, tmp_path
 ):
+    """Login; the case page with the face crop, the decision within the first screen;
+    keyboard: F (fake and its reasons), Z (zoom), O (heatmap off), Enter (decide); four
+    eyes: Ann's fake waits for Bob, whose agreement makes it final."""
     base, store = live_server
     key = {"X-API-Key": store.create_api_key("browser-test")}
     store.add_reviewer("ann", "password-a")
+    store.add_reviewer("bob", "password-b")
     case_ids = []
     for n, name in enumerate(("real_00343.jpg", "real_00744.jpg")):  # flagged real photos
         data = (shared_data / "rff" / "real" / name).read_bytes()
@@ -93,46 +105,80 @@ def test_a_reviewer_logs_in_decides_a_case_and_it_leaves_the_queue(
         assert r.status_code == 201 and r.json()["verdict"] == "review", r.text
         case_ids.append(r.json()["case"]["id"])
 
-    page = browser.new_page(viewport={"width": 1200, "height": 900})
-    page.goto(f"{base}/review")
-    assert page.url.endswith("/review/login")  # not logged in: sent to the login page
-    page.fill("#username", "ann")
-    page.fill("#password", "wrong password")
-    page.click("button[type=submit]")
-    assert "wrong password" in page.inner_text("[role=alert]")
-    page.fill("#username", "ann")
-    page.fill("#password", "password-a")
-    page.click("button[type=submit]")
-    page.wait_for_url(f"{base}/review")
-    assert page.locator("#queue tbody tr").count() == 2
-    assert "APP-0" in page.inner_text("#queue tbody tr:first-child")  # oldest first
+    ann = browser.new_page(viewport={"width": 1280, "height": 800})
+    ann.goto(f"{base}/review")
+    assert ann.url.endswith("/review/login")  # not logged in: sent to the login page
+    ann.fill("#username", "ann")
+    ann.fill("#password", "wrong password")
+    ann.click("button[type=submit]")
+    assert "wrong password" in ann.inner_text("[role=alert]")
+    _log_in(ann, base, "ann", "password-a")
+    assert ann.locator("#queue tbody tr").count() == 2
+    assert "APP-0" in ann.inner_text("#queue tbody tr:first-child")  # oldest first
 
-    page.click("text=Review next")
-    page.wait_for_url(f"{base}/review/cases/{case_ids[0]}")
-    # Both pictures (the upload and its heatmap) load and have the same size.
-    page.wait_for_function(
+    ann.click("text=Review next")
+    ann.wait_for_url(f"{base}/review/cases/{case_ids[0]}")
+    ann.wait_for_function(
         "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
     )
-    sizes = page.eval_on_selector_all(
+    # The face crop and its heatmap, the same size, large; the decision on the first screen.
+    sizes = ann.eval_on_selector_all(
         "img", "els => els.map(e => [e.naturalWidth, e.naturalHeight])"
     )
-    assert len(sizes) == 2 and sizes[0] == sizes[1]
-    assert page.locator("#regions tr").count() == 5  # header + four regions
-    page.screenshot(path=str(tmp_path / "case.png"), full_page=True)
-    page.fill("#comment", "blend line under the left eye")
-    page.click("button[value=fake]")
+    assert len(sizes) == 2 and sizes[0] == sizes[1] and max(sizes[0]) == 640
+    shown = ann.eval_on_selector("#face .photo", "e => e.getBoundingClientRect().width")
+    assert shown > 500
+    fake_button = ann.eval_on_selector(
+        "button[value=fake]", "e => e.getBoundingClientRect().bottom"
+    )
+    assert fake_button < 800
+    assert ann.locator("#regions tr").count() == 5  # header + four regions
+    # Z zooms (the picture grows past its frame), O hides the heatmap, both toggle back.
+    ann.keyboard.press("z")
+    assert "zoomed" in ann.get_attribute("#face", "class")
+    assert ann.eval_on_selector("#face .photo", "e => e.getBoundingClientRect().width") > 2 * shown
+    ann.keyboard.press("z")
+    assert ann.is_visible("#face .heat")
+    ann.keyboard.press("o")
+    assert not ann.is_visible("#face .heat")
+    ann.keyboard.press("o")
+    assert ann.is_visible("#face .heat")
+    ann.screenshot(path=str(tmp_path / "case.png"), full_page=False)
+    # F: only the fake reasons can be chosen; Enter decides.
+    ann.keyboard.press("f")
+    disabled = ann.eval_on_selector_all(
+        "#reason option[data-decision]", "os => os.filter(o => o.disabled).map(o => o.value)"
+    )
+    assert set(disabled) == {"no_sign_of_editing", "compression_only", "poor_quality_but_real",
+                             "other"}  # the real reasons  # fmt: skip
+    ann.select_option("#reason", "blend_boundary")
+    ann.fill("#comment", "blend line under the left eye")
+    ann.focus("#reason")
+    ann.keyboard.press("Enter")
+    ann.wait_for_url(f"{base}/review?decided={case_ids[0]}")
+    assert "waiting for a second reviewer" in ann.inner_text("[role=status]")
+    assert store.case(case_ids[0]).status == "second"
 
-    page.wait_for_url(f"{base}/review?decided={case_ids[0]}")
-    assert f"Case {case_ids[0]} decided: fake" in page.inner_text("[role=status]")
-    rows = page.locator("#queue tbody tr")
+    bob = browser.new_page(viewport={"width": 1280, "height": 800})
+    _log_in(bob, base, "bob", "password-b")
+    bob.click("text=Review next")
+    bob.wait_for_url(f"{base}/review/cases/{case_ids[0]}")
+    assert "ann decided fake" in bob.inner_text("#decision")
+    bob.keyboard.press("f")
+    bob.select_option("#reason", "texture_or_noise")
+    bob.click("button[value=fake]")
+    bob.wait_for_url(f"{base}/review?decided={case_ids[0]}")
+    assert f"Case {case_ids[0]} decided: fake" in bob.inner_text("[role=status]")
+    rows = bob.locator("#queue tbody tr")
     assert rows.count() == 1 and rows.first.get_attribute("data-case") == str(case_ids[1])
     case = store.case(case_ids[0])
-    assert (case.decision, case.decided_by, case.comment) == (
+    assert (case.decision, case.decided_by, case.first_decided_by, case.first_comment) == (
         "fake",
+        "bob",
         "ann",
         "blend line under the left eye",
     )
     shot = os.environ.get("FACECHECK_SCREENSHOT_DIR")
     if shot:  # for the README / a person to look at
         shutil.copy(tmp_path / "case.png", Path(shot) / "review-case.png")
-        page.screenshot(path=str(Path(shot) / "review-queue.png"), full_page=True)
+        bob.screenshot(path=str(Path(shot) / "review-queue.png"), full_page=True)

@@ -106,7 +106,7 @@ def test_sigkill_mid_review_keeps_every_committed_decision_and_pending_case(tmp_
                         decision = ("real", "fake")[n % 2]
                         r = client.post(
                             f"{base}/review/cases/{case_id}/decision",
-                            data={"decision": decision, "csrf_token": csrf},
+                            data={"decision": decision, "reason": "other", "csrf_token": csrf},
                         )
                     except (httpx.TransportError, KeyError, ValueError):
                         return  # the server is gone (or the queue is empty)
@@ -127,6 +127,7 @@ def test_sigkill_mid_review_keeps_every_committed_decision_and_pending_case(tmp_
 
         proc, base = _start(tmp_path / "data", log)
         assert secrets_file.read_text() == text  # the restart created no credentials
+        # A "real" is final at once; a "fake" waits for a second reviewer (four eyes).
         decided, still_open = {}, []
         for c in checks:
             got = httpx.get(f"{base}/v1/checks/{c['id']}", headers={"X-API-Key": key}).json()
@@ -134,10 +135,12 @@ def test_sigkill_mid_review_keeps_every_committed_decision_and_pending_case(tmp_
             assert case["id"] == c["case"]["id"]  # every case is still there
             if case["status"] == "decided":
                 decided[case["id"]] = case["decision"]
+            elif case["status"] == "second":
+                decided[case["id"]] = "fake"
             else:
                 still_open.append(case["id"])
-        # Every acknowledged decision survived, as decided; at most the one in flight when the
-        # server died was committed without its answer reaching the reviewer.
+        # Every acknowledged decision survived; at most the one in flight when the server
+        # died was committed without its answer reaching the reviewer.
         for case_id, decision in acknowledged.items():
             assert decided.get(case_id) == decision, (case_id, decided)
         assert len(decided) - len(acknowledged) in (0, 1)
@@ -153,7 +156,8 @@ def test_sigkill_mid_review_keeps_every_committed_decision_and_pending_case(tmp_
         assert audited == decided and store.verify_audit().ok
         store.dispose()
         health = httpx.get(f"{base}/health").json()
-        assert health["open_cases"] == len(still_open)
+        waiting_second = sum(d == "fake" for d in decided.values())
+        assert health["open_cases"] == len(still_open) + waiting_second
         # The queue still works after the restart: the pending cases can be decided.
         with httpx.Client(timeout=10, follow_redirects=False) as client:
             csrf = _login(client, base, password)

@@ -153,7 +153,7 @@ def test_the_audit_log_records_reviewers_and_detects_tampering(
     client.get(f"/review/cases/{case_id}/image")
     r = client.post(
         f"/review/cases/{case_id}/decision",
-        data={"decision": "fake", "csrf_token": csrf},
+        data={"decision": "fake", "reason": "blend_boundary", "csrf_token": csrf},
         follow_redirects=False,
     )
     assert r.status_code == 303

@@ -173,8 +173,14 @@ def test_review_flow_login_queue_claim_and_decide(service, images):
     r = client.post("/review/next", data={"csrf_token": csrf}, follow_redirects=False)
     assert r.headers["location"] == f"/review/cases/{case_id}"
     case_page = client.get(r.headers["location"])
-    assert "Fake</button>" in case_page.text and "script" not in case_page.text.lower()
-    assert "default-src 'none'" in case_page.headers["content-security-policy"]
+    # Scripts only from this origin (the shortcuts' file), none inline.
+    assert "Fake</button>" in case_page.text
+    assert re.findall(r"<script[^>]*>", case_page.text) == ['<script src="/review/static/case.js">']
+    csp = case_page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "script-src 'self';" in csp  # no unsafe-inline script
+    assert (
+        client.get("/review/static/case.js").headers["content-type"].startswith("text/javascript")
+    )
     img = client.get(f"/review/cases/{case_id}/image")
     assert img.content == images["review"] and img.headers["content-type"] == "image/jpeg"
     heat = client.get(f"/review/cases/{case_id}/explain.png")
@@ -185,22 +191,32 @@ def test_review_flow_login_queue_claim_and_decide(service, images):
             f"/review/cases/{case_id}/decision", data={"decision": "fake", "csrf_token": token}
         )
         assert r.status_code == 403
+    # A reason from the decision's own list is required.
+    for reason in ("", "morph"):
+        r = client.post(
+            f"/review/cases/{case_id}/decision",
+            data={"decision": "real", "reason": reason, "csrf_token": csrf},
+        )
+        assert r.status_code == 422 and "choose a reason" in r.text
     r = client.post(
         f"/review/cases/{case_id}/decision",
-        data={"decision": "fake", "comment": "mouth edge", "csrf_token": csrf},
+        data={"decision": "real", "reason": "compression_only", "comment": "jpeg blocks",
+              "csrf_token": csrf},
         follow_redirects=False,
-    )
+    )  # fmt: skip
     assert r.headers["location"] == f"/review?decided={case_id}"
     queue = client.get(r.headers["location"]).text
     assert f"Case {case_id} decided" in queue and "A-1" not in queue.split("<table")[-1]
     decided = client.get(f"/v1/checks/{first['id']}", headers=key).json()["case"]
-    assert decided["status"] == "decided" and decided["decision"] == "fake"
+    assert decided["status"] == "decided" and decided["decision"] == "real"
+    assert decided["reason"] == "compression_only"
     # Deciding again is refused and says why.
     again = client.post(
-        f"/review/cases/{case_id}/decision", data={"decision": "real", "csrf_token": csrf}
+        f"/review/cases/{case_id}/decision",
+        data={"decision": "fake", "reason": "morph", "csrf_token": csrf},
     )
     assert again.status_code == 409
-    assert store.case(case_id).decision == "fake"
+    assert store.case(case_id).decision == "real"
     assert second["case"]["status"] == "open"
 
 
@@ -226,7 +242,8 @@ def test_a_second_reviewer_cannot_take_a_claimed_case(
             == "/review?none=1"
         )
         r = other.post(
-            f"/review/cases/{case_id}/decision", data={"decision": "real", "csrf_token": csrf_b}
+            f"/review/cases/{case_id}/decision",
+            data={"decision": "real", "reason": "other", "csrf_token": csrf_b},
         )
         assert r.status_code == 409
         # Ann puts it back; now Bob can take and decide it.
@@ -234,7 +251,7 @@ def test_a_second_reviewer_cannot_take_a_claimed_case(
         assert "Fake</button>" in other.get(f"/review/cases/{case_id}").text
         r = other.post(
             f"/review/cases/{case_id}/decision",
-            data={"decision": "real", "csrf_token": csrf_b},
+            data={"decision": "real", "reason": "other", "csrf_token": csrf_b},
             follow_redirects=False,
         )
         assert r.status_code == 303 and store.case(case_id).decided_by == "bob"

@@ -30,7 +30,7 @@ def test_migrations_build_the_models_schema_and_are_idempotent(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert current(store.engine) == "0002"
+    assert current(store.engine) == "0003"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], diff  # the migration and the ORM models describe the same tables
@@ -89,7 +89,13 @@ def test_checks_round_trip_and_are_scoped_to_their_key(store):
     )
     got = store.get_check(check_id, key_id)
     assert got["regions"]["nose"] == 0.9 and got["external_id"] == "A-17"
-    assert got["case"] == {"id": case_id, "status": "open", "decision": None, "decided_at": None}
+    assert got["case"] == {
+        "id": case_id,
+        "status": "open",
+        "decision": None,
+        "reason": None,
+        "decided_at": None,
+    }
     assert store.get_check(check_id, key_id + 1) is None  # another key sees nothing
     assert store.image(check_id) == (b"bytes", "image/png")
     no_case, none, _ = _check(store, verdict="real", p=0.01, image=None, case=False)

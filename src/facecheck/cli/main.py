@@ -454,14 +454,33 @@ def _service_parsers(sub) -> None:
     p.add_argument("--since", default=None, help="export: events at or after (ISO date)")
     _store_options(p)
 
+    p = sub.add_parser(
+        "webhooks",
+        help="the webhook delivery log",
+        description="Deliveries of case.decided events, newest first: tries, last status, "
+        "when delivered or when the next try is due.",
+    )
+    p.add_argument("--limit", type=int, default=50)
+    _store_options(p)
+
     p = sub.add_parser("apikey", help="create, list or revoke the scoring API's keys")
     p.add_argument("action", choices=["create", "list", "revoke"])
     p.add_argument("name", nargs="?", help="create: a name for the key; revoke: its id")
+    p.add_argument(
+        "--expires-days", type=float, default=None, help="create: the key stops working after"
+    )
     _store_options(p)
 
-    p = sub.add_parser("reviewer", help="add a reviewer or set a reviewer's password")
-    p.add_argument("action", choices=["add", "passwd"])
-    p.add_argument("username")
+    p = sub.add_parser(
+        "reviewer",
+        help="add, list, disable or enable reviewers; set a password or a role",
+        description="Roles: admin (also decides escalated cases), reviewer, auditor (reads "
+        "cases, decides none). Disabling ends the reviewer's sessions; every change is in "
+        "the audit log.",
+    )
+    p.add_argument("action", choices=["add", "passwd", "role", "disable", "enable", "list"])
+    p.add_argument("username", nargs="?")
+    p.add_argument("--role", choices=["admin", "reviewer", "auditor"], default=None)
     p.add_argument(
         "--password-stdin",
         action="store_true",
@@ -566,6 +585,7 @@ COMMANDS = {
     "apikey": "serve",
     "reviewer": "serve",
     "audit": "serve",
+    "webhooks": "serve",
     "feedback": "serve",
 }
 

@@ -55,13 +55,18 @@ def cmd_serve(args) -> int:
 def cmd_apikey(args) -> int:
     store = _open_store(args)
     if args.action == "create":
-        key = store.create_api_key(args.name or "unnamed", _operator())
+        key = store.create_api_key(args.name or "unnamed", _operator(), args.expires_days)
         print(key)
         print("(shown once; only its hash is stored)", file=sys.stderr)
     elif args.action == "list":
         for k in store.list_api_keys():
             state = f"revoked {k['revoked_at']}" if k["revoked_at"] else "active"
-            print(f"{k['id']:4d}  {k['prefix']}...  {k['name']:20s} {k['created_at']}  {state}")
+            if k["expires_at"] and not k["revoked_at"]:
+                state += f", expires {k['expires_at']}"
+            print(
+                f"{k['id']:4d}  {k['prefix']}...  {k['name']:20s} {k['created_at']}  {state}; "
+                f"last used {k['last_used_at'] or 'never'}"
+            )
     else:
         if not (args.name or "").isdigit():
             raise ValueError("apikey revoke needs the key's id (see `facecheck apikey list`)")
@@ -76,15 +81,29 @@ def cmd_reviewer(args) -> int:
 
     from facecheck.service.security import new_token
 
+    store = _open_store(args)
+    if args.action == "list":
+        for r in store.list_reviewers():
+            state = f"disabled {r['disabled_at']}" if r["disabled_at"] else "active"
+            print(f"{r['username']:20s} {r['role']:9s} {r['created_at']}  {state}")
+        return 0
+    if not args.username:
+        raise ValueError(f"reviewer {args.action} needs a username")
+    if args.action in ("role", "disable", "enable"):
+        if args.action == "role" and args.role is None:
+            raise ValueError("reviewer role needs --role admin|reviewer|auditor")
+        disabled = {"disable": True, "enable": False}.get(args.action)
+        store.set_reviewer(args.username, role=args.role, disabled=disabled, who=_operator())
+        print(f"reviewer {args.username}: {args.action} done")
+        return 0
     if args.generate:
         password = new_token()[:20]
     elif args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = getpass.getpass(f"password for {args.username}: ")
-    store = _open_store(args)
     if args.action == "add":
-        store.add_reviewer(args.username, password, _operator())
+        store.add_reviewer(args.username, password, _operator(), role=args.role or "reviewer")
     else:
         store.set_password(args.username, password, _operator())
     print(f"reviewer {args.username}: " + (password if args.generate else "password set"))
@@ -118,6 +137,23 @@ def cmd_audit(args) -> int:
         if args.out is not None:
             out.close()
     print(f"exported {n} audit events (chain verified)", file=sys.stderr)
+    return 0
+
+
+def cmd_webhooks(args) -> int:
+    from facecheck.service.webhooks import deliveries
+
+    for d in deliveries(_open_store(args), args.limit):
+        state = (
+            f"delivered {d['delivered_at']}"
+            if d["delivered_at"]
+            else (f"next try {d['next_attempt_at']}")
+        )
+        print(
+            f"{d['id']:5d}  {d['idempotency_key']:24s} tries {d['attempts']:2d}  "
+            f"last {d['last_status'] or '-'}  {state}"
+            + (f"  ({d['last_error'][:60]})" if d["last_error"] and not d["delivered_at"] else "")
+        )
     return 0
 
 

@@ -179,7 +179,7 @@ def render(picture: Image.Image, explanation: Explanation) -> Image.Image:
             x, y = min(p[0] for p in poly), max(p[1] for p in poly)
             draw.text(
                 (x, y + 1),
-                f"{scores[region]:.2f}",
+                f"{region.replace('_', ' ')} {scores[region]:.2f}",  # named: readable alone
                 fill=colour,
                 font=font,
                 stroke_width=1,

@@ -21,6 +21,7 @@ database refuses is answered 503 in JSON: nothing is acknowledged that was not s
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import logging
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import APIKeyHeader
@@ -46,6 +47,7 @@ from facecheck.service.scoring import VERDICTS, BatchScorer, Busy, sniff
 from facecheck.service.security import new_token
 from facecheck.service.settings import ServiceSettings
 from facecheck.service.store import Store
+from facecheck.service.webhooks import Sender
 
 log = logging.getLogger("facecheck.service")
 Verdicts = Literal["real", "fake", "review", "no_face", "multiple_faces", "invalid_image"]
@@ -65,8 +67,12 @@ class RegionScores(BaseModel):
 
 class CaseStatus(BaseModel):
     id: int
-    status: Literal["open", "decided"]
+    status: Literal["open", "second", "escalated", "decided"] = Field(
+        description="open: waiting for a reviewer; second: a reviewer said fake and a second "
+        "must agree; escalated: they disagreed, an admin decides; decided: final"
+    )
     decision: Literal["real", "fake"] | None = None
+    reason: str | None = Field(None, description="the deciding reviewer's reason code")
     decided_at: str | None = None
 
 
@@ -89,6 +95,15 @@ class CheckResult(BaseModel):
     model_version: str
     timing_ms: float = Field(description="server time to score this upload")
     case: CaseStatus | None = Field(None, description="the review case, if one was opened")
+
+
+class CheckList(BaseModel):
+    """A page of checks, newest first."""
+
+    items: list[CheckResult]
+    next_cursor: str | None = Field(
+        None, description="pass as ?cursor= for the next page; null on the last page"
+    )
 
 
 class Health(BaseModel):
@@ -241,7 +256,7 @@ def _bootstrap(store: Store, data_dir: Path) -> Path | None:
         lines.append(f"API key 'default': {store.create_api_key('default')}")
     if store.count_reviewers() == 0:
         password = new_token()[:20]
-        store.add_reviewer("admin", password)
+        store.add_reviewer("admin", password, role="admin")
         lines.append(f"reviewer 'admin', password: {password}")
     if not lines:
         return None
@@ -292,11 +307,23 @@ def create_app(
         await scorer.start()
         app.state.store, app.state.detector, app.state.scorer = st, det, scorer
         purge = asyncio.create_task(_purge_loop(st, settings))
+        sender = None
+        if settings.webhook_url:
+            sender = asyncio.create_task(
+                Sender(
+                    st,
+                    settings.webhook_url,
+                    str(settings.webhook_secret),
+                    base_backoff_s=settings.webhook_backoff_s,
+                ).run()
+            )
         log.info("facecheck serve: model %s, database %s", det.version, st.dialect)
         try:
             yield
         finally:
             purge.cancel()
+            if sender is not None:
+                sender.cancel()
             await scorer.stop()
             if store is None:
                 st.dispose()
@@ -411,6 +438,38 @@ def create_app(
         return CheckResult(**await asyncio.to_thread(st.get_check, check_id))
 
     @app.get(
+        "/v1/checks",
+        response_model=CheckList,
+        responses={401: {"model": Problem}, 422: {"model": Problem}},
+        summary="This key's checks, newest first, a page at a time",
+    )
+    async def list_checks(
+        request: Request,
+        key_id: Annotated[int, Depends(api_key)],
+        limit: Annotated[int, Query(ge=1, le=100)] = 50,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        verdict: Annotated[Verdicts | None, Query()] = None,
+        since: Annotated[dt.datetime | None, Query(description="ISO time, UTC")] = None,
+    ) -> CheckList:
+        after = _cursor_in(cursor) if cursor else None
+        if since is not None and since.tzinfo is not None:
+            since = since.astimezone(dt.UTC).replace(tzinfo=None)
+        rows = await asyncio.to_thread(
+            request.app.state.store.list_checks,
+            key_id,
+            limit=limit + 1,  # one more: is there a next page?
+            after=after,
+            verdict=verdict,
+            since=since,
+        )
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return CheckList(
+            items=[CheckResult(**r) for r in rows],
+            next_cursor=_cursor_out(rows[-1]) if more else None,
+        )
+
+    @app.get(
         "/v1/checks/{check_id}",
         response_model=CheckResult,
         responses={404: {"model": Problem}, 401: {"model": Problem}},
@@ -484,6 +543,21 @@ def create_app(
         BodyLimit, upload_limit=settings.max_upload_bytes, form_limit=settings.max_form_bytes
     )
     return app
+
+
+def _cursor_out(row: dict) -> str:
+    raw = f"{row['created_at']}|{row['id']}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_in(cursor: str) -> tuple[dt.datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        t, check_id = raw.split("|", 1)
+        when = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+        return when.astimezone(dt.UTC).replace(tzinfo=None), check_id
+    except (ValueError, UnicodeDecodeError):
+        raise HTTPException(422, "invalid cursor") from None
 
 
 def _swagger_assets() -> str:

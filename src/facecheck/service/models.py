@@ -41,6 +41,9 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # Updated at most once a minute (a write per request would cost the API).
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class Reviewer(Base):
@@ -49,6 +52,9 @@ class Reviewer(Base):
     username: Mapped[str] = mapped_column(String(100), unique=True)
     password_hash: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    # admin (decides escalated cases, sees everything), reviewer, auditor (reads only).
+    role: Mapped[str] = mapped_column(String(20), server_default="reviewer")
+    disabled_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class ReviewSession(Base):
@@ -98,6 +104,14 @@ class Case(Base):
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     decided_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), nullable=True)
     decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Four eyes: the first reviewer's "fake" waits for a second reviewer (status "second");
+    # a disagreement goes to an admin (status "escalated").
+    first_decision: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    first_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    first_comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    first_decided_by: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), nullable=True)
+    first_decided_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class AuditEvent(Base):
@@ -117,6 +131,7 @@ class AuditEvent(Base):
     __table_args__ = (
         Index("ix_audit_action_actor_at", "action", "actor", "at"),
         Index("ix_audit_action_address_at", "action", "address", "at"),
+        Index("ix_audit_target", "target"),
     )
 
 
@@ -129,3 +144,21 @@ class AuditHead(Base):
     seq: Mapped[int] = mapped_column(Integer)
     hash: Mapped[str] = mapped_column(String(64))
     purged_through: Mapped[int] = mapped_column(Integer)
+
+
+class WebhookDelivery(Base):
+    """One event to deliver to the onboarding system (at least once, signed), and how the
+    tries went (:mod:`facecheck.service.webhooks`)."""
+
+    __tablename__ = "webhook_deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event: Mapped[str] = mapped_column(String(40))
+    # The receiver de-duplicates on it: a retried delivery carries the same key.
+    idempotency_key: Mapped[str] = mapped_column(String(64), unique=True)
+    payload: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime] = mapped_column(DateTime, index=True)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True, index=True)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -17,21 +17,24 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import io
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Form, HTTPException, Path, Request
+from fastapi import APIRouter, Form, HTTPException, Path, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from PIL import Image
 
 from facecheck.detector.explain import explain, render, save_png
 from facecheck.image.decode import load_image
 from facecheck.image.regions import REGIONS
 from facecheck.service.audit import Who
+from facecheck.service.cases import OPEN_STATES, REASONS, CaseView
 from facecheck.service.scoring import sniff
 from facecheck.service.security import new_token, same
-from facecheck.service.store import CaseView, SessionInfo, Store, utcnow
+from facecheck.service.store import SessionInfo, Store, utcnow
 
 SESSION_COOKIE = "fc_review"
 LOGIN_CSRF_COOKIE = "fc_login_csrf"
@@ -200,19 +203,32 @@ async def logout(request: Request, csrf_token: Annotated[str, Form()] = ""):
 
 
 @router.get("", response_class=HTMLResponse)
-async def queue(request: Request, decided: int | None = None, none: int | None = None):
+async def queue(
+    request: Request,
+    decided: int | None = None,
+    none: int | None = None,
+    status: Annotated[str, Query(max_length=20)] = "",
+    verdict: Annotated[str, Query(max_length=20)] = "",
+    q: Annotated[str, Query(max_length=128)] = "",
+):
+    """The cases waiting for a person, oldest first, filtered by state, the model's verdict
+    or a part of the application id."""
     info = await _reviewer(request)
-    cases = await asyncio.to_thread(_store(request).open_cases)
-    now = utcnow()
+    states = (status,) if status in OPEN_STATES else OPEN_STATES
+    cases = await asyncio.to_thread(
+        _store(request).open_cases, states=states, verdict=verdict or None, search=q or None
+    )
     return _page(
         request,
         "queue.html",
         me=info,
         cases=cases,
-        now=now,
+        now=utcnow(),
         top_region=_top_region,
         decided=await asyncio.to_thread(_store(request).case, decided) if decided else None,
         empty_claim=bool(none),
+        filters={"status": status, "verdict": verdict, "q": q},
+        states=OPEN_STATES,
     )
 
 
@@ -221,7 +237,11 @@ async def claim_next(request: Request, csrf_token: Annotated[str, Form()] = ""):
     info = await _reviewer(request)
     _check_csrf(info, csrf_token)
     case_id = await asyncio.to_thread(
-        _store(request).claim_next, info.reviewer_id, _lease(request), who(request, info)
+        _store(request).claim_next,
+        info.reviewer_id,
+        _lease(request),
+        who(request, info),
+        info.role,
     )
     if case_id is None:
         return RedirectResponse("/review?none=1", status_code=303)
@@ -236,15 +256,17 @@ async def case_page(request: Request, case_id: CaseId):
     if case is None:
         raise HTTPException(404, "no such case")
     mine = False
-    if case.status == "open":
-        # Opening a case claims it (or renews the claim) unless another reviewer holds it.
+    if case.status in OPEN_STATES:
+        # Opening a case claims it (or renews the claim) if this reviewer may work on it
+        # and nobody else holds it.
         mine = await asyncio.to_thread(
-            st.claim, case_id, info.reviewer_id, _lease(request), who(request, info)
+            st.claim, case_id, info.reviewer_id, _lease(request), who(request, info), info.role
         )
         case = await asyncio.to_thread(st.case, case_id)
     if not mine:  # a claim records itself; a look at a case one does not hold, here
         await asyncio.to_thread(st.record, who(request, info), "case.view", case_id)
-    return _page(
+    history = await asyncio.to_thread(st.case_history, case_id)
+    response = _page(
         request,
         "case.html",
         me=info,
@@ -253,7 +275,30 @@ async def case_page(request: Request, case_id: CaseId):
         regions=REGIONS,
         top_region=_top_region(case),
         lease_minutes=request.app.state.settings.lease_seconds // 60,
+        reasons=REASONS,
+        history=history,
+        why_not=_why_not(case, info),
     )
+    # The case page's one script (keyboard shortcuts, zoom), from this origin only.
+    response.headers["Content-Security-Policy"] = CSP.replace(
+        "default-src 'none';", "default-src 'none'; script-src 'self';"
+    )
+    return response
+
+
+def _why_not(case: CaseView, info: SessionInfo) -> str | None:
+    """Why this reviewer cannot decide an undecided case they do not hold, in words."""
+    if case.status not in OPEN_STATES:
+        return None
+    if info.role == "auditor":
+        return "Auditors can read cases but not decide them."
+    if case.status == "second" and case.first_decided_by == info.username:
+        return "You gave the first decision: a second reviewer must confirm it."
+    if case.status == "escalated" and info.role != "admin":
+        return "The two reviewers disagreed: an admin decides this case."
+    if case.claimed_by and case.claimed_by != info.username:
+        return f"{case.claimed_by} is reviewing this case."
+    return None
 
 
 @router.post("/cases/{case_id}/decision")
@@ -261,15 +306,30 @@ async def decide(
     request: Request,
     case_id: CaseId,
     decision: Annotated[str, Form()],
+    reason: Annotated[str, Form(max_length=40)] = "",
     comment: Annotated[str, Form(max_length=2000)] = "",
     csrf_token: Annotated[str, Form()] = "",
 ):
     info = await _reviewer(request)
     _check_csrf(info, csrf_token)
-    if decision not in ("real", "fake"):
+    if decision not in REASONS:
         raise HTTPException(422, "decision must be real or fake")
+    if reason not in REASONS[decision]:
+        raise HTTPException(
+            422, f"choose a reason for {decision!r}: {', '.join(REASONS[decision])}"
+        )
     ok = await asyncio.to_thread(
-        _store(request).decide, case_id, info.reviewer_id, decision, comment, who(request, info)
+        functools.partial(
+            _store(request).decide,
+            case_id,
+            info.reviewer_id,
+            decision,
+            comment,
+            who(request, info),
+            reason=reason,
+            four_eyes=request.app.state.settings.four_eyes,
+            notify=bool(request.app.state.settings.webhook_url),
+        )
     )
     if not ok:
         return _page(
@@ -292,7 +352,7 @@ async def release(request: Request, case_id: CaseId, csrf_token: Annotated[str, 
     return RedirectResponse("/review", status_code=303)
 
 
-async def _case_image(request: Request, case_id: int, view: str) -> tuple[bytes, str]:
+async def _case_image(request: Request, case_id: int, view: str) -> tuple[bytes, CaseView]:
     info = await _reviewer(request)
     st = _store(request)
     case = await asyncio.to_thread(st.case, case_id)
@@ -301,30 +361,72 @@ async def _case_image(request: Request, case_id: int, view: str) -> tuple[bytes,
         raise HTTPException(404, "no image (deleted after the retention period)")
     # Personal data shown to a person: who saw which picture is on record.
     await asyncio.to_thread(st.record, who(request, info), "case.image", case_id, {"view": view})
-    return found
+    return found[0], case
+
+
+# The face crop: the face stage's box grown by this share on every side, shown this large.
+_MARGIN, _CROP_PX = 0.45, 640
+Crop = Annotated[Literal["none", "face"], Query(description="face: the detected face, enlarged")]
+
+
+def _face_crop(picture: Image.Image, case: CaseView) -> Image.Image:
+    """The face, with some context, at ~640 px (a 4000 px upload shows its ~500 px face
+    large instead of a whole photo shrunk to the column); the whole picture without a box."""
+    box = ((case.face or {}).get("face") or {}).get("box")
+    if not box:
+        return picture
+    x0, y0, x1, y1 = box
+    mx, my = _MARGIN * (x1 - x0), _MARGIN * (y1 - y0)
+    left, top = max(0, int(x0 - mx)), max(0, int(y0 - my))
+    right, bottom = min(picture.width, int(x1 + mx)), min(picture.height, int(y1 + my))
+    if right - left < 8 or bottom - top < 8:
+        return picture
+    crop = picture.crop((left, top, right, bottom))
+    scale = _CROP_PX / max(crop.size)
+    size = (max(1, round(crop.width * scale)), max(1, round(crop.height * scale)))
+    return crop.resize(size, Image.Resampling.LANCZOS)
+
+
+def _png(picture: Image.Image) -> bytes:
+    out = io.BytesIO()
+    save_png(picture, out)
+    return out.getvalue()
 
 
 @router.get("/cases/{case_id}/image")
-async def case_image(request: Request, case_id: CaseId):
-    data, _media = await _case_image(request, case_id, "image")
-    # The stored bytes are served as the type they sniff as, never as the client declared.
-    response = Response(data, media_type=sniff(data) or "application/octet-stream")
+async def case_image(request: Request, case_id: CaseId, crop: Crop = "none"):
+    data, case = await _case_image(request, case_id, "image" if crop == "none" else "face")
+    if crop == "face":
+        png = await asyncio.to_thread(lambda: _png(_face_crop(load_image(data).image, case)))
+        response = Response(png, media_type="image/png")
+    else:
+        # The stored bytes are served as the type they sniff as, never as the client declared.
+        response = Response(data, media_type=sniff(data) or "application/octet-stream")
     _harden(response)
     return response
 
 
 @router.get("/cases/{case_id}/explain.png")
-async def case_explain(request: Request, case_id: CaseId):
-    data, _media = await _case_image(request, case_id, "heatmap")
+async def case_explain(request: Request, case_id: CaseId, crop: Crop = "none"):
+    data, case = await _case_image(request, case_id, "heatmap")
 
     def render_png() -> bytes:
-
         decoded = load_image(data)
-        out = io.BytesIO()
-        save_png(render(decoded.image, explain(request.app.state.detector, decoded, "case")), out)
-        return out.getvalue()
+        shown = render(decoded.image, explain(request.app.state.detector, decoded, "case"))
+        return _png(_face_crop(shown, case) if crop == "face" else shown)
 
     png = await request.app.state.scorer.run(render_png)
     response = Response(png, media_type="image/png")
     _harden(response)
     return response
+
+
+@router.get("/static/case.js", include_in_schema=False)
+async def case_script() -> Response:
+    """The case page's shortcuts and zoom (no login needed: it holds no data)."""
+    response = Response(_SCRIPT, media_type="text/javascript")
+    response.headers["Cache-Control"] = "public, max-age=3600"
+    return response
+
+
+_SCRIPT = (resources.files("facecheck") / "resources" / "static" / "case.js").read_bytes()

@@ -63,6 +63,12 @@ class ServiceSettings:
     key_quota_per_minute: int = 600
     # /metrics, /docs and /openapi.json without an API key (for a bind no client can reach).
     public_metrics_and_docs: bool = False
+    # A reviewer's "fake" is final only when a second reviewer agrees (disagreement: admin).
+    four_eyes: bool = True
+    # POST every final decision here, signed with the secret (FACECHECK_WEBHOOK_SECRET).
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_backoff_s: float = 5.0
 
     @property
     def url(self) -> str:
@@ -99,6 +105,8 @@ class ServiceSettings:
             raise ValueError("max_form_bytes must be >= 1024 and max_pending >= 1")
         if min(self.check_retention_days, self.audit_retention_days) < 0:
             raise ValueError("retention periods must be >= 0")
+        if self.webhook_url and len(self.webhook_secret or "") < 16:
+            raise ValueError("webhook_url needs webhook_secret (16 characters or more)")
         if self.login_max_failures < 1 or self.login_window_s < 1 or self.key_quota_per_minute < 0:
             raise ValueError("login_max_failures, login_window_s >= 1; key_quota_per_minute >= 0")
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import (
+    and_,
     create_engine,
     delete,
     event,
@@ -33,6 +34,7 @@ from sqlalchemy.orm import sessionmaker
 
 from facecheck.service import audit
 from facecheck.service.audit import Who
+from facecheck.service.cases import OPEN_STATES, ROLES, CaseQueue
 from facecheck.service.migrations import upgrade
 from facecheck.service.models import (
     ApiKey,
@@ -52,37 +54,13 @@ from facecheck.service.security import (
     verify_password,
 )
 
-DECISIONS = ("real", "fake")
-
 
 @dataclass(frozen=True)
 class SessionInfo:
     reviewer_id: int
     username: str
     csrf_token: str
-
-
-@dataclass(frozen=True)
-class CaseView:
-    """One case with its check, as the review page and the export see it."""
-
-    id: int
-    check_id: str
-    created_at: dt.datetime
-    status: str
-    verdict: str
-    fake_probability: float | None
-    threshold: float | None
-    regions: dict | None
-    model_version: str
-    external_id: str | None
-    claimed_by: str | None
-    lease_until: dt.datetime | None
-    decision: str | None
-    comment: str | None
-    decided_by: str | None
-    decided_at: dt.datetime | None
-    has_image: bool
+    role: str = "reviewer"
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
@@ -98,12 +76,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         cur.close()
 
 
-def _claimable(reviewer_id: int, now: dt.datetime):
-    """An open case this reviewer may take: nobody's, already theirs, or its lease ran out."""
-    return or_(Case.claimed_by.is_(None), Case.claimed_by == reviewer_id, Case.lease_until < now)
-
-
-class Store:
+class Store(CaseQueue):
     """All reads and writes of the service, each in its own short transaction."""
 
     def __init__(self, url: str, *, migrate: bool = True):
@@ -183,23 +156,45 @@ class Store:
         return wait if wait > 0 else None
 
     # -- API keys
-    def create_api_key(self, name: str, who: Who | None = None) -> str:
+    def create_api_key(
+        self, name: str, who: Who | None = None, expires_days: float | None = None
+    ) -> str:
         """Store a new key's hash and return the key itself (shown once, never stored)."""
         key = new_api_key()
+        now = utcnow()
+        expires = None if expires_days is None else now + dt.timedelta(days=expires_days)
         with self._session.begin() as s:
-            row = ApiKey(name=name, prefix=key[:10], key_hash=token_hash(key), created_at=utcnow())
+            row = ApiKey(
+                name=name,
+                prefix=key[:10],
+                key_hash=token_hash(key),
+                created_at=now,
+                expires_at=expires,
+            )
             s.add(row)
             s.flush()
-            audit.append(s, who, "apikey.create", row.id, {"name": audit.clean(name)})
+            detail = {"name": audit.clean(name), "expires_at": iso(expires)}
+            audit.append(s, who, "apikey.create", row.id, detail)
         return key
 
     def api_key_id(self, key: str | None) -> int | None:
-        """The id of a live key, or None."""
+        """The id of a live key (not revoked, not expired), or None. Notes its last use, at
+        most once a minute (a write per request would cost every request a commit)."""
         if not key:
             return None
+        now = utcnow()
         with self._session() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.key_hash == token_hash(key)))
-            return row.id if row is not None and row.revoked_at is None else None
+            if row is None or row.revoked_at is not None:
+                return None
+            if row.expires_at is not None and row.expires_at <= now:
+                return None
+            stale = row.last_used_at is None or now - row.last_used_at > dt.timedelta(minutes=1)
+            key_id = row.id
+        if stale:
+            with self._session.begin() as s:
+                s.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=now))
+        return key_id
 
     def list_api_keys(self) -> list[dict[str, object]]:
         with self._session() as s:
@@ -211,6 +206,8 @@ class Store:
                     "prefix": r.prefix,
                     "created_at": iso(r.created_at),
                     "revoked_at": iso(r.revoked_at),
+                    "expires_at": iso(r.expires_at),
+                    "last_used_at": iso(r.last_used_at),
                 }
                 for r in rows
             ]
@@ -231,20 +228,65 @@ class Store:
             return int(s.scalar(select(func.count(ApiKey.id))) or 0)
 
     # -- reviewers and their sessions
-    def add_reviewer(self, username: str, password: str, who: Who | None = None) -> int:
+    def add_reviewer(
+        self, username: str, password: str, who: Who | None = None, role: str = "reviewer"
+    ) -> int:
         username = username.strip()
-        if not username or len(username) > 100:
-            raise ValueError("a reviewer name needs 1 to 100 characters")
+        if not username or len(username) > 100 or audit.clean(username) != username:
+            raise ValueError("a reviewer name needs 1 to 100 printable characters")
+        if role not in ROLES:
+            raise ValueError(f"a role is one of {ROLES}, not {role!r}")
         with self._session.begin() as s:
             if s.scalar(select(Reviewer).where(Reviewer.username == username)) is not None:
                 raise ValueError(f"reviewer {username!r} exists")
             r = Reviewer(
-                username=username, password_hash=hash_password(password), created_at=utcnow()
+                username=username,
+                password_hash=hash_password(password),
+                created_at=utcnow(),
+                role=role,
             )
             s.add(r)
             s.flush()
-            audit.append(s, who, "reviewer.add", username)
+            audit.append(s, who, "reviewer.add", username, {"role": role})
             return r.id
+
+    def set_reviewer(
+        self,
+        username: str,
+        *,
+        role: str | None = None,
+        disabled: bool | None = None,
+        who: Who | None = None,
+    ) -> None:
+        """Change a reviewer's role, or disable (ending their sessions) or enable them."""
+        if role is not None and role not in ROLES:
+            raise ValueError(f"a role is one of {ROLES}, not {role!r}")
+        with self._session.begin() as s:
+            r = s.scalar(select(Reviewer).where(Reviewer.username == username))
+            if r is None:
+                raise ValueError(f"no reviewer {username!r}")
+            if role is not None and role != r.role:
+                r.role = role
+                audit.append(s, who, "reviewer.role", username, {"role": role})
+            if disabled is True and r.disabled_at is None:
+                r.disabled_at = utcnow()
+                s.execute(delete(ReviewSession).where(ReviewSession.reviewer_id == r.id))
+                audit.append(s, who, "reviewer.disable", username)
+            elif disabled is False and r.disabled_at is not None:
+                r.disabled_at = None
+                audit.append(s, who, "reviewer.enable", username)
+
+    def list_reviewers(self) -> list[dict[str, object]]:
+        with self._session() as s:
+            return [
+                {
+                    "username": r.username,
+                    "role": r.role,
+                    "created_at": iso(r.created_at),
+                    "disabled_at": iso(r.disabled_at),
+                }
+                for r in s.scalars(select(Reviewer).order_by(Reviewer.id))
+            ]
 
     def set_password(self, username: str, password: str, who: Who | None = None) -> None:
         with self._session.begin() as s:
@@ -269,7 +311,7 @@ class Store:
         (``login.ok`` / ``login.failed``, the account and the client address)."""
         with self._session() as s:
             r = s.scalar(select(Reviewer).where(Reviewer.username == username))
-        if r is None:
+        if r is None or r.disabled_at is not None:
             # Same work for unknown names, so timing does not tell which names exist.
             verify_password(password, _DUMMY_HASH)
             ok = False
@@ -297,13 +339,13 @@ class Store:
             return None
         with self._session() as s:
             row = s.execute(
-                select(ReviewSession, Reviewer.username)
+                select(ReviewSession, Reviewer.username, Reviewer.role, Reviewer.disabled_at)
                 .join(Reviewer, Reviewer.id == ReviewSession.reviewer_id)
                 .where(ReviewSession.token_hash == token_hash(token))
             ).first()
-            if row is None or row[0].expires_at < utcnow():
+            if row is None or row[0].expires_at < utcnow() or row[3] is not None:
                 return None
-            return SessionInfo(row[0].reviewer_id, row[1], row[0].csrf_token)
+            return SessionInfo(row[0].reviewer_id, row[1], row[0].csrf_token, row[2])
 
     def end_session(self, token: str | None, who: Who | None = None) -> None:
         if token:
@@ -369,182 +411,42 @@ class Store:
             c = s.get(Check, check_id)
             if c is None or (api_key_id is not None and c.api_key_id != api_key_id):
                 return None
-            case = s.scalar(select(Case).where(Case.check_id == check_id))
-            return {
-                "id": c.id,
-                "external_id": c.external_id,
-                "created_at": iso(c.created_at),
-                "verdict": c.verdict,
-                "fake_probability": c.fake_probability,
-                "threshold": c.threshold,
-                "regions": c.regions,
-                "face": c.face,
-                "error": c.error,
-                "model_version": c.model_version,
-                "timing_ms": c.timing_ms,
-                "case": None
-                if case is None
-                else {
-                    "id": case.id,
-                    "status": case.status,
-                    "decision": case.decision,
-                    "decided_at": iso(case.decided_at),
-                },
-            }
+            return _check_dict(c, s.scalar(select(Case).where(Case.check_id == check_id)))
+
+    def list_checks(
+        self,
+        api_key_id: int,
+        *,
+        limit: int = 50,
+        after: tuple[dt.datetime, str] | None = None,
+        verdict: str | None = None,
+        since: dt.datetime | None = None,
+    ) -> list[dict]:
+        """A key's checks, newest first, ``limit`` at most, those before the cursor
+        ``after`` = (created_at, id) of the last one seen (keyset pagination: stable while
+        new checks arrive)."""
+        query = (
+            select(Check, Case)
+            .outerjoin(Case, Case.check_id == Check.id)
+            .where(Check.api_key_id == api_key_id)
+        )
+        if verdict:
+            query = query.where(Check.verdict == verdict)
+        if since is not None:
+            query = query.where(Check.created_at >= since)
+        if after is not None:
+            t, last = after
+            query = query.where(
+                or_(Check.created_at < t, and_(Check.created_at == t, Check.id < last))
+            )
+        query = query.order_by(Check.created_at.desc(), Check.id.desc()).limit(limit)
+        with self._session() as s:
+            return [_check_dict(c, case) for c, case in s.execute(query)]
 
     def image(self, check_id: str) -> tuple[bytes, str] | None:
         with self._session() as s:
             img = s.get(StoredImage, check_id)
             return None if img is None else (img.content, img.media_type)
-
-    def _case_query(self):
-        claimer = Reviewer.__table__.alias("claimer")
-        decider = Reviewer.__table__.alias("decider")
-        has_image = select(StoredImage.check_id).where(StoredImage.check_id == Check.id).exists()
-        return (
-            select(Case, Check, claimer.c.username, decider.c.username, has_image)
-            .join(Check, Check.id == Case.check_id)
-            .outerjoin(claimer, claimer.c.id == Case.claimed_by)
-            .outerjoin(decider, decider.c.id == Case.decided_by)
-        )
-
-    @staticmethod
-    def _view(row) -> CaseView:
-        case, check, claimer, decider, has_image = row
-        return CaseView(
-            id=case.id,
-            check_id=check.id,
-            created_at=case.created_at,
-            status=case.status,
-            verdict=check.verdict,
-            fake_probability=check.fake_probability,
-            threshold=check.threshold,
-            regions=check.regions,
-            model_version=check.model_version,
-            external_id=check.external_id,
-            claimed_by=claimer,
-            lease_until=case.lease_until,
-            decision=case.decision,
-            comment=case.comment,
-            decided_by=decider,
-            decided_at=case.decided_at,
-            has_image=bool(has_image),
-        )
-
-    def case(self, case_id: int) -> CaseView | None:
-        with self._session() as s:
-            row = s.execute(self._case_query().where(Case.id == case_id)).first()
-            return None if row is None else self._view(row)
-
-    def open_cases(self, limit: int = 200) -> list[CaseView]:
-        """Open cases, oldest first."""
-        with self._session() as s:
-            rows = s.execute(
-                self._case_query()
-                .where(Case.status == "open")
-                .order_by(Case.created_at, Case.id)
-                .limit(limit)
-            ).all()
-            return [self._view(r) for r in rows]
-
-    def count_open(self) -> int:
-        with self._session() as s:
-            return int(s.scalar(select(func.count(Case.id)).where(Case.status == "open")) or 0)
-
-    def claim(
-        self, case_id: int, reviewer_id: int, lease: dt.timedelta, who: Who | None = None
-    ) -> bool:
-        """Take (or extend) the lease on an open case; False if someone else holds it."""
-        now = utcnow()
-        with self._session.begin() as s:
-            res = s.execute(
-                update(Case)
-                .where(
-                    Case.id == case_id,
-                    Case.status == "open",
-                    _claimable(reviewer_id, now),
-                )
-                .values(claimed_by=reviewer_id, lease_until=now + lease)
-            )
-            if res.rowcount == 1:
-                audit.append(s, who, "case.claim", case_id)
-            return res.rowcount == 1
-
-    def claim_next(
-        self, reviewer_id: int, lease: dt.timedelta, who: Who | None = None
-    ) -> int | None:
-        """Claim the oldest open case nobody else holds; None if there is none."""
-        for _ in range(20):  # another reviewer may take a candidate between read and claim
-            now = utcnow()
-            with self._session() as s:
-                candidate = s.scalar(
-                    select(Case.id)
-                    .where(
-                        Case.status == "open",
-                        _claimable(reviewer_id, now),
-                    )
-                    .order_by(Case.created_at, Case.id)
-                    .limit(1)
-                )
-            if candidate is None:
-                return None
-            if self.claim(candidate, reviewer_id, lease, who):
-                return candidate
-        return None
-
-    def release(self, case_id: int, reviewer_id: int, who: Who | None = None) -> None:
-        with self._session.begin() as s:
-            res = s.execute(
-                update(Case)
-                .where(Case.id == case_id, Case.claimed_by == reviewer_id, Case.status == "open")
-                .values(claimed_by=None, lease_until=None)
-            )
-            if res.rowcount == 1:
-                audit.append(s, who, "case.release", case_id)
-
-    def decide(
-        self,
-        case_id: int,
-        reviewer_id: int,
-        decision: str,
-        comment: str = "",
-        who: Who | None = None,
-    ) -> bool:
-        """Record a decision; only the holder of a live lease can, and only once."""
-        if decision not in DECISIONS:
-            raise ValueError(f"decision must be one of {DECISIONS}, not {decision!r}")
-        now = utcnow()
-        with self._session.begin() as s:
-            res = s.execute(
-                update(Case)
-                .where(
-                    Case.id == case_id,
-                    Case.status == "open",
-                    Case.claimed_by == reviewer_id,
-                    Case.lease_until >= now,
-                )
-                .values(
-                    status="decided",
-                    decision=decision,
-                    comment=(comment or "").strip()[:2000] or None,
-                    decided_by=reviewer_id,
-                    decided_at=now,
-                    lease_until=None,
-                )
-            )
-            if res.rowcount == 1:
-                audit.append(s, who, "case.decide", case_id, {"decision": decision})
-            return res.rowcount == 1
-
-    def decided_cases(self) -> Iterator[CaseView]:
-        """Every decided case, oldest decision first."""
-        with self._session() as s:
-            for row in s.execute(
-                self._case_query()
-                .where(Case.status == "decided")
-                .order_by(Case.decided_at, Case.id)
-            ):
-                yield self._view(row)
 
     def verdict_counts(self) -> dict[str, int]:
         with self._session() as s:
@@ -555,7 +457,7 @@ class Store:
     def purge_images(self, older_than: dt.timedelta) -> int:
         """Delete images stored before ``now - older_than``, except those of open cases."""
         cutoff = utcnow() - older_than
-        open_checks = select(Case.check_id).where(Case.status == "open")
+        open_checks = select(Case.check_id).where(Case.status.in_(OPEN_STATES))
         with self._session.begin() as s:
             res = s.execute(
                 delete(StoredImage).where(
@@ -574,7 +476,7 @@ class Store:
         with self._session.begin() as s:
             old = select(Check.id).where(
                 Check.created_at < cutoff,
-                Check.id.not_in(select(Case.check_id).where(Case.status == "open")),
+                Check.id.not_in(select(Case.check_id).where(Case.status.in_(OPEN_STATES))),
             )
             ids = list(s.scalars(old))
             for start in range(0, len(ids), 500):
@@ -604,3 +506,28 @@ class Store:
 
 
 _DUMMY_HASH = hash_password("not-a-real-password")
+
+
+def _check_dict(c: Check, case: Case | None) -> dict[str, object]:
+    return {
+        "id": c.id,
+        "external_id": c.external_id,
+        "created_at": iso(c.created_at),
+        "verdict": c.verdict,
+        "fake_probability": c.fake_probability,
+        "threshold": c.threshold,
+        "regions": c.regions,
+        "face": c.face,
+        "error": c.error,
+        "model_version": c.model_version,
+        "timing_ms": c.timing_ms,
+        "case": None
+        if case is None
+        else {
+            "id": case.id,
+            "status": case.status,
+            "decision": case.decision,
+            "reason": case.reason,
+            "decided_at": iso(case.decided_at),
+        },
+    }

@@ -1,0 +1,252 @@
+"""The reviewers' workflow (issue 28, items 6-7): roles, four eyes on "fake", reason codes,
+history, filters, the checks list, keys that expire, face crops, signed webhooks. Real app,
+shipped detector, SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from typing import ClassVar
+
+import pytest
+from PIL import Image
+from sqlalchemy import text
+
+from facecheck.cli.main import main
+from facecheck.service import webhooks
+from facecheck.service.store import Store, utcnow
+from service_helpers import client_for, csrf_of, post_image
+
+
+def _login(client, username, password):
+    token = csrf_of(client.get("/review/login").text)
+    r = client.post(
+        "/review/login",
+        data={"username": username, "password": password, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert r.headers["location"] == "/review", r.text
+    return csrf_of(client.get("/review").text)
+
+
+def _decide(client, case_id, decision, reason, csrf):
+    client.get(f"/review/cases/{case_id}")  # opening claims it
+    return client.post(
+        f"/review/cases/{case_id}/decision",
+        data={"decision": decision, "reason": reason, "csrf_token": csrf},
+        follow_redirects=False,
+    )
+
+
+@pytest.fixture
+def three(tmp_path, shipped_detector, database_url):
+    """Three browsers on one app: ann and bob (reviewers), root (admin)."""
+    clients = [client_for(tmp_path, shipped_detector, database_url, **{}) for _ in range(3)]
+    store = clients[0][1]
+    for c, _s in clients:
+        c.__enter__()
+    store.add_reviewer("ann", "password-a")
+    store.add_reviewer("bob", "password-b")
+    store.add_reviewer("root", "password-r", role="admin")
+    names = ("ann", "bob", "root")
+    csrf = [_login(c, u, f"password-{u[0]}") for (c, _), u in zip(clients, names, strict=True)]
+    yield [c for c, _ in clients], csrf, store
+    for c, s in clients:
+        c.__exit__(None, None, None)
+        s.dispose()
+
+
+def test_a_fake_needs_a_second_reviewer_and_a_disagreement_goes_to_an_admin(three, images):
+    (ann, bob, root), (ca, cb, cr), store = three
+    key = {"X-API-Key": store.create_api_key("k")}
+    first = post_image(ann, key, images["review"]).json()["case"]["id"]
+    second = post_image(ann, key, images["review"]).json()["case"]["id"]
+
+    # Ann says fake: not final; the queue and the API say it waits for a second reviewer.
+    r = _decide(ann, first, "fake", "blend_boundary", ca)
+    assert "waiting for a second reviewer" in ann.get(r.headers["location"]).text
+    assert store.case(first).status == "second" and store.case(first).decision is None
+    # Ann cannot confirm her own decision, nor take it with "next".
+    page = ann.get(f"/review/cases/{first}").text
+    assert "a second reviewer must confirm it" in page and "Fake</button>" not in page
+    assert _decide(ann, first, "fake", "blend_boundary", ca).status_code == 409
+    # Bob agrees: final, decided by Bob, both votes in the history.
+    assert _decide(bob, first, "fake", "texture_or_noise", cb).status_code == 303
+    case = store.case(first)
+    assert (case.status, case.decision, case.decided_by, case.reason) == (
+        "decided",
+        "fake",
+        "bob",
+        "texture_or_noise",
+    )
+    assert (case.first_decided_by, case.first_reason) == ("ann", "blend_boundary")
+    history = ann.get(f"/review/cases/{first}").text.split('id="history"')[1]
+    assert history.index("ann") < history.index("bob") and "second" in history
+
+    # On the second case Bob disagrees with Ann: escalated; only an admin may decide it.
+    _decide(ann, second, "fake", "morph", ca)
+    assert _decide(bob, second, "real", "no_sign_of_editing", cb).status_code == 303
+    assert store.case(second).status == "escalated"
+    assert "an admin decides" in ann.get(f"/review/cases/{second}").text
+    assert _decide(ann, second, "real", "other", ca).status_code == 409
+    assert _decide(root, second, "real", "no_sign_of_editing", cr).status_code == 303
+    assert store.case(second).decision == "real" and store.case(second).decided_by == "root"
+    got = ann.get("/v1/checks?limit=10", headers=key).json()["items"]
+    assert {c["case"]["status"] for c in got} == {"decided"}
+
+
+def test_real_is_final_at_once_and_four_eyes_can_be_off(tmp_path, shipped_detector, images,
+                                                       database_url):  # fmt: skip
+    client, store = client_for(tmp_path, shipped_detector, database_url, four_eyes=False)
+    with client:
+        store.add_reviewer("ann", "password-a")
+        key = {"X-API-Key": store.create_api_key("k")}
+        case_id = post_image(client, key, images["review"]).json()["case"]["id"]
+        csrf = _login(client, "ann", "password-a")
+        _decide(client, case_id, "fake", "morph", csrf)
+        assert store.case(case_id).status == "decided"
+    store.dispose()
+
+
+def test_roles_auditors_read_only_disabled_reviewers_locked_out(three, images, capsys):
+    (ann, bob, _root), (_ca, cb, _cr), store = three
+    key = {"X-API-Key": store.create_api_key("k")}
+    case_id = post_image(ann, key, images["review"]).json()["case"]["id"]
+    store.add_reviewer("eve", "password-e", role="auditor")
+
+    bob.post("/review/logout", data={"csrf_token": cb})
+    ce = _login(bob, "eve", "password-e")
+    page = bob.get(f"/review/cases/{case_id}").text
+    assert "Auditors can read cases but not decide them" in page and "Fake</button>" not in page
+    assert "Review next" not in bob.get("/review").text
+    assert (
+        bob.post("/review/next", data={"csrf_token": ce}, follow_redirects=False).headers[
+            "location"
+        ]
+        == "/review?none=1"
+    )
+    # Disabling ends the session at once and refuses the next login.
+    store.set_reviewer("ann", disabled=True)
+    assert ann.get("/review", follow_redirects=False).headers["location"] == "/review/login"
+    token = csrf_of(ann.get("/review/login").text)
+    r = ann.post("/review/login", data={"username": "ann", "password": "password-a",
+                                        "csrf_token": token}, follow_redirects=False)  # fmt: skip
+    assert r.headers["location"].endswith("error=1")
+    store.set_reviewer("ann", disabled=False)
+    _login(ann, "ann", "password-a")
+    actions = [e["action"] for e in store.audit_events()]
+    assert {"reviewer.disable", "reviewer.enable", "case.view"} <= set(actions)
+    args = ["--database-url", store.url]
+    assert main(["reviewer", "role", "bob", "--role", "auditor", *args]) == 0
+    assert main(["reviewer", "list", *args]) == 0
+    listing = capsys.readouterr().out
+    assert "bob" in listing and "auditor" in listing and "root" in listing
+
+
+def test_the_checks_list_pages_by_cursor_and_sees_only_its_key(three, images):
+    (ann, _bob, _root), _csrf, store = three
+    key = {"X-API-Key": store.create_api_key("k")}
+    other = {"X-API-Key": store.create_api_key("other")}
+    ids = [post_image(ann, key, images["no_face"], external_id=f"A-{i}").json()["id"]
+           for i in range(5)]  # fmt: skip
+    post_image(ann, other, images["no_face"])
+    seen, cursor = [], None
+    while True:
+        page = ann.get("/v1/checks", params={"limit": 2, **({"cursor": cursor} if cursor else {})},
+                       headers=key).json()  # fmt: skip
+        seen += [c["id"] for c in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == ids[::-1]  # newest first, each once, none of the other key's
+    assert ann.get("/v1/checks", params={"verdict": "real"}, headers=key).json()["items"] == []
+    assert ann.get("/v1/checks", params={"cursor": "%%%"}, headers=key).status_code == 422
+    assert ann.get("/v1/checks", params={"limit": 1000}, headers=key).status_code == 422
+
+
+def test_keys_expire_and_note_their_last_use(database_url):
+    store = Store(database_url)
+    key = store.create_api_key("short", expires_days=1)
+    assert store.api_key_id(key) is not None
+    listed = store.list_api_keys()[0]
+    assert listed["last_used_at"] is not None and listed["expires_at"] is not None
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE api_keys SET expires_at = :t"), {"t": utcnow()})
+    assert store.api_key_id(key) is None
+    store.dispose()
+
+
+def test_the_queue_filters_and_the_face_crop(three, images):
+    (ann, _bob, _root), (ca, _cb, _cr), store = three
+    key = {"X-API-Key": store.create_api_key("k")}
+    a = post_image(ann, key, images["review"], external_id="BANK-7").json()["case"]["id"]
+    post_image(ann, key, images["review"], external_id="OTHER-1")
+    page = ann.get("/review", params={"q": "bank-7"}).text.split("<tbody>")[1]
+    assert f'data-case="{a}"' in page and "OTHER-1" not in page
+    _decide(ann, a, "fake", "morph", ca)
+    only = ann.get("/review", params={"status": "second"}).text.split("<tbody>")[1]
+    assert only.count("data-case=") == 1 and f'data-case="{a}"' in only
+    crop = Image.open(io.BytesIO(ann.get(f"/review/cases/{a}/image?crop=face").content))
+    heat = Image.open(io.BytesIO(ann.get(f"/review/cases/{a}/explain.png?crop=face").content))
+    assert max(crop.size) == 640 and crop.size == heat.size
+    assert ann.get(f"/review/cases/{a}/image?crop=nose").status_code == 422
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    """Fails the first two posts (500), then takes them; keeps what it got."""
+
+    got: ClassVar[list] = []
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).got.append((dict(self.headers), body))
+        self.send_response(500 if len(type(self).got) <= 2 else 204)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_final_decision_is_posted_signed_retried_until_taken(tmp_path, shipped_detector,
+                                                              images, database_url):  # fmt: skip
+    _Receiver.got = []
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/hook"
+    secret = "s" * 32
+    client, store = client_for(tmp_path, shipped_detector, database_url, four_eyes=False,
+                               webhook_url=url, webhook_secret=secret)  # fmt: skip
+    with client:
+        store.add_reviewer("ann", "password-a")
+        key = {"X-API-Key": store.create_api_key("k")}
+        case_id = post_image(client, key, images["review"], external_id="APP-9").json()["case"][
+            "id"
+        ]
+        csrf = _login(client, "ann", "password-a")
+        assert _decide(client, case_id, "real", "other", csrf).status_code == 303
+    sender = webhooks.Sender(store, url, secret, base_backoff_s=0.0)
+    for _ in range(5):
+        sender.send_due()
+    server.shutdown()
+    assert len(_Receiver.got) == 3  # two failures, one delivery, nothing after it
+    keys = {h["Idempotency-Key"] for h, _ in _Receiver.got}
+    assert keys == {f"case-{case_id}-decided"}  # the same key on every retry
+    headers, body = _Receiver.got[-1]
+    assert webhooks.verify(secret, headers["X-Facecheck-Signature"], body)
+    assert not webhooks.verify("wrong" * 8, headers["X-Facecheck-Signature"], body)
+    assert not webhooks.verify(secret, headers["X-Facecheck-Signature"], body + b" ")
+    event = json.loads(body)
+    assert (event["event"], event["case_id"], event["decision"], event["external_id"]) == (
+        "case.decided",
+        case_id,
+        "real",
+        "APP-9",
+    )
+    log = webhooks.deliveries(store)
+    assert log[0]["attempts"] == 3 and log[0]["delivered_at"] is not None
+    assert log[0]["last_status"] == 204
+    assert webhooks.backoff(3, 5.0) == dt.timedelta(seconds=20)
+    store.dispose()
