@@ -250,3 +250,39 @@ def test_a_final_decision_is_posted_signed_retried_until_taken(tmp_path, shipped
     assert log[0]["last_status"] == 204
     assert webhooks.backoff(3, 5.0) == dt.timedelta(seconds=20)
     store.dispose()
+
+
+def test_a_panel_votes_unanimous_is_automatic_any_disagreement_goes_to_a_person(
+    tmp_path, shipped_detector, images, database_url
+):
+    """The thesis's rule in the service: two members (the shipped detector, and the same
+    bundle held to a higher threshold, a real second opinion on the same pictures)."""
+    from fastapi.testclient import TestClient
+
+    from facecheck.detector.pipeline import Detector
+    from facecheck.service.app import create_app
+    from facecheck.service.settings import ServiceSettings
+
+    strict = Detector.load(None)
+    strict.threshold = 0.97  # flags only what it is very sure of
+    store = Store(database_url)
+    settings = ServiceSettings(data_dir=tmp_path)
+    app = create_app(settings, detector=shipped_detector, members=[strict], store=store)
+    with TestClient(app, base_url="https://testserver") as client:
+        key = {"X-API-Key": store.create_api_key("k")}
+        real = post_image(client, key, images["real"]).json()
+        fake = post_image(client, key, images["fake"]).json()
+        split = post_image(client, key, images["review"]).json()
+        assert real["verdict"] == "real" and real["case"] is None
+        assert [v["vote"] for v in real["votes"]] == ["real", "real"]
+        assert fake["verdict"] == "fake" and [v["vote"] for v in fake["votes"]] == ["fake", "fake"]
+        # The shipped detector flags this real photo below 0.97: the members disagree.
+        assert [v["vote"] for v in split["votes"]] == ["fake", "real"]
+        assert split["verdict"] == "review" and split["case"]["status"] == "open"
+        store.add_reviewer("ann", "password-a")
+        _login(client, "ann", "password-a")
+        page = client.get(f"/review/cases/{split['case']['id']}").text
+        assert 'id="votes"' in page and page.count('class="pill fake"') >= 1
+        no_face = post_image(client, key, images["no_face"]).json()
+        assert no_face["verdict"] == "no_face" and no_face["votes"] is None
+    store.dispose()

@@ -30,7 +30,7 @@ def test_migrations_build_the_models_schema_and_are_idempotent(store):
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    assert current(store.engine) == "0003"
+    assert current(store.engine) == "0004"
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
     assert diff == [], diff  # the migration and the ORM models describe the same tables

@@ -404,6 +404,13 @@ def _service_parsers(sub) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", type=Path, default=None, help="detector bundle (default: shipped)")
     p.add_argument(
+        "--members",
+        default=None,
+        metavar="DIR[,DIR...]",
+        help="further detector bundles that vote with --model: all real -> real, all fake -> "
+        "fake, any disagreement -> a person (the thesis's rule; --fake-above does not apply)",
+    )
+    p.add_argument(
         "--fake-above",
         type=float,
         default=None,

@@ -34,6 +34,7 @@ def cmd_serve(args) -> int:
     settings = _settings(
         args,
         model=args.model,
+        members=args.members,
         fake_above=args.fake_above,
         cases_for_fakes=False if args.no_fake_cases else None,
         retention_days=args.retention_days,

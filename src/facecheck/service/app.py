@@ -76,6 +76,13 @@ class CaseStatus(BaseModel):
     decided_at: str | None = None
 
 
+class MemberVote(BaseModel):
+    member: str | None = Field(None, description="the member detector's version")
+    fake_probability: float | None
+    threshold: float | None
+    vote: Literal["real", "fake"]
+
+
 class CheckResult(BaseModel):
     """One scored upload."""
 
@@ -95,6 +102,9 @@ class CheckResult(BaseModel):
     model_version: str
     timing_ms: float = Field(description="server time to score this upload")
     case: CaseStatus | None = Field(None, description="the review case, if one was opened")
+    votes: list[MemberVote] | None = Field(
+        None, description="with a panel of detectors: each member's vote (any disagreement: review)"
+    )
 
 
 class CheckList(BaseModel):
@@ -281,10 +291,12 @@ def create_app(
     settings: ServiceSettings | None = None,
     *,
     detector: Detector | None = None,
+    members: list[Detector] | None = None,
     store: Store | None = None,
     bootstrap: bool = True,
 ) -> FastAPI:
-    """The service app. ``detector``/``store`` default to those the settings name."""
+    """The service app. ``detector``, ``members`` (further voting detectors) and ``store``
+    default to those the settings name."""
     settings = settings or ServiceSettings.from_env()
     metrics = _Metrics()
 
@@ -296,6 +308,9 @@ def create_app(
         if store is None:
             _private_files(settings)
         det = detector or Detector.load(settings.model)  # None: the shipped bundle
+        panel = (
+            members if members is not None else [Detector.load(p) for p in settings.member_paths]
+        )
         if bootstrap:
             _bootstrap(st, settings.data_dir)
         scorer = BatchScorer(
@@ -303,6 +318,7 @@ def create_app(
             fake_above=settings.fake_above,
             max_batch=settings.max_batch,
             max_pending=settings.max_pending,
+            members=panel,
         )
         await scorer.start()
         app.state.store, app.state.detector, app.state.scorer = st, det, scorer
@@ -421,6 +437,7 @@ def create_app(
             **v.to_dict(),
             "verdict": scored.service_verdict,
             "timing_ms": scored.timing_ms,
+            "votes": scored.votes,
         }
         opens = scored.service_verdict == "review" or (
             scored.service_verdict == "fake" and settings.cases_for_fakes

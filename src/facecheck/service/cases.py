@@ -69,6 +69,7 @@ class CaseView:
     first_decided_by: str | None = None
     first_decided_at: dt.datetime | None = None
     face: dict | None = None
+    votes: list | None = None
 
 
 def _claimable(reviewer_id: int, role: str, now: dt.datetime):
@@ -135,6 +136,7 @@ class CaseQueue:
             first_decided_by=first,
             first_decided_at=case.first_decided_at,
             face=check.face,
+            votes=check.votes,
         )
 
     def case(self, case_id: int) -> CaseView | None:

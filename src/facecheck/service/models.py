@@ -80,6 +80,8 @@ class Check(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     model_version: Mapped[str] = mapped_column(String(64))
     timing_ms: Mapped[float] = mapped_column(Float)
+    # Each voting member's score, threshold and vote, when a panel decided.
+    votes: Mapped[list | None] = mapped_column(JSON, nullable=True)
     # Per-key quotas count a key's recent checks.
     __table_args__ = (Index("ix_checks_api_key_created", "api_key_id", "created_at"),)
 

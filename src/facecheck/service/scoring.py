@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -42,6 +43,29 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def panel_verdict(verdicts: Sequence[Verdict]) -> tuple[str, list[dict[str, object]] | None]:
+    """The thesis's vote over several members, each at its own threshold: all say real ->
+    ``real``, all say fake -> ``fake``, any disagreement -> ``review`` (a person decides).
+    An upload the first member cannot judge (no face, unreadable) keeps that verdict.
+    Returns the verdict and each member's vote (shown on the case page)."""
+    first = verdicts[0]
+    if first.verdict not in ("real", "fake"):
+        return (first.verdict if first.verdict in VERDICTS else "invalid_image"), None
+    votes = [
+        {
+            "member": v.model_version,
+            "fake_probability": v.fake_probability,
+            "threshold": v.threshold,
+            "vote": v.verdict,
+        }
+        for v in verdicts
+    ]
+    fakes = sum(v.verdict == "fake" for v in verdicts)
+    if fakes == 0:
+        return "real", votes
+    return ("fake" if fakes == len(verdicts) else "review"), votes
+
+
 def service_verdict(v: Verdict, fake_above: float | None) -> str:
     """The detector's real/fake split into real / review / fake by the review band.
 
@@ -66,6 +90,7 @@ class Scored:
     service_verdict: str
     timing_ms: float
     batch_size: int
+    votes: list[dict[str, object]] | None = None
 
 
 class BatchScorer:
@@ -79,8 +104,12 @@ class BatchScorer:
         max_batch: int = 16,
         max_pending: int = 32,
         regions: str = "flagged",
+        members: Sequence[Detector] = (),
     ):
         self.detector = detector
+        # Further voting members: with any, the verdict is the panel's (panel_verdict)
+        # and the review band (fake_above) does not apply.
+        self.members = list(members)
         self.fake_above = fake_above
         self.max_batch = max_batch
         # Bounded: a flood of uploads waits in no unbounded queue (each holds its bytes).
@@ -129,19 +158,26 @@ class BatchScorer:
                         [x[0] for x in b], [x[1] for x in b], regions=self.regions
                     ),
                 )
+                others = [
+                    await loop.run_in_executor(
+                        self.executor,
+                        lambda b=batch, m=m: m.check(
+                            [x[0] for x in b], [x[1] for x in b], regions="none"
+                        ),
+                    )
+                    for m in self.members
+                ]
             except Exception as exc:  # a model failure fails these requests, not the server
                 for *_, fut, _t0 in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
             done = time.perf_counter()
-            for (_d, _n, fut, t0), v in zip(batch, verdicts, strict=True):
-                if not fut.done():
-                    fut.set_result(
-                        Scored(
-                            v,
-                            service_verdict(v, self.fake_above),
-                            round((done - t0) * 1000, 1),
-                            len(batch),
-                        )
-                    )
+            for i, ((_d, _n, fut, t0), v) in enumerate(zip(batch, verdicts, strict=True)):
+                if fut.done():
+                    continue
+                if self.members:
+                    said, votes = panel_verdict([v, *(o[i] for o in others)])
+                else:
+                    said, votes = service_verdict(v, self.fake_above), None
+                fut.set_result(Scored(v, said, round((done - t0) * 1000, 1), len(batch), votes))

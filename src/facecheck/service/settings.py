@@ -26,6 +26,9 @@ class ServiceSettings:
     database_url: str | None = None
     # Detector bundle folder; default: the one shipped in the package.
     model: Path | None = None
+    # Further detector bundles (comma-separated folders) that vote with `model`: unanimous
+    # verdicts are automatic, any disagreement goes to a person (the thesis's rule).
+    members: str | None = None
     # p >= fake_above is decided "fake" without a person; None: every image the detector
     # flags (p >= its validation threshold) goes to review, nothing is rejected unseen.
     fake_above: float | None = None
@@ -69,6 +72,10 @@ class ServiceSettings:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     webhook_backoff_s: float = 5.0
+
+    @property
+    def member_paths(self) -> list[Path]:
+        return [Path(p.strip()).expanduser() for p in (self.members or "").split(",") if p.strip()]
 
     @property
     def url(self) -> str:

@@ -385,6 +385,7 @@ class Store(CaseQueue):
                     error=result.get("error"),
                     model_version=str(result["model_version"]),
                     timing_ms=float(result["timing_ms"]),
+                    votes=result.get("votes"),
                 )
             )
             s.flush()  # the check row exists before rows that point at it
@@ -521,6 +522,7 @@ def _check_dict(c: Check, case: Case | None) -> dict[str, object]:
         "error": c.error,
         "model_version": c.model_version,
         "timing_ms": c.timing_ms,
+        "votes": c.votes,
         "case": None
         if case is None
         else {
