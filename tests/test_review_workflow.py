@@ -286,3 +286,33 @@ def test_a_panel_votes_unanimous_is_automatic_any_disagreement_goes_to_a_person(
         no_face = post_image(client, key, images["no_face"]).json()
         assert no_face["verdict"] == "no_face" and no_face["votes"] is None
     store.dispose()
+
+
+def test_a_phone_photos_face_is_shown_large(tmp_path, shipped_detector, shared_data, database_url):
+    """A 4000x3000 upload with a ~500 px face: the case page's crop shows the face at
+    most of its 640 px, where the whole photo shrunk to the column gave it ~115 px."""
+    face = Image.open(shared_data / "rff" / "real" / "real_00343.jpg").convert("RGB")
+    photo = Image.new("RGB", (4000, 3000), (118, 124, 131))
+    photo.paste(face.resize((512, 512)), (1700, 1100))
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    seen = shipped_detector.check([data])[0]  # the face stage's box, as the service stores it
+    assert seen.face["n_faces"] == 1
+    client, store = client_for(tmp_path, shipped_detector, database_url)
+    with client:
+        store.add_reviewer("ann", "password-a")
+        result = {**seen.to_dict(), "verdict": "review", "timing_ms": 1.0}
+        _check, case_id, _ = store.add_check(result, api_key_id=None, external_id="PHONE-1",
+                                             image=data, media_type="image/jpeg",
+                                             open_case=True)  # fmt: skip
+        _login(client, "ann", "password-a")
+        crop = Image.open(
+            io.BytesIO(client.get(f"/review/cases/{case_id}/image?crop=face").content)
+        )
+        x0, y0, x1, y1 = seen.face["face"]["box"]
+        # The crop is the box grown by 45% a side (1.9x), its longer side shown at 640 px:
+        # the face alone spans over 300 px of it.
+        assert max(crop.size) == 640
+        assert (x1 - x0) * 640 / (1.9 * max(x1 - x0, y1 - y0)) > 300
+    store.dispose()
