@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from facecheck.cli.main import main
 from facecheck.detector.pipeline import Detector, default_bundle_path
@@ -165,7 +166,7 @@ def test_check_scores_good_files_and_reports_bad_ones(trained, face_paths, tmp_p
     empty.write_bytes(b"")
     files = [face_paths[0], broken, text, empty, tmp_path / "missing.jpg", face_paths[8]]
     code = main(["check", "--model", str(trained), "--json", *map(str, files)])
-    assert code == 1  # some inputs were invalid
+    assert code == 3  # some inputs were invalid
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [o["input"] for o in out] == [str(f) for f in files]
     assert [o["verdict"] for o in out[1:5]] == ["invalid_image"] * 4
@@ -471,3 +472,28 @@ def test_augment_validation_holds_processed_reals_to_the_rate(
     for command in ("train", "evaluate"):
         assert main([command, "--data", "no-such", "--out", str(out), "--augment-validation"]) != 0
         assert "--augment-validation needs --train-augment" in capsys.readouterr().err
+
+
+def test_check_streams_in_order_and_its_exit_status_says_what_it_found(
+    shared_data, tmp_path, capsys
+):
+    """0 all real, 1 some flagged, 3 some not judged; lines in input order, one per image,
+    each printed as soon as it is scored (a mixed batch: good, corrupt, no face)."""
+    from facecheck.cli.check import _chunks
+
+    real = sorted((shared_data / "utkface" / "real").glob("*.jpg"))[0]
+    fake = shared_data / "gan" / "fake" / "fakefaces_faces_10.jpg"
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(fake.read_bytes()[:300])
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (200, 200), (90, 90, 90)).save(blank)
+    assert main(["check", "--json", str(real)]) == 0
+    assert main(["check", "--json", str(real), str(fake)]) == 1
+    capsys.readouterr()
+    files = [real, broken, fake, blank, real]
+    assert main(["check", "--json", *map(str, files)]) == 3
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["input"] for o in out] == [str(f) for f in files]
+    assert [o["verdict"] for o in out] == ["real", "invalid_image", "fake", "no_face", "real"]
+    # Scored in growing chunks: the first line needs one image, not the whole batch.
+    assert [len(c) for c in _chunks(list(range(30)))] == [1, 2, 4, 8, 8, 7]

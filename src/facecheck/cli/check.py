@@ -7,32 +7,86 @@ import sys
 
 from facecheck.cli.common import _detector_and_files
 
+# Exit statuses of `check` (and `score`): what a script needs to branch on.
+ALL_REAL, SOME_FLAGGED, USAGE_ERROR, SOME_INVALID = 0, 1, 2, 3
+
+
+def _chunks(items: list, first: int = 1, most: int = 8):
+    """Growing chunks (1, 2, 4, ... ``most``): the first answer is printed at once, the
+    rest still batched."""
+    i, n = 0, first
+    while i < len(items):
+        yield items[i : i + n]
+        i, n = i + n, min(2 * n, most)
+
 
 def cmd_check(args) -> int:
+    from tqdm import tqdm
+
     det, files = _detector_and_files(args)
     if det is None or not files:
-        return 2
+        return USAGE_ERROR
     if args.threshold is not None:
         det.threshold = args.threshold
-    verdicts = det.check(files, regions=args.regions)
-    if args.json:
-        for v in verdicts:
-            print(json.dumps(v.to_dict()))
-    else:
-        width = max(len(v.input) for v in verdicts)
-        print(f"{'image':<{width}}  {'P(fake)':>7}  verdict")
-        for v in verdicts:
-            if v.error:
-                print(f"{v.input:<{width}}  {'-':>7}  {v.verdict}: {v.error}")
-            else:
-                # Four decimals: calibrated to a 1:1000 prior, probabilities are small.
-                where = ""
-                if v.regions:
-                    top = max(v.regions, key=v.regions.get)  # type: ignore[arg-type]
-                    where = f" (most likely edited: {top} {v.regions[top]:.2f})"
-                print(f"{v.input:<{width}}  {v.fake_probability:7.4f}  {v.verdict}{where}")
+    width = max(len(str(f)) for f in files)
+    if not args.json:
+        print(f"{'image':<{width}}  {'P(fake)':>7}  verdict", flush=True)
+    flagged = invalid = 0
+    # The bar goes to stderr, and only on a terminal: the lines on stdout stay clean.
+    bar = tqdm(total=len(files), unit="img", disable=None if len(files) > 1 else True,
+               file=sys.stderr, leave=False)  # fmt: skip
+    for chunk in _chunks(files):
+        for v in det.check(chunk, regions=args.regions):
+            flagged += v.verdict == "fake"
+            invalid += bool(v.error)
+            bar.clear()
+            print(json.dumps(v.to_dict()) if args.json else _line(v, width), flush=True)
+            bar.update(1)
+    bar.close()
+    if not args.json:
         print(f"model {det.version}, threshold {det.threshold:.4g}", file=sys.stderr)
-    return 1 if any(v.error for v in verdicts) else 0
+    if invalid:
+        return SOME_INVALID
+    return SOME_FLAGGED if flagged else ALL_REAL
+
+
+def cmd_score(args) -> int:
+    from tqdm import tqdm
+
+    from facecheck.detector.batch import files_from, score
+    from facecheck.detector.pipeline import BundleError, Detector
+
+    if args.chunk < 1:
+        raise ValueError("--chunk must be at least 1")
+    files = files_from(args.sources)
+    if not files:
+        print("facecheck: no images found", file=sys.stderr)
+        return USAGE_ERROR
+    try:
+        det = Detector.load(args.model)
+    except (BundleError, OSError, KeyError, RuntimeError) as exc:
+        print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
+        return USAGE_ERROR
+    with tqdm(total=len(files), unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
+        done = score(det, files, args.out, chunk=args.chunk, regions=args.regions,
+                     progress=bar.update)  # fmt: skip
+    print(
+        f"wrote {done.out}: {done.rows} rows ({done.scored_now} scored now, "
+        f"{done.parts_reused} parts from an earlier run), {done.flagged} flagged, "
+        f"{done.invalid} not judged; model {det.version}"
+    )
+    return 0
+
+
+def _line(v, width: int) -> str:
+    if v.error:
+        return f"{v.input:<{width}}  {'-':>7}  {v.verdict}: {v.error}"
+    # Four decimals: calibrated to a 1:1000 prior, probabilities are small.
+    where = ""
+    if v.regions:
+        top = max(v.regions, key=v.regions.get)  # type: ignore[arg-type]
+        where = f" (most likely edited: {top} {v.regions[top]:.2f})"
+    return f"{v.input:<{width}}  {v.fake_probability:7.4f}  {v.verdict}{where}"
 
 
 def cmd_calibrate(args) -> int:

@@ -131,9 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "check",
         help="score images: fake probability and verdict per image",
-        description="Score images. A file that cannot be read gets a clear "
-        "per-file error; the others are still scored. Exit status: 0 all scored, "
-        "1 some inputs were invalid, 2 usage or model error.",
+        description="Score images; one line per image, printed as soon as it is scored "
+        "(a progress bar on a terminal's stderr). A file that cannot be read gets a clear "
+        "per-file error; the others are still scored. Exit status: 0 all real, 1 some "
+        "flagged fake, 2 usage or model error, 3 some inputs could not be judged "
+        "(unreadable, no face or several).",
     )
     p.add_argument("images", nargs="+", type=Path, help="image files or folders of images")
     _model_options(p)
@@ -151,6 +153,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="which images get region scores (eye/nose/mouth replaced): those judged fake "
         "(default), all, or none",
     )
+
+    p = sub.add_parser(
+        "score",
+        help="score any number of images into a Parquet file, resumably",
+        description="Score every image under the folders, named by the manifests (JSON "
+        "lines with 'path') or .txt lists, into OUT (Parquet: one row per image with its "
+        "verdict, score, error if any, region scores and the model version). Written a "
+        "chunk at a time to OUT.parts/: a run that is killed resumes where it stopped, no "
+        "row lost or written twice. Memory stays at one chunk.",
+    )
+    p.add_argument("sources", nargs="+", type=Path, help="folders, manifests or image files")
+    p.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
+    p.add_argument("--chunk", type=int, default=64, help="images per part (default 64)")
+    p.add_argument(
+        "--regions", choices=["flagged", "all", "none"], default="flagged", help="as for check"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _model_options(p)
 
     p = sub.add_parser(
         "explain",
@@ -582,6 +602,7 @@ def _synthesize_parser(sub) -> None:
 COMMANDS = {
     "check": "check",
     "explain": "check",
+    "score": "check",
     "calibrate": "check",
     "train": "train",
     "evaluate": "evaluate",

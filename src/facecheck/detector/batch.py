@@ -1,0 +1,167 @@
+"""Scoring any number of images into one Parquet file, resumably (``facecheck score``).
+
+The file list is split into fixed chunks; each chunk's rows are written as one Parquet part
+(to a temporary name, then renamed: a part is there whole or not at all) in
+``<out>.parts/``. A run that is killed loses at most the chunk it was scoring; run again,
+it skips the parts that exist, so no row is lost or written twice. When every part is
+there they are merged into ``<out>`` (again through a temporary file) and the parts go.
+A job file pins the file list and the model: resuming with another list or another
+detector is refused rather than mixed. Memory stays at one chunk whatever the number of
+images. Every row carries the model version; a file that cannot be judged is a row with
+its error, not a failure of the run.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from facecheck.detector.pipeline import Detector, Verdict
+from facecheck.image.regions import REGIONS
+
+JOB = "_job.json"
+
+
+def _schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("index", pa.int64()),
+            ("path", pa.string()),
+            ("sha256", pa.string()),
+            ("verdict", pa.string()),
+            ("fake_probability", pa.float64()),
+            ("threshold", pa.float64()),
+            ("error_code", pa.string()),
+            ("error", pa.string()),
+            ("face", pa.string()),
+            *[(f"region_{r}", pa.float64()) for r in REGIONS],
+            ("model_version", pa.string()),
+            ("scored_at", pa.string()),
+        ]
+    )
+
+
+def row(index: int, path: str, v: Verdict, at: str) -> dict[str, object]:
+    regions = v.regions or {}
+    return {
+        "index": index,
+        "path": path,
+        "sha256": v.sha256,
+        "verdict": v.verdict,
+        "fake_probability": v.fake_probability,
+        "threshold": v.threshold,
+        "error_code": v.error_code,
+        "error": v.error,
+        "face": None if v.face is None else str(v.face.get("action")),
+        **{f"region_{r}": regions.get(r) for r in REGIONS},
+        "model_version": v.model_version,
+        "scored_at": at,
+    }
+
+
+def files_from(sources: Sequence[Path]) -> list[Path]:
+    """Images under folders, the paths a manifest names (JSON lines with ``path``,
+    relative to the manifest), the lines of a ``.txt`` list, and single files."""
+    from facecheck.evaluation.data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif src.suffix == ".jsonl":
+            for line in src.read_text().splitlines():
+                if line.strip():
+                    out.append(src.parent / json.loads(line)["path"])
+        elif src.suffix == ".txt":
+            out += [Path(x.strip()) for x in src.read_text().splitlines() if x.strip()]
+        else:
+            out.append(src)
+    return out
+
+
+@dataclass(frozen=True)
+class Summary:
+    rows: int
+    scored_now: int
+    parts_reused: int
+    flagged: int
+    invalid: int
+    out: Path
+
+
+def _job(files: Sequence[Path], det: Detector, chunk: int) -> dict[str, object]:
+    listing = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()
+    return {"files": len(files), "list_sha256": listing, "model": det.version, "chunk": chunk}
+
+
+def score(
+    det: Detector,
+    files: Sequence[Path],
+    out: str | Path,
+    *,
+    chunk: int = 64,
+    regions: str = "flagged",
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Score ``files`` into the Parquet file ``out`` (see the module docstring)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    job = _job(files, det, chunk)
+    if parts.exists():
+        was = json.loads((parts / JOB).read_text()) if (parts / JOB).exists() else None
+        if was != job:
+            raise ValueError(
+                f"{parts} holds an unfinished run of another file list, model or chunk size "
+                f"({was}); delete it to start again"
+            )
+    else:
+        parts.mkdir(parents=True)
+        (parts / JOB).write_text(json.dumps(job))
+    schema = _schema()
+    scored_now = reused = 0
+    for k, start in enumerate(range(0, len(files), chunk)):
+        part = parts / f"part-{k:06d}.parquet"
+        batch = list(files[start : start + chunk])
+        if part.exists():
+            reused += 1
+            if progress:
+                progress(len(batch))
+            continue
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        verdicts = det.check(batch, regions=regions)
+        rows = [
+            row(start + i, str(f), v, at)
+            for i, (f, v) in enumerate(zip(batch, verdicts, strict=True))
+        ]
+        tmp = part.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
+        os.replace(tmp, part)  # the part is there whole or not at all
+        scored_now += len(batch)
+        if progress:
+            progress(len(batch))
+    n = flagged = invalid = 0
+    tmp = out.with_name(out.name + ".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for part in sorted(parts.glob("part-*.parquet")):
+            table = pq.read_table(part, schema=schema)
+            writer.write_table(table)
+            n += table.num_rows
+            verdicts = table.column("verdict").to_pylist()
+            flagged += sum(v == "fake" for v in verdicts)
+            invalid += sum(v not in ("real", "fake") for v in verdicts)
+    if n != len(files):
+        raise RuntimeError(f"{parts}: {n} rows for {len(files)} files; parts are damaged")
+    os.replace(tmp, out)
+    shutil.rmtree(parts)
+    return Summary(n, scored_now, reused, flagged, invalid, out)
