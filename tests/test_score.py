@@ -71,3 +71,28 @@ def test_a_killed_run_resumes_without_gaps_or_duplicates(inputs, tmp_path):
     parts.mkdir()
     (parts / "_job.json").write_text('{"files": 1}')
     assert main(["score", str(listing), "--out", str(out), "--chunk", "2", "--quiet"]) == 2
+
+
+def test_ray_workers_give_the_local_rows(inputs, tmp_path):
+    """Two Ray actors on a local Ray instance the test starts: the same rows, in the same
+    order, as one process (parts are the unit of work either way)."""
+    ray = pytest.importorskip("ray")
+    listing, files = inputs
+    local, distributed = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    assert main(["score", str(listing), "--out", str(local), "--chunk", "4", "--quiet"]) == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        assert main(["score", str(listing), "--out", str(distributed), "--chunk", "4",
+                     "--engine", "ray", "--workers", "2", "--quiet"]) == 0  # fmt: skip
+    finally:
+        ray.shutdown()
+    got, want = pq.read_table(distributed).to_pylist(), pq.read_table(local).to_pylist()
+    assert len(got) == len(files)
+    for a, b in zip(got, want, strict=True):
+        assert (a["index"], a["path"], a["verdict"], a["error_code"]) == (
+            b["index"],
+            b["path"],
+            b["verdict"],
+            b["error_code"],
+        )
+        assert a["fake_probability"] == pytest.approx(b["fake_probability"], abs=1e-6)

@@ -69,7 +69,8 @@ def cmd_score(args) -> int:
         return USAGE_ERROR
     with tqdm(total=len(files), unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
         done = score(det, files, args.out, chunk=args.chunk, regions=args.regions,
-                     progress=bar.update)  # fmt: skip
+                     progress=bar.update, engine=args.engine, model=args.model,
+                     workers=args.workers, address=args.ray_address)  # fmt: skip
     print(
         f"wrote {done.out}: {done.rows} rows ({done.scored_now} scored now, "
         f"{done.parts_reused} parts from an earlier run), {done.flagged} flagged, "

@@ -170,6 +170,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--regions", choices=["flagged", "all", "none"], default="flagged", help="as for check"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--engine",
+        choices=["local", "ray"],
+        default="local",
+        help="local (this process) or ray: the chunks scored by --workers Ray actors, each "
+        "holding the model (a local Ray instance, or the cluster at --ray-address)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="Ray actors (default 1)")
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        help="an existing Ray cluster (e.g. ray://head:10001 or auto); its nodes must see the "
+        "input files and --out at the same paths",
+    )
     _model_options(p)
 
     p = sub.add_parser(

@@ -9,6 +9,12 @@ A job file pins the file list and the model: resuming with another list or anoth
 detector is refused rather than mixed. Memory stays at one chunk whatever the number of
 images. Every row carries the model version; a file that cannot be judged is a row with
 its error, not a failure of the run.
+
+With ``engine="ray"`` the missing parts are scored by a pool of Ray actors, each holding
+its own detector (one per worker; ``address`` joins an existing cluster, whose nodes must
+see the input files and the output folder at the same paths). Parts are the unit of work
+and of resumption either way, so a Ray run that is killed resumes like a local one, and
+its rows equal the local run's.
 """
 
 from __future__ import annotations
@@ -102,6 +108,45 @@ def _job(files: Sequence[Path], det: Detector, chunk: int) -> dict[str, object]:
     return {"files": len(files), "list_sha256": listing, "model": det.version, "chunk": chunk}
 
 
+def write_part(det: Detector, start: int, batch: list[str], part: str, regions: str) -> int:
+    """Score one chunk and write its part (whole or not at all); returns its size."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    verdicts = det.check([Path(b) for b in batch], regions=regions)
+    rows = [row(start + i, f, v, at) for i, (f, v) in enumerate(zip(batch, verdicts, strict=True))]
+    tmp = Path(part).with_suffix(".tmp")
+    pq.write_table(pa.Table.from_pylist(rows, schema=_schema()), tmp)
+    os.replace(tmp, part)
+    return len(batch)
+
+
+def _score_parts_on_ray(model, todo, regions: str, workers: int, address: str | None):
+    """The parts in ``todo`` scored by ``workers`` Ray actors, each with its own detector
+    and an equal share of the node's CPU threads; yields each part's size as it lands."""
+    import ray
+    from ray.util import ActorPool
+
+    if not ray.is_initialized():
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // max(workers, 1))
+
+    @ray.remote(num_cpus=threads)
+    class Scorer:
+        def __init__(self, model_dir):
+            import torch
+
+            torch.set_num_threads(threads)
+            self.det = Detector.load(model_dir)
+
+        def part(self, start, batch, part, regions):
+            return write_part(self.det, start, batch, part, regions)
+
+    pool = ActorPool([Scorer.remote(model) for _ in range(workers)])
+    yield from pool.map_unordered(lambda a, job: a.part.remote(*job, regions), todo)
+
+
 def score(
     det: Detector,
     files: Sequence[Path],
@@ -110,10 +155,20 @@ def score(
     chunk: int = 64,
     regions: str = "flagged",
     progress: Callable[[int], None] | None = None,
+    engine: str = "local",
+    model: str | Path | None = None,
+    workers: int = 1,
+    address: str | None = None,
 ) -> Summary:
-    """Score ``files`` into the Parquet file ``out`` (see the module docstring)."""
-    import pyarrow as pa
+    """Score ``files`` into the Parquet file ``out`` (see the module docstring).
+
+    ``engine="ray"``: ``workers`` actors load the bundle at ``model`` (None: the shipped
+    one; ``det`` only names the job) on a local Ray instance or the cluster at ``address``.
+    """
     import pyarrow.parquet as pq
+
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine is local or ray, not {engine!r}")
 
     out = Path(out)
     parts = out.with_name(out.name + ".parts")
@@ -130,26 +185,24 @@ def score(
         (parts / JOB).write_text(json.dumps(job))
     schema = _schema()
     scored_now = reused = 0
+    todo = []
     for k, start in enumerate(range(0, len(files), chunk)):
         part = parts / f"part-{k:06d}.parquet"
-        batch = list(files[start : start + chunk])
+        batch = [str(f) for f in files[start : start + chunk]]
         if part.exists():
             reused += 1
             if progress:
                 progress(len(batch))
-            continue
-        at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-        verdicts = det.check(batch, regions=regions)
-        rows = [
-            row(start + i, str(f), v, at)
-            for i, (f, v) in enumerate(zip(batch, verdicts, strict=True))
-        ]
-        tmp = part.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
-        os.replace(tmp, part)  # the part is there whole or not at all
-        scored_now += len(batch)
+        else:
+            todo.append((start, batch, str(part)))
+    if engine == "ray":
+        done = _score_parts_on_ray(model, todo, regions, workers, address)
+    else:
+        done = (write_part(det, start, batch, part, regions) for start, batch, part in todo)
+    for n_scored in done:
+        scored_now += n_scored
         if progress:
-            progress(len(batch))
+            progress(n_scored)
     n = flagged = invalid = 0
     tmp = out.with_name(out.name + ".tmp")
     with pq.ParquetWriter(tmp, schema) as writer:
