@@ -19,6 +19,9 @@ from facecheck.service.settings import ServiceSettings
 from facecheck.service.store import Store, utcnow
 from service_helpers import client_for, csrf_of, post_image
 
+# Tests of what no database changes run on SQLite alone (keeps the suite short).
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 
 @pytest.fixture
 def served(tmp_path, shipped_detector, database_url):
@@ -78,6 +81,7 @@ def test_the_lock_backs_off_and_ends(database_url):
     store.dispose()
 
 
+@SQLITE_ONLY
 def test_cookies_are_secure_and_host_prefixed_by_default(served, tmp_path):
     client, store, _key = served(hsts=True)
     store.add_reviewer("ann", "password-a")
@@ -93,6 +97,7 @@ def test_cookies_are_secure_and_host_prefixed_by_default(served, tmp_path):
     assert cookie.startswith("fc_review=") and "secure" not in cookie.lower()
 
 
+@SQLITE_ONLY
 def test_every_body_is_limited_and_odd_input_is_a_clear_4xx(served, images):
     client, _store, key = served(max_form_bytes=4096)
     big = {"username": "x" * 10_000, "password": "y", "csrf_token": "z"}
@@ -108,6 +113,7 @@ def test_every_body_is_limited_and_odd_input_is_a_clear_4xx(served, images):
     assert 'method="FOO"' not in metrics and 'method="other"' in metrics
 
 
+@SQLITE_ONLY
 def test_a_keys_quota_answers_429_with_retry_after(served, images):
     client, store, key = served(key_quota_per_minute=2)
     assert [post_image(client, key, images["no_face"]).status_code for _ in range(2)] == [201, 201]
@@ -117,9 +123,9 @@ def test_a_keys_quota_answers_429_with_retry_after(served, images):
     assert post_image(client, other, images["no_face"]).status_code == 201
 
 
+@SQLITE_ONLY
 def test_a_database_that_takes_no_writes_is_a_503_in_json(served, images, database_url):
-    if not database_url.startswith("sqlite"):
-        pytest.skip("read-only connections are simulated with SQLite's query_only")
+    # (read-only connections are simulated with SQLite's query_only)
     client, store, key = served()
     assert client.get("/health").status_code == 200
 

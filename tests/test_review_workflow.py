@@ -20,6 +20,9 @@ from facecheck.service import webhooks
 from facecheck.service.store import Store, utcnow
 from service_helpers import client_for, csrf_of, post_image
 
+# Tests of what no database changes run on SQLite alone (keeps the suite short).
+SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
 
 def _login(client, username, password):
     token = csrf_of(client.get("/review/login").text)
@@ -98,6 +101,7 @@ def test_a_fake_needs_a_second_reviewer_and_a_disagreement_goes_to_an_admin(thre
     assert {c["case"]["status"] for c in got} == {"decided"}
 
 
+@SQLITE_ONLY
 def test_real_is_final_at_once_and_four_eyes_can_be_off(tmp_path, shipped_detector, images,
                                                        database_url):  # fmt: skip
     client, store = client_for(tmp_path, shipped_detector, database_url, four_eyes=False)
@@ -146,6 +150,7 @@ def test_roles_auditors_read_only_disabled_reviewers_locked_out(three, images, c
     assert "bob" in listing and "auditor" in listing and "root" in listing
 
 
+@SQLITE_ONLY
 def test_the_checks_list_pages_by_cursor_and_sees_only_its_key(three, images):
     (ann, _bob, _root), _csrf, store = three
     key = {"X-API-Key": store.create_api_key("k")}
@@ -210,6 +215,7 @@ class _Receiver(BaseHTTPRequestHandler):
         pass
 
 
+@SQLITE_ONLY
 def test_a_final_decision_is_posted_signed_retried_until_taken(tmp_path, shipped_detector,
                                                               images, database_url):  # fmt: skip
     _Receiver.got = []
@@ -252,6 +258,7 @@ def test_a_final_decision_is_posted_signed_retried_until_taken(tmp_path, shipped
     store.dispose()
 
 
+@SQLITE_ONLY
 def test_a_panel_votes_unanimous_is_automatic_any_disagreement_goes_to_a_person(
     tmp_path, shipped_detector, images, database_url
 ):
@@ -288,6 +295,7 @@ def test_a_panel_votes_unanimous_is_automatic_any_disagreement_goes_to_a_person(
     store.dispose()
 
 
+@SQLITE_ONLY
 def test_a_phone_photos_face_is_shown_large(tmp_path, shipped_detector, shared_data, database_url):
     """A 4000x3000 upload with a ~500 px face: the case page's crop shows the face at
     most of its 640 px, where the whole photo shrunk to the column gave it ~115 px."""
