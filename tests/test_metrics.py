@@ -130,3 +130,24 @@ def test_fpr_threshold_survives_float32_rescoring():
     close = np.array([0.5, 0.5 + 1e-7, 0.2, 0.9])
     thr = threshold_for_fpr(np.array([0, 0, 0, 1]), close, 1 / 3)
     assert 0.5 < thr < 0.5 + 1e-7
+
+
+def test_a_threshold_rule_is_one_registration():
+    """A new rule is one decorated function: choose_threshold, Policy and every command's
+    --threshold-rule take it by name; unknown names and bad values are refused."""
+    from facecheck.decision.policy import THRESHOLD_RULES, Policy, threshold_rule
+
+    @threshold_rule("quantile", takes_value=True, summary="the reals' q-quantile")
+    def _quantile(y, score, value, _groups):
+        return float(np.quantile(score[y == 0], value))
+
+    try:
+        y = np.array([0, 0, 0, 0, 1, 1])
+        s = np.array([0.1, 0.2, 0.3, 0.4, 0.8, 0.9])
+        assert choose_threshold(y, s, "quantile:0.5") == pytest.approx(0.25)
+        assert str(Policy.parse("quantile:0.5")) == "quantile:0.5"
+        for bad in ("quantile", "youden:0.3", "nope", "fpr:x"):
+            with pytest.raises(ValueError):
+                Policy.parse(bad)
+    finally:
+        del THRESHOLD_RULES["quantile"]

@@ -24,6 +24,7 @@ means about a 30% chance the image is fake at that rate.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,37 +38,67 @@ from facecheck.heads.link import logit, sigmoid
 DEPLOYED_FAKE_RATE = 1 / 1000
 
 
+@dataclass(frozen=True)
+class ThresholdRule:
+    """A way to pick the operating threshold on validation outputs.
+
+    ``fit(y, score, value, groups)``: ``value`` is the rule's parameter (``fpr:0.1`` ->
+    0.1; None for a rule that takes none), ``groups`` each image's group (real source)
+    for rules that hold every group to a rate."""
+
+    name: str
+    fit: Callable[[np.ndarray, np.ndarray, float | None, np.ndarray | None], float]
+    takes_value: bool
+    summary: str
+
+
+# One registry: a new rule is one decorated function here, and every command that takes
+# --threshold-rule (train, evaluate, calibrate, finetune) and the bundle know it.
+THRESHOLD_RULES: dict[str, ThresholdRule] = {}
+
+
+def threshold_rule(name: str, *, takes_value: bool, summary: str):
+    """Register ``fn(y, score, value, groups) -> threshold`` as the rule ``name``."""
+
+    def register(fn):
+        THRESHOLD_RULES[name] = ThresholdRule(name, fn, takes_value, summary)
+        return fn
+
+    return register
+
+
+def rules_help() -> str:
+    """The registered rules, for error messages and --help."""
+    return ", ".join(f"{r.name}:<x>" if r.takes_value else r.name for r in THRESHOLD_RULES.values())
+
+
 def choose_threshold(
     y: np.ndarray, score: np.ndarray, rule: str = "youden", groups: np.ndarray | None = None
 ) -> float:
-    """Pick a threshold on *validation* outputs.
-
-    Rules: ``youden`` (max recall - FPR), ``f1`` (max F1), ``recall:0.95`` (the highest
-    threshold whose recall reaches the target, i.e. the fewest false alarms that do),
-    ``budget:0.015`` (the best recall flagging at most 1.5% of a 1:1000 stream) and
-    ``fpr:0.05`` (flag at most 5% of the reals of each group in ``groups``, e.g. each real
-    source); the last three are :mod:`facecheck.decision.policy`'s.
+    """Pick a threshold on *validation* outputs by a registered rule (``THRESHOLD_RULES``):
+    ``youden``, ``f1``, ``recall:0.95``, ``budget:0.015``, ``fpr:0.05`` (per group in
+    ``groups``, e.g. each real source), or any rule registered with :func:`threshold_rule`.
     """
     y = np.asarray(y, dtype=np.int64)
     score = np.asarray(score, dtype=np.float64)
-    if len(np.unique(y)) < 2:
+    policy = Policy.parse(rule)
+    if policy.kind != "fpr" and len(np.unique(y)) < 2:
         raise ValueError("choosing a threshold needs both classes in the validation split")
-    if rule == "youden":
-        fpr, tpr, thr = roc_curve(y, score)
-        best = int(np.argmax(tpr - fpr))
-        return float(min(thr[best], 1.0))
-    if rule == "f1":
-        prec, rec, thr = precision_recall_curve(y, score)
-        f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
-        return float(thr[int(np.argmax(f1[:-1]))])
-    if rule.startswith(("recall:", "budget:", "fpr:")):
-        # the operating-point policies live there
+    return policy.threshold(y, score, groups)
 
-        return Policy.parse(rule).threshold(y, score, groups)
-    raise ValueError(
-        f"unknown threshold rule {rule!r}: use youden, f1, recall:<target>, budget:<share> "
-        "or fpr:<rate>"
-    )
+
+@threshold_rule("youden", takes_value=False, summary="max recall - FPR")
+def _youden(y, score, _value, _groups) -> float:
+    fpr, tpr, thr = roc_curve(y, score)
+    best = int(np.argmax(tpr - fpr))
+    return float(min(thr[best], 1.0))
+
+
+@threshold_rule("f1", takes_value=False, summary="max F1")
+def _f1(y, score, _value, _groups) -> float:
+    prec, rec, thr = precision_recall_curve(y, score)
+    f1 = np.where(prec + rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+    return float(thr[int(np.argmax(f1[:-1]))])
 
 
 def _checked(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -147,27 +178,34 @@ def threshold_for_fpr(
     return best if np.isfinite(best) else 0.0
 
 
+threshold_rule("recall", takes_value=True, summary="fewest flags catching this share")(
+    lambda y, score, value, _groups: threshold_for_recall(y, score, float(value))
+)
+threshold_rule("budget", takes_value=True, summary="best recall flagging this share at 1:1000")(
+    lambda y, score, value, _groups: threshold_for_budget(y, score, float(value))
+)
+threshold_rule("fpr", takes_value=True, summary="at most this share of each group's reals")(
+    lambda y, score, value, groups: threshold_for_fpr(y, score, float(value), groups)
+)
+
+
 @dataclass(frozen=True)
 class Policy:
     """A parsed policy: ``recall:0.97``, ``budget:0.015``, ``fpr:0.05`` or a plain rule."""
 
-    kind: str  # "recall", "budget", "fpr" or a metrics.choose_threshold rule (youden, f1)
+    kind: str  # a registered rule's name (THRESHOLD_RULES)
     value: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> Policy:
-        if ":" in text:
-            kind, value = text.split(":", 1)
-            if kind not in ("recall", "budget", "fpr"):
-                raise ValueError(
-                    f"unknown policy {text!r}: use recall:<r>, budget:<share>, fpr:<rate>"
-                )
-            return cls(kind, float(value))
-        if text not in ("youden", "f1"):
-            raise ValueError(
-                f"unknown policy {text!r}: use youden, f1, recall:<r>, budget:<s>, fpr:<rate>"
-            )
-        return cls(text)
+        kind, _, value = text.partition(":")
+        rule = THRESHOLD_RULES.get(kind)
+        if rule is None or rule.takes_value != bool(value):
+            raise ValueError(f"unknown threshold rule {text!r}: use {rules_help()}")
+        try:
+            return cls(kind, float(value) if value else None)
+        except ValueError:
+            raise ValueError(f"threshold rule {text!r}: {value!r} is not a number") from None
 
     def __str__(self) -> str:
         return self.kind if self.value is None else f"{self.kind}:{self.value:g}"
@@ -176,15 +214,8 @@ class Policy:
         self, y: np.ndarray, score: np.ndarray, groups: np.ndarray | None = None
     ) -> float:
         """The threshold on validation outputs; ``groups`` (each image's source) matter to
-        ``fpr`` only, which holds every real source to the rate."""
-        if self.kind == "fpr":
-            return threshold_for_fpr(y, score, float(self.value), groups)
-        if self.kind == "recall":
-            return threshold_for_recall(y, score, float(self.value))
-        if self.kind == "budget":
-            return threshold_for_budget(y, score, float(self.value))
-
-        return choose_threshold(y, score, self.kind)
+        rules that hold every group to a rate (``fpr``)."""
+        return THRESHOLD_RULES[self.kind].fit(y, score, self.value, groups)
 
 
 class Calibrator:
