@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +12,7 @@ import pytest
 from facecheck.service.app import create_app
 from facecheck.service.settings import ServiceSettings
 from facecheck.service.store import Store
+from service_helpers import served_live
 
 CHROMIUM = "/usr/bin/chromium"
 # As the machine notes say: no background networking on a closed network, no sandbox as root.
@@ -31,32 +29,15 @@ CHROMIUM_ARGS = [
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live_server(tmp_path, shipped_detector):
     """The real app under uvicorn on a loopback port, in a thread of this process."""
-    import uvicorn
-
     store = Store(f"sqlite:///{tmp_path / 'facecheck.db'}")
     # Plain HTTP on loopback: the development cookie mode (the default needs HTTPS).
     settings = ServiceSettings(data_dir=tmp_path, secure_cookies=False)
     app = create_app(settings, detector=shipped_detector, store=store)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", store
-    server.should_exit = True
-    thread.join(10)
+    with served_live(app) as port:
+        yield f"http://127.0.0.1:{port}", store
     store.dispose()
 
 

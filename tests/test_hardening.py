@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -17,7 +15,7 @@ from facecheck.cli.main import main
 from facecheck.service.app import create_app, purge
 from facecheck.service.settings import ServiceSettings
 from facecheck.service.store import Store, utcnow
-from service_helpers import client_for, csrf_of, post_image
+from service_helpers import client_for, csrf_of, post_image, served_live
 
 # Tests of what no database changes run on SQLite alone (keeps the suite short).
 SQLITE_ONLY = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
@@ -231,31 +229,14 @@ def test_retention_of_checks_and_audit_keeps_the_chain_verifiable(database_url):
     store.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def live(tmp_path, shipped_detector):
     """The app under uvicorn on loopback (real HTTP framing), one upload waiting at most."""
-    import uvicorn
-
     store = Store(f"sqlite:///{tmp_path / 'live.db'}")
     settings = ServiceSettings(data_dir=tmp_path, max_pending=1, max_upload_bytes=200_000)
     app = create_app(settings, detector=shipped_detector, store=store)
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 60
-    while not server.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
-    yield port, store, {"X-API-Key": store.create_api_key("live")}
-    server.should_exit = True
-    thread.join(10)
+    with served_live(app) as port:
+        yield port, store, {"X-API-Key": store.create_api_key("live")}
     store.dispose()
 
 
