@@ -10,8 +10,10 @@ clients, each uploading images in a loop for ``--seconds`` (after a short warm-u
 (and of region scoring, which flagged images pay for) is the data's. Every request must get
 201; any other answer or a transport error counts as an error.
 
-The server is run twice: with request batching (--max-batch 16) and without (--max-batch 1,
-the default), to show what batching buys. Writes benchmarks/load.json and load.md.
+The server is run three times: with request batching (--max-batch 16), without (--max-batch
+1, the default), and as a panel of two voting members (--members: the shipped bundle a
+second time, so the vote's cost is a second pass per upload), to show what batching buys
+and what a vote costs. Writes benchmarks/load.json and load.md.
 Bounded: loopback only, a fixed duration per level.
 """
 
@@ -56,9 +58,17 @@ def _images(n: int, seed: int) -> list[tuple[str, bytes]]:
     return [(Path(p).name, (DATA / p).read_bytes()) for p in picked]
 
 
-def _start(data_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str, str, Path]:
+# Server variants: name -> extra `facecheck serve` options.
+VARIANTS = {
+    "max_batch_16": ["--max-batch", "16"],
+    "max_batch_1": ["--max-batch", "1"],
+    "panel_2": ["--max-batch", "1", "--members", str(ROOT / "src/facecheck/resources/default")],
+}
+
+
+def _start(data_dir: Path, variant: str) -> tuple[subprocess.Popen, str, str, Path]:
     port = _free_port()
-    log = data_dir / f"server-{max_batch}.log"
+    log = data_dir / f"server-{variant}.log"
     proc = subprocess.Popen(
         [
             *SERVE,
@@ -66,8 +76,7 @@ def _start(data_dir: Path, max_batch: int) -> tuple[subprocess.Popen, str, str, 
             str(port),
             "--data-dir",
             str(data_dir),
-            "--max-batch",
-            str(max_batch),
+            *VARIANTS[variant],
             "--insecure-dev",
         ],
         stdout=subprocess.DEVNULL,
@@ -139,8 +148,8 @@ async def _level(base: str, key: str, images, clients: int, seconds: float, warm
     }
 
 
-def _batch_stats(base: str) -> tuple[float, float]:
-    text = httpx.get(f"{base}/metrics").text
+def _batch_stats(base: str, key: str) -> tuple[float, float]:
+    text = httpx.get(f"{base}/metrics", headers={"X-API-Key": key}).text
     total = float(re.search(r"^facecheck_batch_size_sum (\S+)", text, re.M).group(1))
     count = float(re.search(r"^facecheck_batch_size_count (\S+)", text, re.M).group(1))
     return total, count
@@ -158,23 +167,23 @@ def main() -> None:
     images = _images(args.images, args.seed)
     levels = [int(c) for c in args.clients.split(",")]
     runs = {}
-    for max_batch in (16, 1):
+    for variant in VARIANTS:
         with tempfile.TemporaryDirectory() as tmp:
-            proc, base, key, _log = _start(Path(tmp), max_batch)
+            proc, base, key, _log = _start(Path(tmp), variant)
             try:
                 rows = []
                 for clients in levels:
-                    before = _batch_stats(base)
+                    before = _batch_stats(base, key)
                     row = asyncio.run(_level(base, key, images, clients, args.seconds, args.warmup))
-                    after = _batch_stats(base)
+                    after = _batch_stats(base, key)
                     calls = after[1] - before[1]
                     row["mean_batch"] = round((after[0] - before[0]) / calls, 2) if calls else None
                     rows.append(row)
-                    print(f"max_batch {max_batch}: {row}", flush=True)
+                    print(f"{variant}: {row}", flush=True)
             finally:
                 proc.terminate()
                 proc.wait(30)
-        runs[f"max_batch_{max_batch}"] = rows
+        runs[variant] = rows
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
@@ -184,8 +193,8 @@ def main() -> None:
         "warmup_s": args.warmup,
         "images": f"{len(images)} images, seeded draw (seed {args.seed}), equal shares of "
         "rff real, rff fake, utkface real, tpdne fake, fakefaces fake",
-        "server": "facecheck serve, shipped detector, SQLite, default settings but "
-        "--max-batch, loopback",
+        "server": "facecheck serve --insecure-dev, shipped detector, SQLite, default settings "
+        "but the variant's options, loopback",
         "runs": runs,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
@@ -201,11 +210,15 @@ def markdown(r: dict) -> str:
         f"on the same machine. {r['images']}. Each level: {r['warmup_s']} s warm-up, then "
         f"{r['seconds_per_level']} s measured.",
         "",
-        "| batching | clients | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch |",
+        "| server | clients | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, rows in r["runs"].items():
-        label = "on (max 16)" if name.endswith("_16") else "off (default)"
+        label = {
+            "max_batch_16": "batching on (max 16)",
+            "max_batch_1": "batching off (default)",
+            "panel_2": "panel of 2 members (vote)",
+        }.get(name, name)
         for x in rows:
             lines.append(
                 f"| {label} | {x['clients']} | {x['requests_per_s']} | {x['p50_ms']} | "

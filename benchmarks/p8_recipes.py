@@ -47,6 +47,14 @@ RECIPES = {
         f"{_BASE} --n-boot 500 {_FIELD} --augment-fraction 0.5 (P8-SEEN and "
         "P8-CAMERA-UTKFACE only)",
     ),
+    "+synthetic +field, all, threshold on processed": (
+        "reports/p8-field-all-synth",
+        "a `field` copy of every training and validation image; the copies of validation "
+        "reals join the threshold choice as groups of their own (`--augment-validation`); "
+        "the synthetic set re-made with each parent's own JPEG tables (the columns before "
+        "used a set saved at q80-95, unlike the cameras' files)",
+        f"{_BASE} --n-boot 500 {_FIELD} --augment-validation",
+    ),
 }
 # (label, protocol, test set, what to show)
 MEASURES = [
