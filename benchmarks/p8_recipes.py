@@ -22,12 +22,12 @@ _BASE = (
 )
 _FIELD = "--synthetic $SYNTH --train-augment field"
 RECIPES = {
-    "shipped bundle": (
-        "reports/p8-shipped",
-        "the shipped detector as it ships (trained on ALL: no diffusion faces; P8-SEEN's "
-        "test sets only)",
+    "round-1 bundle": (
+        "reports/p8-shipped-r1",
+        "the detector shipped in round 1, as it shipped (trained on ALL: no diffusion faces; "
+        "P8-SEEN's test sets only)",
         "facecheck evaluate --model default --protocols ALL,P8-SEEN --perturb p8 "
-        "--perturb-protocols P8-SEEN --perturb-sample 60",
+        "--perturb-protocols P8-SEEN --perturb-sample 60 (at commit 3587b24)",
     ),
     "shipped recipe on P8": (
         "reports/p8-fitted",
@@ -54,6 +54,13 @@ RECIPES = {
         "the synthetic set re-made with each parent's own JPEG tables (the columns before "
         "used a set saved at q80-95, unlike the cameras' files)",
         f"{_BASE} --n-boot 500 {_FIELD} --augment-validation",
+    ),
+    "shipped bundle (round 2)": (
+        "reports/p8-shipped",
+        "the detector shipped now (`make bundle`): the recipe of the column before, fitted "
+        "once on P8-SEEN's training split, evaluated as it ships",
+        "facecheck evaluate --model default --synthetic $SYNTH --protocols P8-SEEN --perturb p8 "
+        "--perturb-protocols P8-SEEN --perturb-sample 60",
     ),
 }
 # (label, protocol, test set, what to show)

@@ -74,7 +74,7 @@ def test_two_reviewers_decide_a_fake_with_keys_zoom_and_the_heatmap_toggle(
     store.add_reviewer("ann", "password-a")
     store.add_reviewer("bob", "password-b")
     case_ids = []
-    for n, name in enumerate(("real_00343.jpg", "real_00744.jpg")):  # flagged real photos
+    for n, name in enumerate(("real_00142.jpg", "real_00392.jpg")):  # flagged real photos
         data = (shared_data / "rff" / "real" / name).read_bytes()
         r = httpx.post(
             f"{base}/v1/checks",

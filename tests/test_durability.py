@@ -77,7 +77,7 @@ def test_sigkill_mid_review_keeps_every_committed_decision_and_pending_case(tmp_
         password = re.search(r"reviewer 'admin', password: (\S+)", text).group(1)
         uploads = [  # real photos the shipped detector flags: review cases
             (shared_data / "rff" / "real" / name).read_bytes()
-            for name in ("real_00343.jpg", "real_00744.jpg")
+            for name in ("real_00142.jpg", "real_00392.jpg")
         ]
         checks = []
         for n in range(16):

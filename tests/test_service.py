@@ -17,7 +17,7 @@ from service_helpers import client_for, csrf_of, post_image
 
 @pytest.fixture
 def service(tmp_path, shipped_detector, database_url):
-    client, store = client_for(tmp_path, shipped_detector, database_url, fake_above=0.95)
+    client, store = client_for(tmp_path, shipped_detector, database_url, fake_above=0.995)
     with client:
         yield client, store, {"X-API-Key": store.create_api_key("test")}
     store.dispose()
@@ -47,8 +47,8 @@ def test_every_verdict_type_and_cases_for_review_and_fake(service, images):
         assert body["model_version"] == store_version(client)
         assert body["timing_ms"] > 0
     assert got["real"]["fake_probability"] < got["real"]["threshold"]
-    assert got["review"]["threshold"] <= got["review"]["fake_probability"] < 0.95
-    assert got["fake"]["fake_probability"] >= 0.95
+    assert got["review"]["threshold"] <= got["review"]["fake_probability"] < 0.995
+    assert got["fake"]["fake_probability"] >= 0.995
     # Flagged images carry region scores; review and fake open cases (fakes by default).
     assert set(got["review"]["regions"]) == {"left_eye", "right_eye", "nose", "mouth"}
     assert got["review"]["case"]["status"] == "open" and got["fake"]["case"] is not None

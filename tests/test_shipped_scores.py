@@ -1,4 +1,5 @@
-"""The shipped bundle scores fixed real images as it did before the layout move (issue 27):
+"""The shipped bundle scores fixed real images as recorded (issue 27, and again when the
+round-2 bundle was shipped, issue 26):
 ``tests/data/shipped_scores.json`` was recorded at the commit it names, fp32 (conftest pins
 FACECHECK_PRECISION). On the machine that recorded it the scores matched to 1e-6 after the
 move; the bound here is 1e-4 because fp32 kernels differ by instruction set (AVX2 vs

@@ -31,6 +31,18 @@ def _counts_text(counts: dict | None) -> str:
 
 
 # What a model card says a backbone cannot do (measured: benchmarks/results.md).
+def _field_options(training: dict) -> str:
+    """The training-for-the-field options of the recipe (issue 26), as `evaluate` takes them."""
+    out = ""
+    if training.get("synthetic"):
+        out += " --synthetic DIR"
+    if aug := training.get("train_augment"):
+        out += f" --train-augment {aug['chain']}"
+        if aug.get("validation"):
+            out += " --augment-validation"
+    return out
+
+
 _LIMITS = {
     "default": "frozen ImageNet features barely separate Photoshop edits from real photos of "
     "the same source (rff same-source ROC-AUC is far below the GAN figures).",
@@ -170,8 +182,13 @@ def write_model_card(bundle_dir: Path, det) -> Path:
         f"--backbones {bb.name} --heads {det.head_kind}"
         + (f" --head-input {det.head_input}" if det.with_regions else "")
         + _rule_options(deployed["previous_rule"] if deployed else det.threshold_rule)
+        + _field_options(training)
         + "` (the same recipe with the test split scored once; figures in "
-        "`benchmarks/results.md`).",
+        + (
+            "`benchmarks/p8_recipes.md`, the bundle as it ships included)."
+            if str(training.get("protocol", "")).startswith("P8")
+            else "`benchmarks/results.md`)."
+        ),
         f"- **Known limits**: {_LIMITS.get(bb.name, _LIMITS['default'])} Figures that mix "
         "sources between classes partly measure the source. Not for automatic rejection: "
         "every `fake` verdict goes to a person.",
