@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import platform
 import random
 import re
 import socket
@@ -35,6 +33,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+
+from facecheck.evaluation.report import machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -62,6 +62,8 @@ def _images(n: int, seed: int) -> list[tuple[str, bytes]]:
 VARIANTS = {
     "max_batch_16": ["--max-batch", "16"],
     "max_batch_1": ["--max-batch", "1"],
+    # The same bundle twice: its members always agree (no review verdicts from the vote);
+    # this measures what a second member's pass costs.
     "panel_2": ["--max-batch", "1", "--members", str(ROOT / "src/facecheck/resources/default")],
 }
 
@@ -186,8 +188,7 @@ def main() -> None:
         runs[variant] = rows
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-        f"{platform.system()}",
+        "machine": machine_description(),
         "command": "python benchmarks/load.py " + " ".join(sys.argv[1:]),
         "seconds_per_level": args.seconds,
         "warmup_s": args.warmup,
@@ -215,8 +216,8 @@ def markdown(r: dict) -> str:
     ]
     for name, rows in r["runs"].items():
         label = {
-            "max_batch_16": "batching on (max 16)",
-            "max_batch_1": "batching off (default)",
+            "max_batch_16": "batching on (max 16, the default)",
+            "max_batch_1": "batching off",
             "panel_2": "panel of 2 members (vote)",
         }.get(name, name)
         for x in rows:

@@ -469,7 +469,7 @@ def _service_parsers(sub) -> None:
         "--max-batch",
         type=int,
         default=None,
-        help="score up to this many waiting uploads in one model call (default 1: off; "
+        help="score up to this many waiting uploads in one model call (default 16; 1: off; "
         "see benchmarks/load.md)",
     )
     p.add_argument(

@@ -41,10 +41,10 @@ class ServiceSettings:
     # How long a reviewer holds a case they opened before another may take it.
     lease_seconds: int = 600
     session_hours: float = 8.0
-    # Requests waiting when the model thread is free are scored together, up to this many.
-    # 1 (one at a time) by default: on the 2-core CPU batching bought no throughput
-    # (benchmarks/load.md); on a GPU it may pay.
-    max_batch: int = 1
+    # Requests waiting when the model thread is free are scored together, up to this many
+    # (no batching window: a lone request never waits). With the round-2 bundle in bf16 on
+    # the 2-core CPU it paid at 4 and 16 clients and cost nothing at 1 (benchmarks/load.md).
+    max_batch: int = 16
     # Cookies are Secure and __Host- prefixed (HTTPS only). False only for development on
     # plain HTTP (`facecheck serve --insecure-dev`).
     secure_cookies: bool = True
