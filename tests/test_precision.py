@@ -97,11 +97,12 @@ def test_the_shipped_detector_keeps_its_verdicts_in_bf16(monkeypatch, face_paths
     a, b = scores["fp32"], scores["bf16"]
     # Within the tolerance the benchmark measured (the largest change over ALL's 1,330 test
     # images was 0.046), and so the same verdict wherever fp32 is further than that from
-    # the threshold (10 of these 12; the other two sit 0.012 and 0.028 away).
+    # the threshold. The round-2 bundle's threshold sits high (0.966), so fewer of these
+    # images are that far from it (7 of 12: the reals; the fakes score near it).
     tolerance = 0.05
     assert np.abs(a - b).max() < tolerance and not np.array_equal(a, b)
     clear = np.abs(a - threshold) > tolerance
-    assert clear.sum() >= 10
+    assert clear.sum() >= len(a) // 2
     assert np.array_equal((a >= threshold)[clear], (b >= threshold)[clear])
 
 

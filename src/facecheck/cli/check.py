@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from facecheck.cli.common import _detector_and_files
 
@@ -53,7 +54,7 @@ def cmd_check(args) -> int:
 def cmd_score(args) -> int:
     from tqdm import tqdm
 
-    from facecheck.detector.batch import files_from, score
+    from facecheck.detector.batch import score
     from facecheck.detector.pipeline import BundleError, Detector
 
     if args.chunk < 1:
@@ -77,6 +78,26 @@ def cmd_score(args) -> int:
         f"{done.invalid} not judged; model {det.version}"
     )
     return 0
+
+
+def files_from(sources: list[Path]) -> list[Path]:
+    """Images under folders, the paths a manifest names (JSON lines with ``path``,
+    relative to the manifest), the lines of a ``.txt`` list, and single files."""
+    from facecheck.evaluation.data import IMAGE_SUFFIXES
+
+    out: list[Path] = []
+    for src in sources:
+        if src.is_dir():
+            out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif src.suffix == ".jsonl":
+            for line in src.read_text().splitlines():
+                if line.strip():
+                    out.append(src.parent / json.loads(line)["path"])
+        elif src.suffix == ".txt":
+            out += [Path(x.strip()) for x in src.read_text().splitlines() if x.strip()]
+        else:
+            out.append(src)
+    return out
 
 
 def _line(v, width: int) -> str:

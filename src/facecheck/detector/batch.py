@@ -73,26 +73,6 @@ def row(index: int, path: str, v: Verdict, at: str) -> dict[str, object]:
     }
 
 
-def files_from(sources: Sequence[Path]) -> list[Path]:
-    """Images under folders, the paths a manifest names (JSON lines with ``path``,
-    relative to the manifest), the lines of a ``.txt`` list, and single files."""
-    from facecheck.evaluation.data import IMAGE_SUFFIXES
-
-    out: list[Path] = []
-    for src in sources:
-        if src.is_dir():
-            out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif src.suffix == ".jsonl":
-            for line in src.read_text().splitlines():
-                if line.strip():
-                    out.append(src.parent / json.loads(line)["path"])
-        elif src.suffix == ".txt":
-            out += [Path(x.strip()) for x in src.read_text().splitlines() if x.strip()]
-        else:
-            out.append(src)
-    return out
-
-
 @dataclass(frozen=True)
 class Summary:
     rows: int
