@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from facecheck.cli.common import _detector_and_files
+from facecheck.cli.common import _detector_and_files, _expand, _load_detector
 
 # Exit statuses of `check` (and `score`): what a script needs to branch on.
 ALL_REAL, SOME_FLAGGED, USAGE_ERROR, SOME_INVALID = 0, 1, 2, 3
@@ -55,7 +55,6 @@ def cmd_score(args) -> int:
     from tqdm import tqdm
 
     from facecheck.detector.batch import score
-    from facecheck.detector.pipeline import BundleError, Detector
 
     if args.chunk < 1:
         raise ValueError("--chunk must be at least 1")
@@ -63,10 +62,8 @@ def cmd_score(args) -> int:
     if not files:
         print("facecheck: no images found", file=sys.stderr)
         return USAGE_ERROR
-    try:
-        det = Detector.load(args.model)
-    except (BundleError, OSError, KeyError, RuntimeError) as exc:
-        print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
+    det = _load_detector(args)
+    if det is None:
         return USAGE_ERROR
     with tqdm(total=len(files), unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
         done = score(det, files, args.out, chunk=args.chunk, regions=args.regions,
@@ -81,22 +78,18 @@ def cmd_score(args) -> int:
 
 
 def files_from(sources: list[Path]) -> list[Path]:
-    """Images under folders, the paths a manifest names (JSON lines with ``path``,
-    relative to the manifest), the lines of a ``.txt`` list, and single files."""
-    from facecheck.evaluation.data import IMAGE_SUFFIXES
-
+    """The paths a manifest names (JSON lines with ``path``, relative to the manifest), the
+    lines of a ``.txt`` list, and what `check` takes (folders' images, single files)."""
     out: list[Path] = []
     for src in sources:
-        if src.is_dir():
-            out += sorted(p for p in src.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif src.suffix == ".jsonl":
+        if src.suffix == ".jsonl" and not src.is_dir():
             for line in src.read_text().splitlines():
                 if line.strip():
                     out.append(src.parent / json.loads(line)["path"])
-        elif src.suffix == ".txt":
+        elif src.suffix == ".txt" and not src.is_dir():
             out += [Path(x.strip()) for x in src.read_text().splitlines() if x.strip()]
         else:
-            out.append(src)
+            out += _expand([src])
     return out
 
 

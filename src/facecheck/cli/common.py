@@ -55,16 +55,24 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
-def _detector_and_files(args):
-    """The bundle and the image files of `check` / `explain`; (None, []) after printing why
-    when either is missing (exit status 2)."""
+def _load_detector(args):
+    """The bundle ``--model`` names (with ``--cache-dir``'s cache if given), or None after
+    printing why it cannot be loaded (exit status 2)."""
     from facecheck.detector.pipeline import BundleError, Detector
 
     cache = _cache(args) if args.cache_dir else None
     try:
-        det = Detector.load(args.model, cache=cache)
+        return Detector.load(args.model, cache=cache)
     except (BundleError, OSError, KeyError, RuntimeError) as exc:
         print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
+        return None
+
+
+def _detector_and_files(args):
+    """The bundle and the image files of `check` / `explain`; (None, []) after printing why
+    when either is missing (exit status 2)."""
+    det = _load_detector(args)
+    if det is None:
         return None, []
     files = _expand(args.images)
     if not files:

@@ -252,10 +252,12 @@ class CaseQueue:
         now = utcnow()
         comment = (comment or "").strip()[:2000] or None
         with self._session.begin() as s:
-            state = s.scalar(select(Case.status).where(Case.id == case_id))
-            if state not in OPEN_STATES:
+            found = s.execute(
+                select(Case.status, Case.first_decision).where(Case.id == case_id)
+            ).first()
+            if found is None or found.status not in OPEN_STATES:
                 return None
-            first = s.scalar(select(Case.first_decision).where(Case.id == case_id))
+            state, first = found
             if state == "open" and decision == "fake" and four_eyes:
                 new, values = (
                     "second",
