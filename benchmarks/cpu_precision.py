@@ -62,7 +62,8 @@ from clip_p1 import (
 from facecheck.backbones.clip import INT8_NO_FC2, load_clip, onnx_file
 from facecheck.backbones.cpu import has_bf16, has_vnni, instruction_sets
 from facecheck.backbones.registry import Backbone, load_backbone
-from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.detector.bundle import default_bundle_path
+from facecheck.detector.pipeline import Detector
 from facecheck.evaluation.metrics import paired_auc_difference
 from facecheck.evaluation.protocols import all_sources
 from facecheck.features.cache import FeatureCache

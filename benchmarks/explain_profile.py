@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from facecheck.detector.bundle import default_bundle_path
 from facecheck.detector.explain import explain, render, save_png
-from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.detector.pipeline import Detector
 from facecheck.evaluation.report import git_commit, machine_description
 from facecheck.image.decode import load_image
 from speed import sample_paths

@@ -18,7 +18,8 @@ from pathlib import Path
 
 os.environ["FACECHECK_PRECISION"] = "fp32"  # the precision the bundle was fitted in
 
-from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.detector.bundle import default_bundle_path
+from facecheck.detector.pipeline import Detector
 from facecheck.evaluation.data import load_dataset
 from facecheck.evaluation.groups import held_out_table
 from facecheck.evaluation.model_card import write_model_card

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from facecheck.backbones.registry import face_stage_for, load_backbone
-from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.detector.bundle import default_bundle_path
+from facecheck.detector.pipeline import Detector
 from facecheck.evaluation.data import load_manifest
 from facecheck.evaluation.report import machine_description
 from facecheck.features.extract import FeatureExtractor

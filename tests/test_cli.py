@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from facecheck.cli.main import main
-from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.detector.bundle import default_bundle_path
+from facecheck.detector.pipeline import Detector
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from facecheck.decision.calibration import Calibrator
 from facecheck.decision.ensemble import StackingClassifier, VotingClassifier
 from facecheck.decision.policy import (
-    Calibrator,
     Policy,
     choose_threshold,
     threshold_for_budget,

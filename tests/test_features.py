@@ -102,7 +102,7 @@ def test_bytes_and_paths_agree(lite0, face_paths):
 def test_reencoding_at_load_changes_pixels_and_the_cache_key(face_paths):
     from dataclasses import replace
 
-    from facecheck.backbones.registry import Preprocessing
+    from facecheck.backbones.preprocessing import Preprocessing
 
     plain = Preprocessing(224)
     q50 = replace(plain, jpeg_quality=50)

@@ -13,7 +13,8 @@ import torch
 from facecheck.backbones import cpu
 from facecheck.backbones.clip import INT8_ALL, INT8_NO_FC2, load_clip, onnx_file
 from facecheck.backbones.registry import load_backbone
-from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.detector.bundle import default_bundle_path
+from facecheck.detector.pipeline import Detector
 from facecheck.features.extract import FeatureExtractor
 from facecheck.features.views import PooledRegionView
 from facecheck.image.faces import FaceStage

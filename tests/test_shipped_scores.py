@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from facecheck.detector.pipeline import Detector, default_bundle_path
+from facecheck.detector.bundle import default_bundle_path
+from facecheck.detector.pipeline import Detector
 
 pytestmark = pytest.mark.slow
 RECORDED = Path(__file__).parent / "data" / "shipped_scores.json"

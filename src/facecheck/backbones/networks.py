@@ -36,7 +36,7 @@ from facecheck.backbones.clip import (
     state_dict_from_onnx,
 )
 from facecheck.backbones.files import package_file
-from facecheck.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from facecheck.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
 
-from facecheck.cli.common import _detector_and_files, _expand, _load_detector
+from facecheck.cli.common import _detector_and_files, _expand, _load_detector, load_scorer
 
 # Exit statuses of `check` (and `score`): what a script needs to branch on.
 ALL_REAL, SOME_FLAGGED, USAGE_ERROR, SOME_INVALID = 0, 1, 2, 3
@@ -68,7 +69,9 @@ def cmd_score(args) -> int:
     with tqdm(total=len(files), unit="img", disable=args.quiet or None, file=sys.stderr) as bar:
         done = score(det, files, args.out, chunk=args.chunk, regions=args.regions,
                      progress=bar.update, engine=args.engine, model=args.model,
-                     workers=args.workers, address=args.ray_address)  # fmt: skip
+                     workers=args.workers, address=args.ray_address,
+                     load=functools.partial(load_scorer, runtime=args.runtime,
+                                            cache_dir=args.cache_dir))  # fmt: skip
     print(
         f"wrote {done.out}: {done.rows} rows ({done.scored_now} scored now, "
         f"{done.parts_reused} parts from an earlier run), {done.flagged} flagged, "
@@ -107,7 +110,7 @@ def _line(v, width: int) -> str:
 def cmd_calibrate(args) -> int:
     import shutil
 
-    from facecheck.detector.pipeline import default_bundle_path
+    from facecheck.detector.bundle import default_bundle_path
     from facecheck.evaluation.model_card import write_model_card
 
     det, files = _detector_and_files(args)

@@ -44,7 +44,7 @@ def _records_of(ds, protocols, splits: tuple[str, ...], only: list[str] | None =
 
 
 def _expand(paths: list[Path]) -> list[Path]:
-    from facecheck.evaluation.data import IMAGE_SUFFIXES
+    from facecheck.image.decode import IMAGE_SUFFIXES
 
     out: list[Path] = []
     for p in paths:
@@ -55,14 +55,47 @@ def _expand(paths: list[Path]) -> list[Path]:
     return out
 
 
+RUNTIMES = ("auto", "onnx", "torch")
+
+
+def load_scorer(
+    directory: str | Path | None = None,
+    *,
+    runtime: str = "auto",
+    cache_dir: str | Path | None = None,
+):
+    """What scores a bundle here: its exported graph in ONNX Runtime (``onnx``; ``auto`` when
+    the bundle has a current one: torch is then never imported) or the PyTorch
+    :class:`~facecheck.detector.pipeline.Detector` (``torch``; ``auto`` otherwise). Both give
+    the same verdicts (scores to 1e-4)."""
+    from facecheck.detector.bundle import BundleError
+
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime is one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime != "torch":
+        try:
+            from facecheck.detector.runtime import ExportedDetector
+
+            return ExportedDetector.load(directory, cache_dir=cache_dir)
+        except (BundleError, ImportError):
+            if runtime == "onnx":
+                raise
+    from facecheck.detector.pipeline import Detector
+    from facecheck.features.cache import FeatureCache
+
+    return Detector.load(directory, cache=FeatureCache(cache_dir) if cache_dir else None)
+
+
 def _load_detector(args):
     """The bundle ``--model`` names (with ``--cache-dir``'s cache if given), or None after
-    printing why it cannot be loaded (exit status 2)."""
-    from facecheck.detector.pipeline import BundleError, Detector
+    printing why it cannot be loaded (exit status 2). Commands with ``--runtime`` (check,
+    score) get its exported graph in ONNX Runtime where it has one (no torch imported);
+    the others the PyTorch detector."""
+    from facecheck.detector.bundle import BundleError
 
-    cache = _cache(args) if args.cache_dir else None
+    runtime = getattr(args, "runtime", "torch")
     try:
-        return Detector.load(args.model, cache=cache)
+        return load_scorer(args.model, runtime=runtime, cache_dir=args.cache_dir)
     except (BundleError, OSError, KeyError, RuntimeError) as exc:
         print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
         return None

@@ -210,7 +210,8 @@ def _evaluate_bundle(args) -> int:
     """``evaluate --model``: a saved detector, as it ships, on the protocols' test sets."""
     from facecheck import __version__
     from facecheck.backbones.cpu import resolve_precision
-    from facecheck.detector.pipeline import Detector, default_bundle_path
+    from facecheck.detector.bundle import default_bundle_path
+    from facecheck.detector.pipeline import Detector
     from facecheck.evaluation.data import load_dataset
     from facecheck.evaluation.evaluate import evaluate_bundle, extract_all, extract_perturbed
     from facecheck.evaluation.protocols import build, expand

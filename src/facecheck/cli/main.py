@@ -116,6 +116,17 @@ def _model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", type=Path, default=None, help="optional feature cache folder")
 
 
+def _runtime_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runtime",
+        choices=["auto", "onnx", "torch"],
+        default="auto",
+        help="onnx: the bundle's exported graph in ONNX Runtime (`facecheck export` writes "
+        "it; no torch imported); torch: PyTorch; auto (default): onnx where the bundle has "
+        "a current graph. Same verdicts either way",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facecheck",
@@ -153,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which images get region scores (eye/nose/mouth replaced): those judged fake "
         "(default), all, or none",
     )
+    _runtime_option(p)
 
     p = sub.add_parser(
         "score",
@@ -185,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
         "input files and --out at the same paths",
     )
     _model_options(p)
+    _runtime_option(p)
+
+    p = sub.add_parser(
+        "export",
+        help="write a bundle's scoring graph to ONNX (check and score then run without torch)",
+        description="Write the bundle's whole scoring graph (backbone, region pooling, head "
+        "and region heads) as one ONNX file: into the bundle's folder, or for the shipped "
+        "bundle into the cache. check and score then run it in ONNX Runtime without "
+        "importing torch (scores equal to the PyTorch path's to 1e-4). Covers CLIP bundles "
+        "with logistic heads; others are refused with the reason.",
+    )
+    _model_options(p)
+    p.add_argument("--out", type=Path, default=None, help="where to write the graph")
 
     p = sub.add_parser(
         "explain",
@@ -618,6 +643,7 @@ COMMANDS = {
     "explain": "check",
     "score": "check",
     "calibrate": "check",
+    "export": "export",
     "train": "train",
     "evaluate": "evaluate",
     "synthesize": "synthesize",

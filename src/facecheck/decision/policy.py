@@ -17,9 +17,10 @@ threshold tuned on a mix of real sources sits where the largest source puts it (
 detector's ALL threshold flagged 48% of rff-like photos). The reals of a deployment are
 plentiful and their false-alarm rate is what a bank pays for; recall follows from the ranking.
 
-:class:`Calibrator` maps scores to probabilities (temperature scaling or isotonic regression
-on validation), with an optional prior shift to the deployed fake rate, so a score of 0.3
-means about a 30% chance the image is fake at that rate.
+:class:`facecheck.decision.calibration.Calibrator` maps scores to probabilities
+(temperature scaling or isotonic regression on validation), with an optional prior shift to
+the deployed fake rate, so a score of 0.3 means about a 30% chance the image is fake at
+that rate.
 """
 
 from __future__ import annotations
@@ -28,11 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from sklearn.isotonic import IsotonicRegression
 from sklearn.metrics import precision_recall_curve, roc_curve
-
-from facecheck.heads.link import logit, sigmoid
 
 # A bank's fake rate: one application in a thousand.
 DEPLOYED_FAKE_RATE = 1 / 1000
@@ -216,75 +213,3 @@ class Policy:
         """The threshold on validation outputs; ``groups`` (each image's source) matter to
         rules that hold every group to a rate (``fpr``)."""
         return THRESHOLD_RULES[self.kind].fit(y, score, self.value, groups)
-
-
-class Calibrator:
-    """Scores -> probabilities, fitted on validation outputs.
-
-    ``temperature``: p = sigmoid(logit(s) / T + b), T and b by log-loss (Platt scaling, which
-    keeps the ranking); ``isotonic``: scikit-learn's monotone step fit. ``fake_rate`` shifts
-    the prior from the validation split's fake share to the deployed rate (Bayes' rule on
-    the odds), so probabilities describe the bank's stream, not the split.
-    """
-
-    def __init__(self, method: str = "temperature", fake_rate: float | None = None):
-        if method not in ("temperature", "isotonic"):
-            raise ValueError(f"unknown calibration {method!r}: use temperature or isotonic")
-        self.method = method
-        self.fake_rate = fake_rate
-
-    def fit(self, score: np.ndarray, y: np.ndarray) -> Calibrator:
-        y, score = _checked(y, score)
-        self.val_rate_ = float(y.mean())
-        if self.method == "isotonic":
-            self.iso_ = IsotonicRegression(y_min=1e-6, y_max=1 - 1e-6, out_of_bounds="clip")
-            self.iso_.fit(score, y)
-            return self
-        z = logit(score)
-
-        def nll(params: np.ndarray) -> float:
-            t, b = params
-            q = np.clip(sigmoid(z / t + b), 1e-12, 1 - 1e-12)
-            return float(-np.mean(y * np.log(q) + (1 - y) * np.log(1 - q)))
-
-        # 1-D search on T nested around the best bias for it: robust and dependency-light.
-        def best_b(t: float) -> tuple[float, float]:
-            r = minimize_scalar(lambda b: nll(np.array([t, b])), bounds=(-20, 20), method="bounded")
-            return float(r.fun), float(r.x)
-
-        r = minimize_scalar(lambda lt: best_b(np.exp(lt))[0], bounds=(-4, 4), method="bounded")
-        self.temperature_ = float(np.exp(r.x))
-        self.bias_ = best_b(self.temperature_)[1]
-        return self
-
-    def transform(self, score: np.ndarray) -> np.ndarray:
-        score = np.asarray(score, dtype=np.float64)
-        if self.method == "isotonic":
-            p = self.iso_.predict(score)
-        else:
-            p = sigmoid(logit(score) / self.temperature_ + self.bias_)
-        if self.fake_rate is None:
-            return p
-        shift = np.log(self.fake_rate / (1 - self.fake_rate)) - np.log(
-            self.val_rate_ / (1 - self.val_rate_)
-        )
-        return sigmoid(logit(p) + shift)
-
-    def to_dict(self) -> dict[str, object]:
-        """Plain values for a bundle (temperature scaling only: isotonic is a step table)."""
-        if self.method != "temperature":
-            raise ValueError("only temperature calibration can be saved in a bundle")
-        return {
-            "method": self.method,
-            "temperature": self.temperature_,
-            "bias": self.bias_,
-            "val_rate": self.val_rate_,
-            "fake_rate": self.fake_rate,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Calibrator:
-        cal = cls(str(d["method"]), d.get("fake_rate"))
-        cal.temperature_, cal.bias_ = float(d["temperature"]), float(d["bias"])
-        cal.val_rate_ = float(d["val_rate"])
-        return cal

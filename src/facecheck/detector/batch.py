@@ -24,14 +24,25 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
-from facecheck.detector.pipeline import Detector, Verdict
+from facecheck.detector.verdict import Verdict
 from facecheck.image.regions import REGIONS
 
 JOB = "_job.json"
+
+
+class Scorer(Protocol):
+    """What scores a chunk: a :class:`~facecheck.detector.pipeline.Detector` or an
+    :class:`~facecheck.detector.runtime.ExportedDetector`."""
+
+    version: str
+
+    def check(self, X, names=None, *, regions: str = "flagged") -> list[Verdict]: ...
 
 
 def _schema():
@@ -83,12 +94,12 @@ class Summary:
     out: Path
 
 
-def _job(files: Sequence[Path], det: Detector, chunk: int) -> dict[str, object]:
+def _job(files: Sequence[Path], det: Scorer, chunk: int) -> dict[str, object]:
     listing = hashlib.sha256("\n".join(map(str, files)).encode()).hexdigest()
     return {"files": len(files), "list_sha256": listing, "model": det.version, "chunk": chunk}
 
 
-def write_part(det: Detector, start: int, batch: list[str], part: str, regions: str) -> int:
+def write_part(det: Scorer, start: int, batch: list[str], part: str, regions: str) -> int:
     """Score one chunk and write its part (whole or not at all); returns its size."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -102,9 +113,10 @@ def write_part(det: Detector, start: int, batch: list[str], part: str, regions: 
     return len(batch)
 
 
-def _score_parts_on_ray(model, todo, regions: str, workers: int, address: str | None):
+def _score_parts_on_ray(model, todo, regions: str, workers: int, address: str | None, load):
     """The parts in ``todo`` scored by ``workers`` Ray actors, each with its own detector
-    and an equal share of the node's CPU threads; yields each part's size as it lands."""
+    (``load(model)``) and an equal share of the node's CPU threads; yields each part's size
+    as it lands."""
     import ray
     from ray.util import ActorPool
 
@@ -115,10 +127,10 @@ def _score_parts_on_ray(model, todo, regions: str, workers: int, address: str | 
     @ray.remote(num_cpus=threads)
     class Scorer:
         def __init__(self, model_dir):
-            import torch
-
-            torch.set_num_threads(threads)
-            self.det = Detector.load(model_dir)
+            os.environ["FACECHECK_THREADS"] = str(threads)  # ONNX Runtime's
+            self.det = load(model_dir)
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(threads)
 
         def part(self, start, batch, part, regions):
             return write_part(self.det, start, batch, part, regions)
@@ -128,7 +140,7 @@ def _score_parts_on_ray(model, todo, regions: str, workers: int, address: str | 
 
 
 def score(
-    det: Detector,
+    det: Scorer,
     files: Sequence[Path],
     out: str | Path,
     *,
@@ -139,11 +151,13 @@ def score(
     model: str | Path | None = None,
     workers: int = 1,
     address: str | None = None,
+    load: Callable[[str | Path | None], Scorer] | None = None,
 ) -> Summary:
     """Score ``files`` into the Parquet file ``out`` (see the module docstring).
 
-    ``engine="ray"``: ``workers`` actors load the bundle at ``model`` (None: the shipped
-    one; ``det`` only names the job) on a local Ray instance or the cluster at ``address``.
+    ``engine="ray"``: ``workers`` actors each ``load`` the bundle at ``model`` (None: the
+    shipped one; ``det`` only names the job) on a local Ray instance or the cluster at
+    ``address``.
     """
     import pyarrow.parquet as pq
 
@@ -176,7 +190,9 @@ def score(
         else:
             todo.append((start, batch, str(part)))
     if engine == "ray":
-        done = _score_parts_on_ray(model, todo, regions, workers, address)
+        if load is None:
+            raise ValueError("engine ray needs load, the function each actor loads the model with")
+        done = _score_parts_on_ray(model, todo, regions, workers, address, load)
     else:
         done = (write_part(det, start, batch, part, regions) for start, batch, part in todo)
     for n_scored in done:

@@ -12,8 +12,6 @@ import json
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,17 @@ from facecheck.backbones.registry import (
     load_backbone,
     resolve_name,
 )
-from facecheck.decision.policy import Calibrator, choose_threshold, threshold_for_fpr
+from facecheck.decision.calibration import Calibrator
+from facecheck.decision.policy import choose_threshold, threshold_for_fpr
+from facecheck.detector.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    BundleError,
+    model_version,
+    read_bundle,
+)
 from facecheck.detector.localise import RegionScorer
+from facecheck.detector.verdict import Verdict
 from facecheck.features.cache import FeatureCache
 from facecheck.features.extract import Extraction, FeatureExtractor, Source
 from facecheck.features.views import PooledRegionView, RegionView, TokenView, region_view_kind
@@ -37,8 +44,6 @@ from facecheck.image.decode import ImageError
 from facecheck.image.faces import FaceAnalysis, FaceError, FaceStage
 from facecheck.image.regions import REGIONS
 
-BUNDLE_FORMAT = "facecheck.detector"
-BUNDLE_VERSION = 1
 # What a head reads, and how a bundle's model version says it.
 HEAD_INPUTS = {
     "image": "the picture's features",
@@ -46,36 +51,6 @@ HEAD_INPUTS = {
     "tokens": "the picture, its four regions and every patch token",
 }
 _INPUT_TAG = {"image": "", "image+regions": "+regions", "tokens": "+tokens"}
-
-
-class BundleError(RuntimeError):
-    """A saved detector cannot be loaded as it is (wrong format, version or weights)."""
-
-
-@dataclass
-class Verdict:
-    """What ``check`` says about one input."""
-
-    input: str
-    verdict: str  # "real" | "fake" | "invalid_image" | "no_face" | "multiple_faces"
-    fake_probability: float | None = None
-    threshold: float | None = None
-    sha256: str | None = None
-    error: str | None = None
-    error_code: str | None = None
-    model_version: str | None = None
-    # The face stage's decision: passthrough or aligned, the face box, keypoints and score.
-    face: dict[str, object] | None = None
-    # P(replaced) per region (left_eye, right_eye, nose, mouth), if the detector has them.
-    regions: dict[str, float] | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        return asdict(self)
-
-
-def default_bundle_path() -> Path:
-    """The detector shipped inside the package (see its MODEL_CARD.md)."""
-    return Path(str(resources.files("facecheck") / "resources" / "default"))
 
 
 class Detector:
@@ -308,7 +283,7 @@ class Detector:
         fake_rate: float | None = None,
         features: bool = False,
     ) -> Calibrator:
-        """Temperature-scale the head's scores on *validation* data (see policy.Calibrator).
+        """Temperature-scale the head's scores on *validation* data (see calibration.Calibrator).
 
         With ``fake_rate`` the probabilities are also shifted to that prior (e.g. 0.001 for
         the bank's stream). Ranking is unchanged; a threshold already chosen is carried over
@@ -461,7 +436,7 @@ class Detector:
     # -- persistence
     @property
     def version(self) -> str:
-        return str(self.metadata.get("model_version", f"unsaved-{__version__}"))
+        return model_version(self.metadata)
 
     def save(self, directory: str | Path, **metadata: object) -> Path:
         """Write the bundle folder; ``metadata`` (training data, metrics) goes in bundle.json."""
@@ -526,21 +501,7 @@ class Detector:
         progress: bool = False,
     ) -> Detector:
         """Load a bundle (default: the one shipped in the package), checking it fits here."""
-        directory = Path(directory) if directory else default_bundle_path()
-        meta_file = directory / "bundle.json"
-        if not meta_file.is_file():
-            raise BundleError(f"{directory}: not a facecheck detector (no bundle.json)")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{meta_file}: unreadable ({exc})") from exc
-        if meta.get("format") != BUNDLE_FORMAT:
-            raise BundleError(f"{directory}: format {meta.get('format')!r}, want {BUNDLE_FORMAT}")
-        if int(meta.get("format_version", -1)) > BUNDLE_VERSION:
-            raise BundleError(
-                f"{directory}: bundle format {meta['format_version']} is newer than this "
-                f"facecheck ({__version__}) reads (<= {BUNDLE_VERSION}); upgrade facecheck"
-            )
+        directory, meta = read_bundle(directory)
         try:
             face_stage = FaceStage.from_dict(meta.get("face_stage"))
         except (TypeError, ValueError) as exc:
@@ -549,9 +510,6 @@ class Detector:
         if head_meta["kind"] not in HEADS:
             raise BundleError(f"{directory}: unknown head kind {head_meta['kind']!r}")
         head_file = directory / head_meta["file"]
-        digest = hashlib.sha256(head_file.read_bytes()).hexdigest()
-        if digest != head_meta["sha256"]:
-            raise BundleError(f"{head_file}: checksum mismatch (file changed or damaged)")
         det = cls(
             meta["backbone"]["name"],
             head_meta["kind"],

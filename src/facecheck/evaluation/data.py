@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from facecheck.image.decode import IMAGE_SUFFIXES
 from facecheck.image.regions import REGIONS
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 LABELS = ("real", "fake")
 SPLITS = ("train", "val", "test")
 # The ciplab (rff) edited images: difficulty_number_bits, bits = left eye, right eye, nose, mouth.

@@ -25,6 +25,8 @@ MIN_SIDE = 16
 MAX_ASPECT = 8.0
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF", "MPO"})
+# What a folder's image files are named (a folder given to check, score or a manifest).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
 
 
 class ImageError(ValueError):
