@@ -12,12 +12,15 @@ from facecheck.evaluation.data import Record, load_manifest
 from facecheck.evaluation.groups import (
     UNKNOWN,
     group_table,
+    group_weights,
     groups_of,
     meets_goal,
+    recall_gap,
     section,
     utkface_groups,
     worst_to_best,
 )
+from facecheck.heads.models import LogisticHead
 
 
 def test_every_utkface_name_in_the_data_parses(shared_data):
@@ -85,3 +88,53 @@ def test_the_group_table_on_a_constructed_example():
     even = group_table([0] * 200, [False] * 199 + [True], [{"g": "a"}] * 100 + [{"g": "b"}] * 100)
     assert meets_goal(even, "g") and math.isinf(worst_to_best(even, "g")["ratio"])
     assert np.isnan(worst_to_best(rows, "age")["ratio"])
+
+
+def test_recall_by_group_carries_its_ci_and_the_gap_is_judged_against_it():
+    # Fakes: 40 of "a" (36 caught), 10 of "b" (7 caught); overall 43 of 50 = 86%.
+    y = [0] * 60 + [1] * 50
+    flagged = [False] * 60 + [True] * 36 + [False] * 4 + [True] * 7 + [False] * 3
+    groups = [{"g": "a"}] * 30 + [{"g": "b"}] * 30 + [{"g": "a"}] * 40 + [{"g": "b"}] * 10
+    rows = group_table(y, flagged, groups, n_boot=500)
+    by = {r.group: r for r in rows}
+    assert by["b"].recall == pytest.approx(0.7)
+    lo, hi = by["b"].recall_ci
+    assert lo < 0.7 < hi
+    gap = recall_gap(rows, "g")
+    assert gap["group"] == "b" and gap["gap"] == pytest.approx(0.86 - 0.7)
+    assert gap["within_ci"] == (lo <= 0.86 <= hi)
+    text = "\n".join(section(rows, "test"))
+    assert "70.0% [" in text and "beyond the goal (3 points)" in text
+    assert recall_gap(group_table([0, 0], [False, True], [{"g": "a"}] * 2), "g") is None
+
+
+def _rec(source: str, label: str, gender: str | None, i: int) -> Record:
+    groups = (("gender", gender),) if gender else ()
+    return Record(f"{source}/{label}/{i}.jpg", label, source, sha256=f"{i:064x}", groups=groups)
+
+
+def test_group_weights_equalise_groups_within_each_source_and_class():
+    recs = [_rec("utk", "real", "female", i) for i in range(30)]
+    recs += [_rec("utk", "real", "male", 100 + i) for i in range(10)]
+    recs += [_rec("utk", "fake", "female", 200 + i) for i in range(4)]
+    recs += [_rec("utk", "fake", "male", 300 + i) for i in range(4)]
+    recs += [_rec("rff", "real", None, 400 + i) for i in range(5)]
+    w = group_weights(recs, ["gender"])
+    assert w[:30].sum() == pytest.approx(w[30:40].sum()) == pytest.approx(20.0)
+    assert w[:40].sum() == pytest.approx(40)  # the stratum keeps its total
+    assert np.allclose(w[40:48], 1.0) and np.allclose(w[48:], 1.0)  # equal already; unlabelled
+    assert np.allclose(group_weights(recs, []), 1.0)
+
+
+def test_the_logistic_head_follows_its_sample_weights():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(400, 3))
+    y = (X[:, 0] + 0.3 * rng.normal(size=400) > 0).astype(int)
+    # Rows with a large weight all say "fake": the weighted head moves towards them.
+    w = np.where((X[:, 1] > 1.0) & (y == 0), 50.0, 1.0)
+    plain = LogisticHead(C=1.0).fit(X, y)
+    weighted = LogisticHead(C=1.0).fit(X, np.where(w > 1, 1, y), sample_weight=w)
+    probe = np.array([[0.0, 2.0, 0.0]])
+    assert weighted.predict_proba(probe)[0, 1] > plain.predict_proba(probe)[0, 1] + 0.2
+    with pytest.raises(ValueError, match="one positive weight per row"):
+        LogisticHead(C=1.0).fit(X, y, sample_weight=np.zeros(400))

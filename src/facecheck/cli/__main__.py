@@ -1,5 +1,5 @@
 """`python -m facecheck.cli`."""
 
-from facecheck.cli.main import main
+from facecheck.cli.main import entry
 
-raise SystemExit(main())
+entry()

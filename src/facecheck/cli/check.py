@@ -71,7 +71,7 @@ def cmd_score(args) -> int:
                      progress=bar.update, engine=args.engine, model=args.model,
                      workers=args.workers, address=args.ray_address,
                      load=functools.partial(load_scorer, runtime=args.runtime,
-                                            cache_dir=args.cache_dir))  # fmt: skip
+                                            cache_dir=args.cache_dir, batch=True))  # fmt: skip
     print(
         f"wrote {done.out}: {done.rows} rows ({done.scored_now} scored now, "
         f"{done.parts_reused} parts from an earlier run), {done.flagged} flagged, "

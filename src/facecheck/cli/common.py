@@ -63,15 +63,24 @@ def load_scorer(
     *,
     runtime: str = "auto",
     cache_dir: str | Path | None = None,
+    batch: bool = False,
 ):
     """What scores a bundle here: its exported graph in ONNX Runtime (``onnx``; ``auto`` when
     the bundle has a current one: torch is then never imported) or the PyTorch
     :class:`~facecheck.detector.pipeline.Detector` (``torch``; ``auto`` otherwise). Both give
-    the same verdicts (scores to 1e-4)."""
+    the same verdicts (scores to 1e-4 in fp32).
+
+    ``batch`` (many images, where throughput counts and start-up does not): ``auto`` takes
+    PyTorch on a CPU that multiplies bfloat16 natively, whose bf16 passes run ~1.5x the
+    graph's fp32 ones (benchmarks/score_scale.md); elsewhere the two run the same fp32
+    ONNX Runtime pass."""
+    from facecheck.backbones.cpu import resolve_precision
     from facecheck.detector.bundle import BundleError
 
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime is one of {', '.join(RUNTIMES)}, not {runtime!r}")
+    if runtime == "auto" and batch and resolve_precision() == "bf16":
+        runtime = "torch"
     if runtime != "torch":
         try:
             from facecheck.detector.runtime import ExportedDetector
@@ -94,8 +103,9 @@ def _load_detector(args):
     from facecheck.detector.bundle import BundleError
 
     runtime = getattr(args, "runtime", "torch")
+    batch = getattr(args, "command", "") == "score"
     try:
-        return load_scorer(args.model, runtime=runtime, cache_dir=args.cache_dir)
+        return load_scorer(args.model, runtime=runtime, cache_dir=args.cache_dir, batch=batch)
     except (BundleError, OSError, KeyError, RuntimeError) as exc:
         print(f"facecheck: cannot load the detector: {exc}", file=sys.stderr)
         return None

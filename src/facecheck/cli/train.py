@@ -8,6 +8,7 @@ from pathlib import Path
 
 from facecheck.cli.common import (
     _cache,
+    _names,
     _needs_train_augment,
     _rule,
     _sampled,
@@ -20,7 +21,7 @@ def cmd_train(args) -> int:
 
     from facecheck.detector.pipeline import Detector
     from facecheck.evaluation.data import load_dataset, region_bits
-    from facecheck.evaluation.groups import held_out_table
+    from facecheck.evaluation.groups import group_weights, held_out_table
     from facecheck.evaluation.metrics import binary_metrics
     from facecheck.evaluation.model_card import write_model_card
     from facecheck.evaluation.protocols import build
@@ -56,6 +57,9 @@ def cmd_train(args) -> int:
     val_y, val_sources = val.y[keep_v], val.sources[keep_v]
     augmented = 0
     threshold_rows = (Fv, val_y, val_sources)
+    attrs = _names(args.balance_groups)
+    weight_of = dict(zip(train.hashes, group_weights(train.records, attrs), strict=True))
+    Wt = np.array([weight_of[h] for h in np.asarray(train.hashes)[keep_t]])
     if args.train_augment:  # one processed copy of each training image, through the face stage
         from facecheck.evaluation.evaluate import extract_perturbed, kept, regions_of, xy
 
@@ -64,6 +68,7 @@ def cmd_train(args) -> int:
         Fa, ya, _ = xy(train, copies)
         augmented = len(kept(train, copies))
         Ft, yt = np.vstack([Ft, Fa]), np.concatenate([yt, ya])
+        Wt = np.concatenate([Wt, [weight_of[r.sha256] for r in kept(train, copies)]])
         Rt = np.vstack([Rt, regions_of(train, copies)])
         if args.augment_validation:  # processed validation copies join the threshold choice
             from facecheck.evaluation.evaluate import validation_rows
@@ -73,7 +78,7 @@ def cmd_train(args) -> int:
             picked_v = _sampled(val, args.augment_sample, args.seed, args.augment_fraction)
             copies_v = extract_perturbed(picked_v, det.extractor, args.train_augment)
             threshold_rows = validation_rows(val, clean, (args.train_augment, copies_v))
-    det.fit_features(Ft, yt, Rt)
+    det.fit_features(Ft, yt, Rt, sample_weight=Wt if attrs else None)
     region_counts = _fit_regions(det, train) if not args.no_regions else None
     if args.calibrate:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
@@ -117,6 +122,7 @@ def cmd_train(args) -> int:
             "added": None
             if added is None
             else {"manifests": [str(m) for m in args.add_manifest], **added.counts()},
+            "balance_groups": attrs or None,
             "seconds": round(time.perf_counter() - t0, 1),
         },
         metrics_val=val_metrics,

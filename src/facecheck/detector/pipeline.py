@@ -240,10 +240,15 @@ class Detector:
         return self.fit_features(self.features(X, hashes), np.asarray(y), regions)
 
     def fit_features(
-        self, F: np.ndarray, y: np.ndarray, regions: np.ndarray | None = None
+        self,
+        F: np.ndarray,
+        y: np.ndarray,
+        regions: np.ndarray | None = None,
+        sample_weight: np.ndarray | None = None,
     ) -> Detector:
         params = {**input_params(self.backbone, self.head_input), **self.head_params}
-        self.head = fit_head(make_head(self.head_kind, **params), F, y, regions)
+        head = make_head(self.head_kind, **params)
+        self.head = fit_head(head, F, y, regions, sample_weight)
         return self
 
     def score_features(self, F: np.ndarray) -> np.ndarray:

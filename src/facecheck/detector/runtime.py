@@ -33,6 +33,7 @@ from facecheck.image.faces import FaceAnalysis, FaceError, FaceStage, scored_key
 from facecheck.image.regions import REGIONS
 
 GRAPH_FORMAT = "facecheck.scoring/1"
+BATCH = 4  # images per ONNX Runtime call
 
 Source = str | Path | bytes | DecodedImage
 
@@ -144,9 +145,17 @@ class ExportedDetector:
     def scores(self, pixels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """P(fake) (through the bundle's calibration) and P(region replaced) for prepared
         inputs."""
-        logit, region_logits = self.session.run(
-            None, {"pixels": pixels, "region_weights": weights.astype(np.float32)}
-        )
+        # A few images per call: on 2 cores 4 run at ~8 images/s, 64 at one go at ~6.5
+        # (the activations leave the caches), and memory stays bounded.
+        outs = [
+            self.session.run(
+                None,
+                {"pixels": pixels[i : i + BATCH], "region_weights": weights[i : i + BATCH]},
+            )
+            for i in range(0, len(pixels), BATCH)
+        ]
+        logit = np.concatenate([o[0] for o in outs])
+        region_logits = np.concatenate([o[1] for o in outs])
         p = sigmoid(logit)
         if self.calibration is not None:
             p = self.calibration.transform(p)
@@ -186,6 +195,7 @@ class ExportedDetector:
             self.session  # noqa: B018 -- ready, and its grid known
             pixels = np.stack([self.preprocessing.pixels(prepared[i][0]) for i in idx])
             weights = np.stack([self.view.weights(*prepared[i][:2], self.grid) for i in idx])
+            weights = weights.astype(np.float32)
             probs, region_p = self.scores(pixels, weights)
             for j, i in enumerate(idx):
                 _, _, digest, analysis = prepared[i]

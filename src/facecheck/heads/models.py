@@ -136,9 +136,19 @@ class LogisticHead(Head):
         self.cv = cv
         self.seed = seed
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> LogisticHead:
+    def fit(
+        self, X: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None
+    ) -> LogisticHead:
+        """``sample_weight`` (e.g. :func:`facecheck.evaluation.groups.group_weights`)
+        multiplies the class weights in the C search and the final fit."""
         X, y = _check_xy(X, y)
         strategy = self._strategy()
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+            if sample_weight.shape != y.shape or not (sample_weight > 0).all():
+                raise ValueError("sample_weight needs one positive weight per row")
+            if str(strategy) != "class_weight":
+                raise ValueError("sample weights combine only with the class_weight strategy")
         if strategy.needs_minibatches:
             raise ValueError(f"the logistic head cannot use {strategy}: use the mlp head")
         Xs = self._fit_standardiser(X.astype(np.float64), floor=1e-12)
@@ -151,7 +161,7 @@ class LogisticHead(Head):
                 max_iter=self.max_iter,
                 l1_ratios=(0.0,),  # plain L2
                 use_legacy_attributes=False,
-            ).fit(Xs, y)
+            ).fit(Xs, y, sample_weight=sample_weight)
             self.C_ = float(np.ravel(lr.C_)[0])
         else:
             self.C_ = float(self.C)
@@ -161,7 +171,7 @@ class LogisticHead(Head):
                 C=self.C_,
                 class_weight="balanced" if strategy.class_weight else None,
                 max_iter=self.max_iter,
-            ).fit(Xr, yr)
+            ).fit(Xr, yr, sample_weight=sample_weight)
         self.coef_ = lr.coef_.ravel().astype(np.float64)
         self.intercept_ = float(lr.intercept_[0])
         self.n_features_in_ = X.shape[1]
@@ -677,8 +687,19 @@ def split_head_spec(spec: str) -> tuple[str, dict[str, str]]:
     return kind, ({"imbalance": str(Imbalance.parse(strategy))} if strategy else {})
 
 
-def fit_head(head: Head, X: np.ndarray, y: np.ndarray, regions: np.ndarray | None) -> Head:
-    """``head.fit(X, y)``, with the region bits for a head that learns from them."""
+def fit_head(
+    head: Head,
+    X: np.ndarray,
+    y: np.ndarray,
+    regions: np.ndarray | None,
+    sample_weight: np.ndarray | None = None,
+) -> Head:
+    """``head.fit(X, y)``, with the region bits for a head that learns from them and the
+    sample weights for the one that takes them (the logistic head)."""
+    if sample_weight is not None:
+        if not isinstance(head, LogisticHead):
+            raise ValueError(f"the {head.kind} head takes no sample weights: use logreg")
+        return head.fit(X, y, sample_weight=sample_weight)
     return head.fit(X, y, regions=regions) if head.learns_regions else head.fit(X, y)
 
 
