@@ -65,24 +65,15 @@ lint: install
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Rebuild the detector shipped inside the package: CLIP ViT-B/16 cut after layer 8 (its
-# class token and its patch tokens pooled in the eye, nose and mouth boxes, one pass: as
-# accurate as layers 8 + 12 on P1, P4, P6 and P7, a third less compute), a logistic
-# head on all of it (region-aware) and region heads on the patch tokens, fitted on
-# P8-SEEN's training split (every fake family: GAN, diffusion, Photoshop, the synthetic
-# morphs, swaps and self-blends) with one `field`-processed copy of every training and
-# validation image; the threshold flags at most BUNDLE_FPR of each camera's validation
-# reals, clean and processed alike (benchmarks/p8_recipes.md, issue 26). Uncached,
-# extracting the CLIP features takes about two hours on 2 CPU cores.
-BUNDLE_BACKBONE ?= clip_vit_b16_l8
-BUNDLE_HEAD_INPUT ?= image+regions
-BUNDLE_HEAD ?= logreg
-BUNDLE_FPR ?= 0.1
+# Rebuild the detector shipped inside the package from its recipe
+# (src/facecheck/resources/recipes/shipped.toml: CLIP ViT-B/16 to layer 8, class token and
+# region-pooled patch tokens, logistic head and region heads, P8-SEEN's every fake family
+# with the synthetic fakes, one field-processed copy of every training and validation
+# image, at most 10% of each camera's validation reals flagged; benchmarks/p8_recipes.md).
+# Uncached, extracting the CLIP features takes about two hours on 2 CPU cores.
 bundle: install $(SYNTH)/manifest.jsonl
-	$(BIN)/facecheck train --data $(DATA) --protocol P8-SEEN --seed $(SEED) \
-	    --synthetic $(SYNTH) --train-augment field --augment-validation \
-	    --backbone $(BUNDLE_BACKBONE) --head $(BUNDLE_HEAD) --head-input $(BUNDLE_HEAD_INPUT) \
-	    --max-fpr $(BUNDLE_FPR) --out src/facecheck/resources/default --quiet
+	$(BIN)/facecheck train --recipe shipped --data $(DATA) --synthetic $(SYNTH) \
+	    --out src/facecheck/resources/default --quiet
 
 # Speed benchmarks (extraction throughput, check latency); writes benchmarks/speed.json.
 bench: install

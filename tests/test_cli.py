@@ -498,3 +498,35 @@ def test_check_streams_in_order_and_its_exit_status_says_what_it_found(
     assert [o["verdict"] for o in out] == ["real", "invalid_image", "fake", "no_face", "real"]
     # Scored in growing chunks: the first line needs one image, not the whole batch.
     assert [len(c) for c in _chunks(list(range(30)))] == [1, 2, 4, 8, 8, 7]
+
+
+def test_the_shipped_recipe_is_the_shipped_bundles(tmp_path, small_manifest, capsys):
+    """`train --recipe shipped` makes the choices the shipped bundle records (so `make
+    bundle` cannot drift from it); the command line wins over a recipe; a recipe key that
+    is no option, or a recipe that needs the synthetic fakes without them, is refused."""
+    from facecheck.cli.main import _with_recipe, build_parser
+
+    parser = build_parser()
+    argv = ["train", "--recipe", "shipped", "--out", str(tmp_path / "b")]
+    args = _with_recipe(parser, parser.parse_args(argv), argv)
+    meta = json.loads((default_bundle_path() / "bundle.json").read_text())
+    training = meta["training"]
+    assert (args.backbone, args.head, args.head_input) == (
+        meta["backbone"]["name"],
+        meta["head"]["kind"],
+        meta["head_input"],
+    )
+    assert args.threshold_rule == meta["threshold_rule"] and args.max_fpr is None
+    assert (args.protocol, args.seed) == (training["protocol"], training["seed"])
+    assert args.train_augment == training["train_augment"]["chain"]
+    assert args.augment_validation == training["train_augment"]["validation"]
+    assert args.face_stage == meta["face_stage"]["mode"]
+    argv += ["--backbone", "efficientnet_lite0"]
+    assert _with_recipe(parser, parser.parse_args(argv), argv).backbone == "efficientnet_lite0"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backbone = "clip_vit_b16_l8"\nwings = 2\n')
+    assert main(["train", "--recipe", str(bad), "--out", str(tmp_path / "c")]) == 2
+    assert "wings are no options" in capsys.readouterr().err
+    out = tmp_path / "d"
+    code = main(["train", "--recipe", "shipped", "--data", str(small_manifest), "--out", str(out)])
+    assert code == 2 and "add --synthetic DIR" in capsys.readouterr().err and not out.exists()

@@ -265,7 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="train a detector bundle on a protocol's train split",
         description="Fit a head on the protocol's train split, choose the "
         "threshold on its validation split, save a bundle. The test split is "
-        "not touched (use `evaluate`).",
+        "not touched (use `evaluate`). --recipe shipped gives every choice of the shipped "
+        "detector (facecheck/resources/recipes/shipped.toml); options given here win.",
+    )
+    p.add_argument(
+        "--recipe",
+        default=None,
+        metavar="NAME|FILE",
+        help="a recipe's choices as this command's defaults: a packaged recipe's name "
+        "(shipped) or a TOML file of train options",
     )
     p.add_argument(
         "--data",
@@ -672,8 +680,33 @@ COMMANDS = {
 }
 
 
+def _with_recipe(parser: argparse.ArgumentParser, args, argv: list[str] | None):
+    """``args`` again with ``--recipe``'s settings as the command's defaults (so options
+    given on the command line win); ValueError on a key that is no option of it."""
+    from facecheck.training.recipe import RECIPE_ONLY, load_recipe
+
+    values = load_recipe(args.recipe)
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices[args.command]
+    dests = {a.dest for a in command._actions}
+    unknown = sorted(set(values) - dests - RECIPE_ONLY)
+    if unknown:
+        raise ValueError(f"recipe {args.recipe}: {', '.join(unknown)} are no options of it")
+    command.set_defaults(**{k: v for k, v in values.items() if k in dests})
+    args = parser.parse_args(argv)
+    args.recipe_values = values
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "recipe", None):
+        try:
+            args = _with_recipe(parser, args, argv)
+        except ValueError as exc:
+            print(f"facecheck {args.command}: {exc}", file=sys.stderr)
+            return 2
     module = importlib.import_module(f"facecheck.cli.{COMMANDS[args.command]}")
     handler = getattr(module, f"cmd_{args.command}")
     try:

@@ -27,6 +27,12 @@ def cmd_train(args) -> int:
     from facecheck.evaluation.protocols import build
 
     _needs_train_augment(args)
+    recipe = getattr(args, "recipe_values", None) or {}
+    if recipe.get("needs_synthetic") and args.synthetic is None:
+        raise ValueError(
+            f"recipe {args.recipe} trains on synthetic fakes: add --synthetic DIR "
+            "(`facecheck synthesize` writes it; make bundle does both)"
+        )
     ds = _with_synthetic(load_dataset(args.data), args)
     proto = build(args.protocol, ds, args.seed)
     det = Detector(
@@ -123,6 +129,7 @@ def cmd_train(args) -> int:
             if added is None
             else {"manifests": [str(m) for m in args.add_manifest], **added.counts()},
             "balance_groups": attrs or None,
+            "recipe": {"name": str(args.recipe), **recipe} if recipe else None,
             "seconds": round(time.perf_counter() - t0, 1),
         },
         metrics_val=val_metrics,
