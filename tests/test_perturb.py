@@ -171,3 +171,26 @@ def test_field_augmentation_is_seeded_and_passes_through_the_face_stage(face_pat
     assert big, "no picture was placed in a larger photo"
     analysis = FaceStage().analyse(big[0])
     assert (analysis.action, analysis.n_faces) == ("aligned", 1)
+
+
+def test_processed_copies_are_cached_by_chain(lite0, face_paths, tmp_path, monkeypatch):
+    """A second run over the same images neither perturbs nor extracts again, and gives the
+    same rows; another chain is computed afresh."""
+    from facecheck.evaluation import evaluate
+    from facecheck.evaluation.data import Dataset, Record, with_hashes
+    from facecheck.features.cache import FeatureCache
+    from facecheck.features.extract import FeatureExtractor
+
+    ds = with_hashes(Dataset([Record(p, "real", "rff") for p in face_paths[:4]]))
+    ex = FeatureExtractor(lite0, FeatureCache(tmp_path), progress=False)
+    first = evaluate.extract_perturbed(ds, ex, "jpeg70")
+    assert set(first) == {r.sha256 for r in ds}
+
+    def refuse(*_):
+        raise AssertionError("perturbed again")
+
+    monkeypatch.setattr(evaluate, "perturb", refuse)
+    again = evaluate.extract_perturbed(ds, ex, "jpeg70")
+    assert all(np.array_equal(first[h], again[h]) for h in first)
+    with pytest.raises(AssertionError, match="perturbed again"):
+        evaluate.extract_perturbed(ds, ex, "resize0.5")

@@ -275,6 +275,11 @@ P8_CHAINS = (
 )
 
 
+# Bumped whenever a perturbation's pixels change, so that features cached for the copies
+# (facecheck.evaluation.evaluate.extract_perturbed) are never reused across versions.
+PERTURB_VERSION = 1
+
+
 def perturb(source: str | Path | bytes, name: str) -> bytes:
     """The bytes of ``source`` after perturbation ``name``, seeded by its content hash."""
     if name not in PERTURBATIONS:
