@@ -35,7 +35,7 @@ from facecheck.detector.bundle import (
     read_bundle,
 )
 from facecheck.detector.localise import RegionScorer
-from facecheck.detector.verdict import Verdict
+from facecheck.detector.verdict import Verdict, checked_regions, input_names
 from facecheck.features.cache import FeatureCache
 from facecheck.features.extract import Extraction, FeatureExtractor, Source
 from facecheck.features.views import PooledRegionView, RegionView, TokenView, region_view_kind
@@ -362,10 +362,9 @@ class Detector:
         """:meth:`check`, also returning the extraction behind the verdicts (the face
         stage's decisions and, with ``keep_maps`` and pooled region scores, the backbone's
         maps from the same pass): what an explanation is drawn from."""
-        if regions not in ("flagged", "all", "none"):
-            raise ValueError(f"regions must be flagged, all or none, not {regions!r}")
+        checked_regions(regions)
         self._require_head()
-        names = list(names) if names else [_name(x) for x in X]
+        names = input_names(X, names)
         # Pooled region features come from the image's own pass (image + regions in one):
         # flagged images then cost no second pass.
         joint = self.regions is not None and self.region_view == "pooled" and regions != "none"
@@ -621,10 +620,6 @@ def map_grid(bb: Backbone) -> tuple[int, int]:
             rows, cols = bb.feature_map(torch.zeros(1, 3, size, size, device=device)).shape[2:]
         grid = (rows, cols)
     return int(grid[0]), int(grid[1])
-
-
-def _name(x: Source) -> str:
-    return "<bytes>" if isinstance(x, bytes) else str(getattr(x, "sha256", x))
 
 
 def _jsonable(obj: object) -> object:

@@ -24,7 +24,7 @@ from facecheck.detector.bundle import (
     read_bundle,
     scoring_digest,
 )
-from facecheck.detector.verdict import Verdict
+from facecheck.detector.verdict import Verdict, checked_regions, input_names
 from facecheck.features.cache import default_cache_dir
 from facecheck.features.views import PooledRegionView
 from facecheck.heads.link import sigmoid
@@ -170,9 +170,8 @@ class ExportedDetector:
     ) -> list[Verdict]:
         """Score each input; one that cannot be read gets an ``invalid_image`` verdict, one
         the face stage refuses its ``no_face`` / ``multiple_faces`` verdict."""
-        if regions not in ("flagged", "all", "none"):
-            raise ValueError(f"regions must be flagged, all or none, not {regions!r}")
-        names = list(names) if names else [_name(x) for x in X]
+        checked_regions(regions)
+        names = input_names(X, names)
         prepared: dict[int, tuple] = {}
         out: list[Verdict | None] = [None] * len(X)
         for i, src in enumerate(X):
@@ -228,7 +227,3 @@ def _digest_or_none(src: Source) -> str | None:
         return content_hash(read_bytes(src))
     except ImageError:
         return None
-
-
-def _name(x: Source) -> str:
-    return "<bytes>" if isinstance(x, bytes) else str(getattr(x, "sha256", x))

@@ -3,6 +3,7 @@ exported (ONNX Runtime) scoring paths."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 
@@ -25,3 +26,21 @@ class Verdict:
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+REGION_CHOICES = ("flagged", "all", "none")
+
+
+def input_names(X: Sequence[object], names: Sequence[str] | None) -> list[str]:
+    """What each input is called in its verdict: the given names, else its path (bytes:
+    ``<bytes>``, a decoded image: its hash)."""
+    if names:
+        return list(names)
+    return ["<bytes>" if isinstance(x, bytes) else str(getattr(x, "sha256", x)) for x in X]
+
+
+def checked_regions(regions: str) -> str:
+    """``regions`` of ``check`` (which inputs get region scores), or ValueError."""
+    if regions not in REGION_CHOICES:
+        raise ValueError(f"regions must be flagged, all or none, not {regions!r}")
+    return regions
