@@ -240,8 +240,9 @@ def section(rows: Sequence[GroupRow], title: str) -> list[str]:
                    "real gap at this sample size" if g["within_ci"] else "")
             )  # fmt: skip
             lines.append(
-                f"- {g['attribute']}: {g['group']} {g['recall']:.1%} of {g['n_fake']} fakes "
-                f"[{g['ci'][0]:.1%}, {g['ci'][1]:.1%}] against {g['overall']:.1%} overall "
+                f"- {g['attribute']}: {g['group']} {g['recall']:.1%} of {g['n_fake']} fakes"
+                + (f" [{g['ci'][0]:.1%}, {g['ci'][1]:.1%}]" if g["ci"] else "")
+                + f" against {g['overall']:.1%} overall "
                 f"({g['gap'] * 100:.1f} points); {verdict}"
             )
     return [*lines, ""]
@@ -267,7 +268,7 @@ def recall_gap(rows: Sequence[GroupRow], attribute: str) -> dict | None:
     if overall is None or overall.recall is None or not groups:
         return None
     low = min(groups, key=lambda r: r.recall)  # type: ignore[arg-type,return-value]
-    ci = low.recall_ci or (float("nan"), float("nan"))
+    ci = low.recall_ci  # None in tables stored before recall had CIs
     return {
         "attribute": attribute,
         "group": low.group,
@@ -276,7 +277,7 @@ def recall_gap(rows: Sequence[GroupRow], attribute: str) -> dict | None:
         "ci": ci,
         "overall": overall.recall,
         "gap": max(0.0, overall.recall - float(low.recall)),  # type: ignore[arg-type]
-        "within_ci": bool(ci[0] <= overall.recall <= ci[1]),
+        "within_ci": ci is not None and bool(ci[0] <= overall.recall <= ci[1]),
     }
 
 
