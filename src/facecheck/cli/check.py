@@ -116,6 +116,9 @@ def cmd_calibrate(args) -> int:
     det, files = _detector_and_files(args)
     if det is None or not files:
         return 2
+    # Scoring a deployment's sample takes minutes: bars with rate and ETA (faces, then
+    # features) on a terminal's stderr.
+    det.extractor.progress = sys.stderr.isatty()
     if len(files) < 100:
         print(
             f"facecheck: {len(files)} photos: with fewer than about 100 the rate "

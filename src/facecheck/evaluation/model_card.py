@@ -53,13 +53,13 @@ _LIMITS = {
     "detector has not seen will score (P7: 44-100% of an unseen real source flagged): run "
     "`facecheck calibrate` on a few hundred of your own photos. About 0.3 s per image on a "
     "2-core CPU.",
-    "clip_vit_b16_l8": "Photoshop edits of the same source are caught far better than by "
-    "ImageNet features (P1 ROC-AUC by 5-fold CV: 0.91 on layer 8's class token, 0.96 with the "
-    "regions' patch tokens too, as with layers 8 + 12) but not all: at 10% FPR about one edit "
-    "in ten is missed. No threshold fitted on these data can know where photos from a camera "
-    "or source the detector has not seen will score (P7: up to all of an unseen real source "
-    "flagged): run `facecheck calibrate` on a few hundred of your own photos. About 0.2 s per "
-    "image on a 2-core CPU.",
+    "clip_vit_b16_l8": "A fake family it never trained on is caught far less often at its "
+    "threshold than the families it knows (P8's leave-one-family-out), photos from a camera "
+    "it never saw may be flagged far more often than its validation cameras' (P8's "
+    "leave-one-camera-out), and a face printed and photographed again defeats it (P8's "
+    "print_recapture chain); every family, camera and chain is measured in "
+    "benchmarks/p8_recipes.md. Run `facecheck calibrate` on a few hundred of your own photos "
+    "before use. Latency: benchmarks/cold_start.md.",
 }
 
 
