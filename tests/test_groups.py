@@ -12,7 +12,6 @@ from facecheck.evaluation.data import Record, load_manifest
 from facecheck.evaluation.groups import (
     UNKNOWN,
     group_table,
-    group_weights,
     groups_of,
     meets_goal,
     recall_gap,
@@ -20,6 +19,7 @@ from facecheck.evaluation.groups import (
     utkface_groups,
     worst_to_best,
 )
+from facecheck.evaluation.weights import group_weights, source_weights
 from facecheck.heads.models import LogisticHead
 
 
@@ -124,6 +124,10 @@ def test_group_weights_equalise_groups_within_each_source_and_class():
     assert w[:40].sum() == pytest.approx(40)  # the stratum keeps its total
     assert np.allclose(w[40:48], 1.0) and np.allclose(w[48:], 1.0)  # equal already; unlabelled
     assert np.allclose(group_weights(recs, []), 1.0)
+    # Sources: 40 utk reals and 5 rff reals -> each 22.5 in total; the fakes, one source.
+    w = source_weights(recs)
+    assert w[:40].sum() == pytest.approx(w[48:].sum()) == pytest.approx(22.5)
+    assert np.allclose(w[40:48], 1.0)
 
 
 def test_the_logistic_head_follows_its_sample_weights():

@@ -333,6 +333,12 @@ def build_parser() -> argparse.ArgumentParser:
         "its source and class (logreg head; issue 31). Groups are never seen when scoring",
     )
     p.add_argument(
+        "--balance-sources",
+        action="store_true",
+        help="weight training images so that every source (camera, generator, synthetic "
+        "kind) has the same total weight within its class (logreg head)",
+    )
+    p.add_argument(
         "--region-view",
         choices=["auto", "crops", "pooled"],
         default="auto",

@@ -21,10 +21,11 @@ def cmd_train(args) -> int:
 
     from facecheck.detector.pipeline import Detector
     from facecheck.evaluation.data import load_dataset, region_bits
-    from facecheck.evaluation.groups import group_weights, held_out_table
+    from facecheck.evaluation.groups import held_out_table
     from facecheck.evaluation.metrics import binary_metrics
     from facecheck.evaluation.model_card import write_model_card
     from facecheck.evaluation.protocols import build
+    from facecheck.evaluation.weights import group_weights, source_weights
 
     _needs_train_augment(args)
     recipe = getattr(args, "recipe_values", None) or {}
@@ -64,7 +65,10 @@ def cmd_train(args) -> int:
     augmented = 0
     threshold_rows = (Fv, val_y, val_sources)
     attrs = _names(args.balance_groups)
-    weight_of = dict(zip(train.hashes, group_weights(train.records, attrs), strict=True))
+    weights = group_weights(train.records, attrs)
+    if args.balance_sources:
+        weights = weights * source_weights(train.records)
+    weight_of = dict(zip(train.hashes, weights, strict=True))
     Wt = np.array([weight_of[h] for h in np.asarray(train.hashes)[keep_t]])
     if args.train_augment:  # one processed copy of each training image, through the face stage
         from facecheck.evaluation.evaluate import extract_perturbed, kept, regions_of, xy
@@ -84,7 +88,8 @@ def cmd_train(args) -> int:
             picked_v = _sampled(val, args.augment_sample, args.seed, args.augment_fraction)
             copies_v = extract_perturbed(picked_v, det.extractor, args.train_augment)
             threshold_rows = validation_rows(val, clean, (args.train_augment, copies_v))
-    det.fit_features(Ft, yt, Rt, sample_weight=Wt if attrs else None)
+    weighted = bool(attrs) or args.balance_sources
+    det.fit_features(Ft, yt, Rt, sample_weight=Wt if weighted else None)
     region_counts = _fit_regions(det, train) if not args.no_regions else None
     if args.calibrate:
         det.calibrate_from(Fv, val_y, fake_rate=args.fake_rate, features=True)
@@ -129,6 +134,7 @@ def cmd_train(args) -> int:
             if added is None
             else {"manifests": [str(m) for m in args.add_manifest], **added.counts()},
             "balance_groups": attrs or None,
+            "balance_sources": bool(args.balance_sources),
             "recipe": {"name": str(args.recipe), **recipe} if recipe else None,
             "seconds": round(time.perf_counter() - t0, 1),
         },

@@ -289,29 +289,6 @@ def _recall_cell(r: GroupRow) -> str:
     return f"{r.recall:.1%} [{r.recall_ci[0]:.1%}, {r.recall_ci[1]:.1%}]"
 
 
-def group_weights(records: Sequence, attributes: Sequence[str]) -> np.ndarray:
-    """Training weights that give every group (the joint of ``attributes``, e.g. gender
-    and race) the same total weight within each source and class, keeping each stratum's
-    total: a labelled record of cell c in a stratum of n labelled records and k cells
-    weighs n / (k * n_c). Records without those labels weigh 1. For training only: the
-    detector never sees a group at scoring time (issue 31, item 4)."""
-    keys = []
-    for r in records:
-        g = groups_of(r) or {}
-        cell = tuple(g.get(a, UNKNOWN) for a in attributes)
-        keys.append(None if UNKNOWN in cell else ((r.source, r.label), cell))
-    w = np.ones(len(records))
-    strata: dict[tuple, dict[tuple, list[int]]] = {}
-    for i, k in enumerate(keys):
-        if k is not None:
-            strata.setdefault(k[0], {}).setdefault(k[1], []).append(i)
-    for cells in strata.values():
-        n = sum(len(ix) for ix in cells.values())
-        for ix in cells.values():
-            w[ix] = n / (len(cells) * len(ix))
-    return w
-
-
 def held_out_table(det, records, *, seed: int = 0) -> dict | None:
     """The equal-treatment table of a detector on held-out ``records`` (those with group
     labels) at its threshold: what ``train`` stores in the bundle for the model card. None
