@@ -57,8 +57,9 @@ def test_clip_backbones_in_the_registry(face_paths):
     assert (embed.dim, layers.dim) == (512, 2 * WIDTH)
     assert embed.weights_id == layers.weights_id and "bicubic" in embed.cache_key(False)
     paths = face_paths[:2]
-    E = FeatureExtractor(embed, None, progress=False).extract(paths).features
-    L = FeatureExtractor(layers, None, progress=False).extract(paths).features
+    # Eager PyTorch (optimize=False): the runtimes are test_the_extractor_picks_the_runtime's.
+    E = FeatureExtractor(embed, None, progress=False, optimize=False).extract(paths).features
+    L = FeatureExtractor(layers, None, progress=False, optimize=False).extract(paths).features
     assert E.shape == (2, 512) and L.shape == (2, 2 * WIDTH)
     # The 512-d embedding is CLIP's projection of the layer-12 class token (what
     # benchmarks/clip_features.py relies on to run the model once for both).
@@ -184,7 +185,13 @@ def test_int8_layers_run_in_onnxruntime_one_image_at_a_time(
     assert ops.count("MatMulInteger") == 6 * 8 and "DynamicQuantizeLinear" in ops
     # Every integer product is exact on this CPU (the features do not depend on whether it
     # has VNNI): ONNX Runtime's outputs equal the int64 products of its own inputs.
-    for product, (a, b, got) in _integer_products(graph, x[:1].numpy()).items():
+    # (The first and last blocks' six products each: int64 matrix products have no BLAS,
+    # and all 48 took ~40 s of the suite for the same check.)
+    products = _integer_products(graph, x[:1].numpy())
+    checked = [p for p in products if "layers.0/" in p or "layers.7/" in p]
+    assert len(checked) == 12
+    for product in checked:
+        a, b, got = products[product]
         assert np.array_equal(got, a @ b), product
     # No PyTorch fallback: it would silently give fp32 features to an INT8-fitted head.
     monkeypatch.setenv("FACECHECK_ONNXRUNTIME", "0")

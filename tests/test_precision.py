@@ -11,7 +11,16 @@ import pytest
 import torch
 
 from facecheck.backbones import cpu
-from facecheck.backbones.clip import INT8_ALL, INT8_NO_FC2, load_clip, onnx_file
+from facecheck.backbones.clip import (
+    CLIP_MEAN,
+    CLIP_STD,
+    INT8_ALL,
+    INT8_NO_FC2,
+    ClipVision,
+    load_clip,
+    onnx_file,
+)
+from facecheck.backbones.preprocessing import Preprocessing
 from facecheck.backbones.registry import load_backbone
 from facecheck.detector.bundle import default_bundle_path
 from facecheck.detector.pipeline import Detector
@@ -112,17 +121,17 @@ def test_int8_weight_schemes(tmp_path, face_paths):
     graph, another runtime tag, so their features are never cached as the unsigned ones'."""
     path = onnx_file()
     signed = load_clip(path, (8,), INT8_NO_FC2, int8_weights="s8-pc")
-    unsigned = load_clip(path, (8,), INT8_NO_FC2)
+    # The runtime tags depend on the settings alone: no weights needed for these two.
+    unsigned = ClipVision((8,), INT8_NO_FC2)
     assert "-u8s8-pc-" in signed.runtime and "-u8u8-" in unsigned.runtime
     # Another set of 8-bit layers is another feature space: another runtime tag.
-    every = load_clip(path, (8,), INT8_ALL, int8_weights="s8-pc")
+    every = ClipVision((8,), INT8_ALL, int8_weights="s8-pc")
     assert every.runtime != signed.runtime and every.runtime.endswith("+fc2")
     assert signed.use_onnxruntime(torch.get_num_threads(), tmp_path / "s8.onnx")
-    x = torch.from_numpy(
-        np.stack([load_backbone("clip_vit_b16_l8").preprocessing.pixels(_rgb(face_paths[0]))])
-    )
+    prep = Preprocessing(224, CLIP_MEAN, CLIP_STD, "bicubic")  # clip_vit_b16_l8's
+    x = torch.from_numpy(np.stack([prep.pixels(_rgb(face_paths[0]))]))
     with torch.no_grad():
-        out = signed(load_backbone("clip_vit_b16_l8").preprocessing.normalize(x))
+        out = signed(prep.normalize(x))
     assert out.shape == (1, 768) and torch.isfinite(out).all()
     graph = onnx.load(str(tmp_path / "s8.onnx"))
     init = {t.name: t for t in graph.graph.initializer}
