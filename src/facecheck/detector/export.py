@@ -58,7 +58,6 @@ class _ScoringGraph(nn.Module):
         w, b = _linear(det.head)  # type: ignore[arg-type]
         self.register_buffer("head_w", w)
         self.register_buffer("head_b", b)
-        n = len(det.regions._groups) if det.regions else 0  # type: ignore[union-attr]
         weights = torch.zeros(4, bb.dim)
         biases = torch.zeros(4)
         if det.regions is not None:
@@ -66,7 +65,7 @@ class _ScoringGraph(nn.Module):
                 rw, rb = _linear(det.regions.heads_[name])  # type: ignore[arg-type]
                 for k in cols:
                     weights[k], biases[k] = rw, rb
-        self.has_regions = n > 0
+        self.has_regions = det.regions is not None
         self.register_buffer("region_w", weights)
         self.register_buffer("region_b", biases)
 

@@ -35,7 +35,7 @@ from facecheck.detector.bundle import (
     read_bundle,
 )
 from facecheck.detector.localise import RegionScorer
-from facecheck.detector.verdict import Verdict, checked_regions, input_names
+from facecheck.detector.verdict import Verdict, checked_regions, input_names, rounded_regions
 from facecheck.features.cache import FeatureCache
 from facecheck.features.extract import Extraction, FeatureExtractor, Source
 from facecheck.features.views import PooledRegionView, RegionView, TokenView, region_view_kind
@@ -425,9 +425,7 @@ class Detector:
                         face=face,
                         regions=None
                         if np.isnan(region_p[i]).any()
-                        else {
-                            r: round(float(v), 4) for r, v in zip(REGIONS, region_p[i], strict=True)
-                        },
+                        else rounded_regions(region_p[i]),
                     )
                 )
         return out, ex

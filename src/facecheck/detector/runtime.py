@@ -24,13 +24,12 @@ from facecheck.detector.bundle import (
     read_bundle,
     scoring_digest,
 )
-from facecheck.detector.verdict import Verdict, checked_regions, input_names
+from facecheck.detector.verdict import Verdict, checked_regions, input_names, rounded_regions
 from facecheck.features.cache import default_cache_dir
 from facecheck.features.views import PooledRegionView
 from facecheck.heads.link import sigmoid
 from facecheck.image.decode import DecodedImage, ImageError, content_hash, decode, read_bytes
-from facecheck.image.faces import FaceAnalysis, FaceError, FaceStage, scored_keypoints
-from facecheck.image.regions import REGIONS
+from facecheck.image.faces import FaceError, FaceStage, scored_keypoints
 
 GRAPH_FORMAT = "facecheck.scoring/1"
 BATCH = 4  # images per ONNX Runtime call
@@ -120,16 +119,17 @@ class ExportedDetector:
             raise BundleError(f"{folder}: no exported graph at {graph} (run facecheck export)")
         return cls(folder, meta, graph)
 
-    def _prepare(self, src: Source, seen: dict[str, FaceAnalysis]) -> tuple:
+    def _prepare(self, src: Source, seen: dict) -> tuple:
         """One input as the graph takes it: the scored picture (after the face stage's
         crop), its keypoints, its content hash and the face stage's decision (the PyTorch
-        extractor's steps). The decision is also left in ``seen``, so a refused picture's
-        verdict still shows it."""
+        extractor's steps). The hash and the decision are also left in ``seen`` as they
+        are known, so a refused picture's verdict still shows them."""
         if isinstance(src, DecodedImage):
             digest, picture = src.sha256, src.image
+            seen["sha256"] = digest
         else:
             data = read_bytes(src)
-            digest = content_hash(data)
+            digest = seen["sha256"] = content_hash(data)
             name = str(src) if not isinstance(src, bytes) else "image"
             picture = decode(data, name=name).image
         analysis = None
@@ -175,7 +175,7 @@ class ExportedDetector:
         prepared: dict[int, tuple] = {}
         out: list[Verdict | None] = [None] * len(X)
         for i, src in enumerate(X):
-            seen: dict[str, FaceAnalysis] = {}
+            seen: dict = {}
             try:
                 prepared[i] = self._prepare(src, seen)
             except ImageError as exc:
@@ -185,7 +185,7 @@ class ExportedDetector:
                     exc.code if isinstance(exc, FaceError) else "invalid_image",
                     error=str(exc),
                     error_code=exc.code,
-                    sha256=_digest_or_none(src),
+                    sha256=seen.get("sha256"),
                     model_version=self.version,
                     face=analysis.to_dict() if analysis is not None else None,
                 )
@@ -210,20 +210,6 @@ class ExportedDetector:
                     digest,
                     model_version=self.version,
                     face=analysis.to_dict() if analysis is not None else None,
-                    regions=_rounded(region_p[j]) if show else None,
+                    regions=rounded_regions(region_p[j]) if show else None,
                 )
         return [v for v in out if v is not None]
-
-
-def _rounded(p: np.ndarray) -> dict[str, float]:
-    return {r: round(float(v), 4) for r, v in zip(REGIONS, p, strict=True)}
-
-
-def _digest_or_none(src: Source) -> str | None:
-    """The content hash of an input that failed, if its bytes can be read."""
-    if isinstance(src, DecodedImage):
-        return src.sha256
-    try:
-        return content_hash(read_bytes(src))
-    except ImageError:
-        return None

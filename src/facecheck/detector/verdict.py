@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from facecheck.image.regions import REGIONS
+
 
 @dataclass
 class Verdict:
@@ -44,3 +46,8 @@ def checked_regions(regions: str) -> str:
     if regions not in REGION_CHOICES:
         raise ValueError(f"regions must be flagged, all or none, not {regions!r}")
     return regions
+
+
+def rounded_regions(p: Sequence[float]) -> dict[str, float]:
+    """A verdict's region scores: P(replaced) per region, REGIONS order, to 4 decimals."""
+    return {r: round(float(x), 4) for r, x in zip(REGIONS, p, strict=True)}
